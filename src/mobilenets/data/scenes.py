@@ -1,0 +1,295 @@
+"""Deterministic detection / segmentation scenes: real Fashion-MNIST objects pasted onto real photos (SPEC §8).
+
+No offline dataset has real boxes or masks, so the project composes its own. Every object is a real Fashion-MNIST
+image (MIT, Zalando Research), resized to a random scale and aspect, tinted, and pasted at a random position onto
+a random crop of one of scikit-image's public-domain photos and textures. Because the generator draws every
+pixel, the boxes and masks it writes are exact.
+
+Conventions (what a consumer of the files can rely on):
+
+- **Objects**: Fashion-MNIST pixel intensity ``a`` (0..1, after resizing) gives an opacity
+  ``alpha = clip((a - 0.02) / 0.08, 0, 1)``: fully opaque inside the garment, a soft one-pixel fringe at its edge.
+- **Instance masks** (COCO ``segmentation``, uncompressed RLE): the pixels where the object is the topmost one
+  with ``alpha >= 0.5``. A later object covering a pixel with ``alpha >= 0.5`` takes it over.
+- **Semantic masks** (``masks/*.png``, one uint8 channel): 0 background, 1..10 the Fashion-MNIST class + 1
+  (``CATEGORIES``), 255 *ignore* where the pixel is a blend that no class owns: an object's fringe
+  (``0 < alpha < 0.5``) that no later object covered.
+- **Boxes** (COCO ``bbox`` = [x, y, w, h] in pixels, pixel edges): the tight box of the instance mask,
+  ``x = first column``, ``w = last column - first column + 1``. So boxes describe the visible object; an object
+  is placed only if every earlier object keeps at least ``min_visible`` of its own mask, so no object is hidden.
+- **Splits**: train scenes draw objects from Fashion-MNIST's train split, val scenes from its test split.
+- **Determinism**: scene ``i`` of a split depends only on (seed, split, i, size and the options), not on how many
+  scenes are generated; the same call gives the same bytes on every machine (numpy PCG64 + Pillow resizing).
+
+``mobilenets data scenes --out DIR`` writes ``DIR/{train,val}/images/*.jpg``, ``DIR/{train,val}/masks/*.png``
+and ``DIR/{train,val}/annotations.json`` (COCO; each image entry also names its ``mask_file``).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mobilenets.data import fashion_mnist
+from mobilenets.errors import ConfigError, InputError
+
+# COCO category ids are the Fashion-MNIST label + 1 so that 0 stays "background" in the semantic masks.
+CATEGORIES = tuple({"id": i + 1, "name": name} for i, name in enumerate(fashion_mnist.CLASSES))
+IGNORE_INDEX = 255
+SPLITS = ("train", "val")
+_SPLIT_SOURCE = {"train": "train", "val": "test"}  # Fashion-MNIST split the objects come from
+# scikit-image's bundled public-domain photos and textures (all in its wheel, no download).
+BACKGROUNDS = ("grass", "gravel", "brick", "coffee", "astronaut", "chelsea", "rocket", "camera", "moon", "cell")
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """What decides a scene set. Stored in ``scenes.json`` beside the generated files."""
+
+    size: int = 256
+    seed: int = 0
+    min_objects: int = 1
+    max_objects: int = 6
+    min_scale: float = 0.12  # object side / image side (log-uniform between min and max)
+    max_scale: float = 0.5
+    min_visible: float = 0.5  # an earlier object must keep this fraction of its mask when a later one is pasted
+    empty_fraction: float = 0.02  # scenes with no object at all (detectors must cope with them)
+
+    def __post_init__(self) -> None:
+        if self.size < 32:
+            raise ConfigError(f"scene size must be >= 32, got {self.size}")
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ConfigError(f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
+        if not 0 < self.min_scale <= self.max_scale <= 1:
+            raise ConfigError(f"need 0 < min_scale <= max_scale <= 1, got {self.min_scale}, {self.max_scale}")
+        if not 0 <= self.min_visible < 1 or not 0 <= self.empty_fraction < 1:
+            raise ConfigError("min_visible and empty_fraction must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One generated scene. ``boxes`` are [x0, y0, x1, y1] pixel edges (x1 = last column + 1)."""
+
+    image: np.ndarray  # H×W×3 uint8
+    semantic: np.ndarray  # H×W uint8: 0 background, 1..10 class, 255 ignore
+    instances: np.ndarray  # H×W int32: 0 none, k+1 for boxes[k], -1 ignore
+    boxes: np.ndarray  # N×4 float32
+    labels: np.ndarray  # N int64, category ids 1..10
+
+
+ObjectSource = tuple[np.ndarray, np.ndarray]  # (images N×28×28 uint8, labels N in 0..9)
+
+
+def load_objects(split: str, root: str | Path | None = None) -> ObjectSource:
+    """Fashion-MNIST objects for a scene split: the system dataset, or the subset embedded in the package."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown scene split {split!r}; expected one of {SPLITS}")
+    try:
+        return fashion_mnist.load_split(_SPLIT_SOURCE[split], root)
+    except InputError:
+        embedded = getattr(fashion_mnist, "load_embedded", None)  # the classification issue's packaged subset
+        if root is not None or embedded is None:
+            raise
+        return embedded(_SPLIT_SOURCE[split])
+
+
+@cache
+def _background(name: str) -> np.ndarray:
+    import skimage.data
+
+    img = np.asarray(getattr(skimage.data, name)())
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    return np.ascontiguousarray(img[..., :3].astype(np.uint8))
+
+
+def _rng(seed: int, split: str, index: int) -> np.random.Generator:
+    # A stable per-scene stream: scene i never depends on how many scenes come before it.
+    return np.random.Generator(np.random.PCG64([seed, zlib.crc32(split.encode()), index]))
+
+
+def _draw_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    src = _background(BACKGROUNDS[rng.integers(len(BACKGROUNDS))])
+    h, w = src.shape[:2]
+    side = int(rng.uniform(0.35, 1.0) * min(h, w))
+    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    crop = Image.fromarray(src[y : y + side, x : x + side]).resize((size, size), Image.BILINEAR)
+    out = np.asarray(crop, dtype=np.float32)
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    # Mild colour and brightness jitter so the same photo crop never repeats exactly.
+    out = out * rng.uniform(0.7, 1.2) * rng.uniform(0.85, 1.15, size=3)
+    return np.clip(out, 0, 255)
+
+
+def _draw_object(rng: np.random.Generator, digit: np.ndarray, size: int, config: SceneConfig) -> tuple:
+    scale = float(np.exp(rng.uniform(np.log(config.min_scale), np.log(config.max_scale))))
+    aspect = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
+    h = max(8, min(size, round(size * scale * np.sqrt(aspect))))
+    w = max(8, min(size, round(size * scale / np.sqrt(aspect))))
+    a = np.asarray(Image.fromarray(digit).resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
+    if rng.random() < 0.5:
+        a = a[:, ::-1]
+    alpha = np.clip((a - 0.02) / 0.08, 0.0, 1.0)
+    # A saturated tint keeps the garment's own shading (its real texture) but varies its colour.
+    tint = rng.uniform(0.15, 1.0, size=3)
+    tint = tint / tint.max() * rng.uniform(160, 255)
+    color = (0.3 + 0.7 * a)[..., None] * tint
+    y, x = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
+    return y, x, alpha, color
+
+
+def generate_scene(index: int, split: str, objects: ObjectSource, config: SceneConfig = SceneConfig()) -> Scene:
+    """Scene ``index`` of ``split``; pure function of (config, split, index, objects)."""
+    rng = _rng(config.seed, split, index)
+    size = config.size
+    canvas = _draw_background(rng, size)
+    semantic = np.zeros((size, size), np.uint8)
+    instances = np.zeros((size, size), np.int32)
+    images, labels = objects
+    count = 0 if rng.random() < config.empty_fraction else int(rng.integers(config.min_objects, config.max_objects + 1))
+    kept: list[int] = []  # category id per placed object
+    areas: list[int] = []
+    for _ in range(count):
+        for _attempt in range(10):
+            pick = int(rng.integers(len(images)))
+            y, x, alpha, color = _draw_object(rng, images[pick], size, config)
+            solid = alpha >= 0.5
+            if not solid.any():
+                continue
+            window = instances[y : y + alpha.shape[0], x : x + alpha.shape[1]]
+            covered = np.bincount(window[solid & (window > 0)], minlength=len(kept) + 1)[1:]
+            visible = np.bincount(instances[instances > 0].ravel(), minlength=len(kept) + 1)[1:]
+            if np.all(visible - covered >= config.min_visible * np.asarray(areas, dtype=np.float64)):
+                break
+        else:
+            continue  # no placement that keeps earlier objects visible: this scene has fewer objects
+        h, w = alpha.shape
+        region = canvas[y : y + h, x : x + w]
+        region[:] = region * (1 - alpha[..., None]) + color * alpha[..., None]
+        kept.append(int(labels[pick]) + 1)
+        areas.append(int(solid.sum()))
+        k = len(kept)
+        fringe = (alpha > 0) & ~solid
+        window[solid] = k
+        window[fringe & (window > 0)] = -1  # a blend of two objects: nobody's pixel
+        sem = semantic[y : y + h, x : x + w]
+        sem[solid] = kept[-1]
+        sem[fringe] = IGNORE_INDEX
+    boxes, box_labels = [], []
+    for k, category in enumerate(kept, start=1):
+        ys, xs = np.nonzero(instances == k)
+        if len(ys) == 0:
+            continue
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        box_labels.append(category)
+    # Renumber instances so that instances == k + 1 matches boxes[k] even if an object vanished.
+    present = [k for k in range(1, len(kept) + 1) if (instances == k).any()]
+    remap = np.zeros(len(kept) + 2, np.int32)
+    remap[-1] = -1
+    for new, old in enumerate(present, start=1):
+        remap[old] = new
+    instances = remap[instances]
+    return Scene(
+        image=np.round(canvas).astype(np.uint8),
+        semantic=semantic,
+        instances=instances,
+        boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+        labels=np.asarray(box_labels, np.int64),
+    )
+
+
+def generate_scenes(
+    count: int, split: str = "train", config: SceneConfig = SceneConfig(), objects: ObjectSource | None = None
+) -> Iterator[Scene]:
+    """Scenes 0..count-1 of ``split`` in memory (objects default to :func:`load_objects`)."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown scene split {split!r}; expected one of {SPLITS}")
+    objects = load_objects(split) if objects is None else objects
+    for i in range(count):
+        yield generate_scene(i, split, objects, config)
+
+
+def rle_encode(mask: np.ndarray) -> dict[str, object]:
+    """COCO uncompressed RLE (column-major runs, starting with a run of zeros); pycocotools reads it."""
+    flat = np.asarray(mask, dtype=bool).ravel(order="F")
+    changes = np.flatnonzero(np.diff(np.concatenate([[False], flat, [False]]).astype(np.int8)))
+    edges = np.concatenate([[0], changes, [flat.size]])
+    counts = np.diff(edges).tolist()
+    if counts and counts[-1] == 0:
+        counts.pop()
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+
+
+def write_split(
+    out: str | Path,
+    split: str,
+    count: int,
+    config: SceneConfig = SceneConfig(),
+    objects: ObjectSource | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Write ``count`` scenes of ``split`` under ``out/split`` as COCO JSON + JPEG images + PNG masks."""
+    root = Path(out) / split
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i, scene in enumerate(generate_scenes(count, split, config, objects)):
+        name = f"{i:06d}"
+        Image.fromarray(scene.image).save(root / "images" / f"{name}.jpg", quality=92)
+        Image.fromarray(scene.semantic).save(root / "masks" / f"{name}.png")
+        images.append(
+            {
+                "id": i + 1,
+                "file_name": f"images/{name}.jpg",
+                "mask_file": f"masks/{name}.png",
+                "height": config.size,
+                "width": config.size,
+            }
+        )
+        for k, (box, label) in enumerate(zip(scene.boxes.tolist(), scene.labels.tolist(), strict=True)):
+            mask = scene.instances == k + 1
+            x0, y0, x1, y1 = box
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(label),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": int(mask.sum()),
+                    "iscrowd": 0,
+                    "segmentation": rle_encode(mask),
+                }
+            )
+        if progress is not None:
+            progress(i + 1)
+    coco = {
+        "info": {"description": f"mobilenets scenes, split {split}", "generator": config.to_dict()},
+        "images": images,
+        "annotations": annotations,
+        "categories": [dict(c, supercategory="fashion") for c in CATEGORIES],
+    }
+    path = root / "annotations.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(coco))
+    tmp.replace(path)
+    return path
+
+
+def write_scenes(out: str | Path, counts: dict[str, int], config: SceneConfig = SceneConfig()) -> dict[str, Path]:
+    """Write every split in ``counts`` (e.g. ``{"train": 2000, "val": 200}``) and ``out/scenes.json``."""
+    out = Path(out)
+    paths = {split: write_split(out, split, n, config) for split, n in counts.items()}
+    meta = {"config": config.to_dict(), "counts": counts, "ignore_index": IGNORE_INDEX, "categories": CATEGORIES}
+    (out / "scenes.json").write_text(json.dumps(meta, indent=2))
+    return paths
