@@ -1,0 +1,1 @@
+"""SSDLite object detection (MobileNetV2 paper §6.2): boxes, anchors, matching, loss, model, data, task."""
