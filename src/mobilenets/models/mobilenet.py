@@ -177,10 +177,16 @@ class MobileNet(nn.Module):
             raise ConfigError(f"unknown feature tap(s) {missing}; see feature_info() for the available names")
         return [known[n] for n in names]
 
-    def forward_taps(self, x: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Tensor]:
-        """Run the backbone only as far as needed and return the named feature maps."""
+    def forward_taps(
+        self, x: torch.Tensor, names: Iterable[str], input_multiple: int = INPUT_MULTIPLE
+    ) -> dict[str, torch.Tensor]:
+        """Run the backbone only as far as needed and return the named feature maps.
+
+        Dense-prediction heads pass ``input_multiple=1``: they upsample to the input size, so sides such as
+        DeepLab's 513 (every stride-2 layer then rounds up: 257, 129, 65, 33) are fine.
+        """
         wanted = [f.name for f in self.tap_info(list(names))]
-        check_image_batch(x, self.config.in_chans)
+        check_image_batch(x, self.config.in_chans, input_multiple)
         out: dict[str, torch.Tensor] = {}
         stage_end = {stage[-1]: s for s, stage in enumerate(self.spec.stages)}
 

@@ -1,0 +1,129 @@
+"""Mobile DeepLabv3 / LR-ASPP: shapes at any input size, Table 7's parameter and multiply-add figures, options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mobilenets
+from mobilenets import ConfigError, InputError, create_model, profile
+from mobilenets.segmentation.inference import tf_atrous_madds
+
+SEGMENTERS = [
+    "deeplabv3_mobilenet_v1",
+    "deeplabv3_mobilenet_v2",
+    "lraspp_mobilenet_v3_large",
+    "lraspp_mobilenet_v3_small",
+]
+
+
+def test_registered() -> None:
+    assert set(SEGMENTERS) <= set(mobilenets.list_models())
+
+
+@pytest.mark.parametrize("name", SEGMENTERS)
+def test_logits_at_input_size_for_any_size(name: str) -> None:
+    model = create_model(name, width=0.35, num_classes=4).eval()
+    with torch.no_grad():
+        for size in [(65, 97), (64, 64)]:
+            out = model(torch.randn(1, 3, *size))
+            assert out.shape == (1, 4, *size)
+            assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["deeplabv3_mobilenet_v2", "lraspp_mobilenet_v3_small"])
+def test_gradients_reach_every_parameter(name: str) -> None:
+    model = create_model(name, width=0.35, num_classes=3, dropout=0.0)
+    model(torch.randn(2, 3, 64, 64)).logsumexp(1).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
+
+
+def test_deeplab_uses_second_to_last_map_and_drops_1280_conv() -> None:
+    model = create_model("deeplabv3_mobilenet_v2")
+    assert (model.tap.name, model.tap.channels, model.tap.stride) == ("blocks.16", 320, 16)
+    assert model.backbone.head is None
+    assert not any(k.startswith("backbone.head.") for k in model.state_dict())
+
+
+@pytest.mark.parametrize(("output_stride", "rates"), [(16, (6, 12, 18)), (8, (12, 24, 36))])
+def test_aspp_rates_follow_output_stride(output_stride: int, rates: tuple[int, ...]) -> None:
+    model = create_model("deeplabv3_mobilenet_v2", output_stride=output_stride, width=0.35)
+    assert tuple(conv.conv.dilation[0] for conv in model.head.atrous) == rates
+    with torch.no_grad():
+        raw = model.eval().forward_raw(torch.randn(1, 3, 65, 65))
+    assert raw.shape[-1] == 64 // output_stride + 1
+
+
+def test_reduced_head_has_no_atrous_branches() -> None:
+    model = create_model("deeplabv3_mobilenet_v2", aspp=False)
+    assert len(model.head.atrous) == 0
+    assert model.head.fuse.conv.in_channels == 512  # 1×1 branch + image pooling
+
+
+# Paper Table 7 (V2 §6.3). Params with BatchNorm; MAdds at DeepLab's 513×513 evaluation crop. "exact" counts
+# true output positions (the profile command); "tf" adds TensorFlow's space-to-batch padding of atrous convs.
+@pytest.mark.parametrize(
+    ("name", "aspp", "params", "exact", "tf"),
+    [
+        ("deeplabv3_mobilenet_v2", True, 4.52e6, 5.36e9, 5.8e9),
+        ("deeplabv3_mobilenet_v2", False, 2.11e6, 2.74e9, 2.75e9),
+        ("deeplabv3_mobilenet_v1", True, 11.15e6, 12.76e9, 14.25e9),
+    ],
+)
+def test_table7_params_and_madds(name: str, aspp: bool, params: float, exact: float, tf: float) -> None:
+    model = create_model(name, aspp=aspp, num_classes=21, output_stride=16)
+    prof = profile(model, 513)
+    assert prof.params == pytest.approx(params, abs=0.005e6)
+    assert prof.madds == pytest.approx(exact, abs=0.005e9)
+    assert tf_atrous_madds(model, 513) == pytest.approx(tf, rel=0.005)
+
+
+@pytest.mark.slow  # ~45 s: six scales of an OS 8 network up to 897×897
+def test_table7_os8_mf_madds() -> None:
+    from mobilenets.segmentation.inference import DEEPLAB_EVAL_SCALES, inference_madds
+
+    model = create_model("deeplabv3_mobilenet_v2", aspp=False, num_classes=21, output_stride=8)
+    madds = inference_madds(model, 513, DEEPLAB_EVAL_SCALES, flip=True, tf_atrous=True)
+    assert madds == pytest.approx(152.6e9, rel=0.005)
+
+
+def test_lraspp_matches_torchvision_parameter_count() -> None:
+    # torchvision's lraspp_mobilenet_v3_large (21 classes) has 3,221,538 parameters.
+    model = create_model("lraspp_mobilenet_v3_large", num_classes=21)
+    assert sum(p.numel() for p in model.parameters()) == 3_221_538
+    assert (model.low_tap.channels, model.low_tap.stride) == (40, 8)
+    assert (model.high_tap.channels, model.high_tap.stride) == (960, 16)
+
+
+def test_weights_round_trip_and_fine_tune(tmp_path) -> None:
+    model = create_model("deeplabv3_mobilenet_v2", width=0.35, num_classes=5, aspp=False).eval()
+    path = tmp_path / "seg.safetensors"
+    mobilenets.save_weights(model, path)
+    again = create_model("deeplabv3_mobilenet_v2", weights=path).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+    tuned = create_model("deeplabv3_mobilenet_v2", weights=path, num_classes=2)
+    assert tuned.classifier.out_channels == 2
+    with pytest.raises(ConfigError, match="lraspp"):
+        create_model("lraspp_mobilenet_v3_small", weights=path)
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "message"),
+    [
+        ("deeplabv3_mobilenet_v2", {"output_stride": 4}, "output stride"),
+        ("deeplabv3_mobilenet_v2", {"num_classes": 0}, "num_classes"),
+        ("deeplabv3_mobilenet_v2", {"colour": 1}, "colour"),
+        ("lraspp_mobilenet_v3_large", {"aspp": False}, "aspp"),
+    ],
+)
+def test_invalid_options(name: str, overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        create_model(name, **overrides)
+
+
+def test_bad_input() -> None:
+    model = create_model("deeplabv3_mobilenet_v2", width=0.35).eval()
+    with pytest.raises(InputError):
+        model(torch.randn(1, 1, 64, 64))
