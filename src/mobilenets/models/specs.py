@@ -195,7 +195,9 @@ def build_spec(
     stride, dilation = 2, 1  # after the stride-2 stem
     blocks: list[BlockSpec] = []
     strides: list[int] = []
+    table_channels: list[int] = []  # each block's unscaled output width, which names its stage
     in_ch = stem_channels
+    table_in = stem  # the previous row's unscaled width: V3's expansion ratio is exp / table_in
     for kernel, exp, out, se, act, s, exp_is_factor in rows:
         out_ch = make_divisible(out * width)
         if arch == "v1":
@@ -203,7 +205,12 @@ def build_spec(
         elif exp_is_factor:
             mid = in_ch * exp  # V2: t × (already rounded) input width
         else:
-            mid = make_divisible(exp * width)  # V3 tables list the expansion size itself
+            # V3 tables list the expansion size itself; TF-Slim (mobilenet_v3.py: expand_input_by_factor) builds it
+            # as ratio × the *rounded* input width, and so do the published α ≠ 1 checkpoints (timm's
+            # tf_mobilenetv3_*_075) and the V3 paper's Table 3 (Large 0.75: 155M MAdds, 4.0M params).
+            # Rounding exp·α instead (torchvision's rule) agrees at α = 1 only.
+            mid = make_divisible(in_ch * exp / table_in)
+        table_in = out
         block_dilation = dilation
         if s > 1:
             if stride * s > output_stride:
@@ -227,11 +234,15 @@ def build_spec(
             )
         )
         strides.append(stride)
+        table_channels.append(out)
         in_ch = out_ch
 
+    # A stage is a run of blocks with the same output width in the paper's table (V2: one row of Table 2), as
+    # TF-Slim and timm group them. Grouping by the *scaled* width would merge rows at small α (V2 0.35 rounds
+    # both 16 and 24 to 8), so stage indices would change with the width.
     stages: list[list[int]] = []
-    for i, b in enumerate(blocks):
-        if not stages or blocks[stages[-1][-1]].out_channels != b.out_channels:
+    for i, channels in enumerate(table_channels):
+        if not stages or table_channels[stages[-1][-1]] != channels:
             stages.append([])
         stages[-1].append(i)
 
@@ -242,8 +253,10 @@ def build_spec(
         head, pre_logits = (V2_HEAD if width <= 1.0 else make_divisible(V2_HEAD * width)), 0
     else:
         last_conv, hidden = V3_LARGE_HEAD if arch == "v3_large" else V3_SMALL_HEAD
-        # torchvision's rule: both head widths scale with α.
-        head, pre_logits = make_divisible(last_conv * width), make_divisible(hidden * width)
+        # The 1×1 conv before the pool scales with α; the one after it (1280 / 1024) does not: the published
+        # TF checkpoints at α = 0.75 (timm's tf_mobilenetv3_*_075 ports) keep it, and with it the V3 paper's
+        # Table 3 parameter counts come out (Large 0.75: 4.0M; scaling it too would give 3.4M).
+        head, pre_logits = make_divisible(last_conv * width), hidden
     return NetSpec(
         arch=arch,
         stem_channels=stem_channels,
