@@ -97,10 +97,15 @@ def load_objects(split: str, root: str | Path | None = None) -> ObjectSource:
     try:
         return fashion_mnist.load_split(_SPLIT_SOURCE[split], root)
     except InputError:
-        embedded = getattr(fashion_mnist, "load_embedded", None)  # the classification issue's packaged subset
-        if root is not None or embedded is None:
+        if root is not None:
             raise
-        return embedded(_SPLIT_SOURCE[split])
+    try:  # the class-balanced subset shipped inside the package (mobilenets.data.embedded)
+        from mobilenets.data import embedded
+    except ImportError:
+        raise InputError(
+            "no Fashion-MNIST: install Debian's dataset-fashion-mnist or use a build with the embedded subset"
+        ) from None
+    return embedded.load(_SPLIT_SOURCE[split])
 
 
 @cache
