@@ -1,0 +1,1 @@
+"""Image classification: data sources, the training task, evaluation metrics and prediction."""

@@ -1,0 +1,100 @@
+"""Image transforms without torchvision: PIL for geometry, then a normalised float tensor C×H×W.
+
+Randomness comes from ``torch``'s global generator, which the engine's ``SeededDataset`` seeds per item from
+(seed, epoch, index) — so augmentation is reproducible whatever the number of workers or processes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mobilenets.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    """One description for the train and eval pipelines.
+
+    Train: random-resized crop (area fraction ``scale``, aspect ``ratio``) to ``resolution``, optional
+    horizontal flip, normalise. Eval: resize the shorter side to ``resolution / crop_pct``, centre crop,
+    normalise. ``crop_pct`` 0.875 is the ImageNet convention (256 → 224); 1.0 keeps the whole image.
+    """
+
+    resolution: int = 224
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: bool = True
+    crop_pct: float = 0.875
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.resolution < 1:
+            raise ConfigError(f"resolution must be >= 1, got {self.resolution}")
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ConfigError(f"crop scale must satisfy 0 < min <= max <= 1, got {self.scale}")
+        if not 0 < self.crop_pct <= 1:
+            raise ConfigError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+
+
+def random_resized_box(
+    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """A crop (left, top, right, bottom) covering a random area fraction and aspect ratio (Inception's
+    augmentation, as torchvision draws it: 10 tries, then a centre crop clamped to the ratio range)."""
+    area = width * height
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * float(torch.empty(1).uniform_(scale[0], scale[1]))
+        aspect = math.exp(float(torch.empty(1).uniform_(log_lo, log_hi)))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            left = int(torch.randint(0, width - w + 1, (1,)))
+            top = int(torch.randint(0, height - h + 1, (1,)))
+            return left, top, left + w, top + h
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        w, h = round(height * ratio[1]), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def to_tensor(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    a = np.asarray(img, dtype=np.float32) / 255.0
+    if a.ndim == 2:  # grey → 3 channels
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    t = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    return (t - m) / s
+
+
+def train_transform(cfg: TransformConfig, img: Image.Image) -> torch.Tensor:
+    box = random_resized_box(img.width, img.height, cfg.scale, cfg.ratio)
+    img = img.resize((cfg.resolution, cfg.resolution), Image.BILINEAR, box=box)
+    if cfg.hflip and float(torch.rand(1)) < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    return to_tensor(img, cfg.mean, cfg.std)
+
+
+def eval_transform(cfg: TransformConfig, img: Image.Image) -> torch.Tensor:
+    short = round(cfg.resolution / cfg.crop_pct)
+    w, h = img.size
+    size = (short, max(short, round(h * short / w))) if w <= h else (max(short, round(w * short / h)), short)
+    img = img.resize(size, Image.BILINEAR)
+    left, top = (size[0] - cfg.resolution) // 2, (size[1] - cfg.resolution) // 2
+    img = img.crop((left, top, left + cfg.resolution, top + cfg.resolution))
+    return to_tensor(img, cfg.mean, cfg.std)
