@@ -307,6 +307,9 @@ class SceneDataset(SegmentationDataset):
         self.split, self.count = split, count
         self.config = scenes.SceneConfig(size=size)
         self._objects: tuple[np.ndarray, np.ndarray] | None = None
+        # Scenes are pure functions of their index, so keeping them is exact; later epochs (in the process that
+        # generated them: ``--workers 0``) skip the generator.
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return self.count
@@ -316,8 +319,10 @@ class SceneDataset(SegmentationDataset):
 
         if self._objects is None:  # loaded lazily, once per worker process
             self._objects = scenes.load_objects(self.split)
-        scene = scenes.generate_scene(index, self.split, self._objects, self.config)
-        return scene.image, scene.semantic
+        if index not in self._cache:
+            scene = scenes.generate_scene(index, self.split, self._objects, self.config)
+            self._cache[index] = (scene.image, scene.semantic)
+        return self._cache[index]
 
 
 def scene_classes() -> list[str]:
