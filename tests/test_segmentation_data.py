@@ -70,7 +70,7 @@ def test_voc_layout(tmp_path: Path) -> None:
     assert item["image"].shape == (3, 24, 32) and item["mask"].dtype == torch.int64
     assert torch.equal(item["mask"], torch.from_numpy(_mask().astype(np.int64)))  # palette indices, 255 kept
     (root / "JPEGImages" / "2007_000039.jpg").unlink()
-    with pytest.raises(InputError, match="2007_000039.jpg"):
+    with pytest.raises(InputError, match=r"2007_000039\.jpg"):
         pairs_for(root, "train")
 
 
