@@ -7,7 +7,9 @@ Training, evaluation and prediction go through the one engine: ``mobilenets trai
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from mobilenets.errors import ConfigError
 
@@ -63,8 +65,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     result = bench_latency(args.model, args.resolution, args.num_classes, args.threads, args.warmup, args.runs)
     if args.out:
-        from pathlib import Path
-
-        Path(args.out).write_text(__import__("json").dumps(result, indent=2))
+        Path(args.out).write_text(json.dumps(result, indent=2))
     print_json(result)
     return 0

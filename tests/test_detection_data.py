@@ -1,0 +1,225 @@
+"""COCO loading with bad input, box-preserving augmentations, and the detection task's hooks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mobilenets.cli import main
+from mobilenets.detection import task as det_task
+from mobilenets.detection.data import CocoDetection, collate
+from mobilenets.detection.transforms import (
+    TrainTransform,
+    hflip,
+    min_iou_crop,
+    photometric,
+    resize,
+    zoom_out,
+)
+from mobilenets.engine.checkpoints import save_model
+from mobilenets.errors import InputError
+from mobilenets.registry import create_model
+
+CATS = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]
+
+
+def _write(tmp: Path, images: list, annotations: list, categories: list = CATS, files: tuple = (1, 2)) -> Path:
+    for i in files:
+        Image.fromarray(np.full((40, 60, 3), 100, np.uint8)).save(tmp / f"{i}.png")
+    path = tmp / "annotations.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+def _img(i: int) -> dict:
+    return {"id": i, "file_name": f"{i}.png", "width": 60, "height": 40}
+
+
+def _ann(i: int, image: int, cat: int, bbox: list) -> dict:
+    return {"id": i, "image_id": image, "category_id": cat, "bbox": bbox}
+
+
+# -- bad input --------------------------------------------------------------------------------------------
+def test_malformed_json_names_the_file(tmp_path) -> None:
+    path = tmp_path / "a.json"
+    path.write_text('{"images": [')
+    with pytest.raises(InputError, match=r"a\.json is not valid JSON"):
+        CocoDetection(path)
+    path.write_text('{"images": {}, "annotations": [], "categories": []}')
+    with pytest.raises(InputError, match="'images' must be a list"):
+        CocoDetection(path)
+    with pytest.raises(InputError, match="not found"):
+        CocoDetection(tmp_path / "missing.json")
+
+
+def test_bad_entries_name_the_entry(tmp_path) -> None:
+    path = _write(tmp_path, [_img(1)], [{"id": 9, "image_id": 1, "bbox": [0, 0, 1, 1]}])
+    with pytest.raises(InputError, match=r"annotations\[0\] \(id 9\): missing 'category_id'"):
+        CocoDetection(path)
+    path = _write(tmp_path, [_img(1)], [_ann(5, 1, 3, [0, 0, "wide", 1])])
+    with pytest.raises(InputError, match=r"annotations\[0\] \(id 5\): bbox must be 4 numbers"):
+        CocoDetection(path)
+    path = _write(tmp_path, [{"id": 1}], [])
+    with pytest.raises(InputError, match=r"images\[0\]: missing 'file_name'"):
+        CocoDetection(path)
+
+
+def test_repairs_are_counted(tmp_path) -> None:
+    anns = [
+        _ann(1, 1, 3, [10, 10, 20, 10]),  # fine
+        _ann(2, 1, 7, [-5, 30, 20, 20]),  # outside: clipped to [0, 30, 15, 40]
+        _ann(3, 1, 3, [10, 10, 0, 5]),  # zero width: dropped
+        _ann(4, 1, 3, [10, 10, -4, 5]),  # negative: dropped
+        _ann(5, 1, 3, [70, 10, 5, 5]),  # entirely outside: nothing left after clipping, dropped
+        _ann(6, 1, 99, [1, 1, 5, 5]),  # unknown category: dropped
+        _ann(7, 42, 3, [1, 1, 5, 5]),  # unknown image: dropped
+    ]
+    path = _write(tmp_path, [_img(1), _img(2), _img(3)], anns)  # image 3 has no file
+    ds = CocoDetection(path)
+    assert len(ds) == 2 and ds.num_classes == 2 and ds.category_ids == [3, 7]
+    assert dict(ds.problems) == {
+        "boxes_clipped": 2, "boxes_degenerate": 3, "unknown_category": 1, "unknown_image": 1,
+        "images_missing": 1, "images_without_boxes": 1,
+    }  # fmt: skip
+    rec = ds.records[0]
+    assert rec.boxes.tolist() == [[10, 10, 30, 20], [0, 30, 15, 40]]
+    assert rec.labels.tolist() == [1, 2]  # category ids 3, 7 -> labels 1, 2
+    image, target = ds[1]  # the image with no boxes is a background example
+    assert image.shape == (3, 40, 60) and target["boxes"].shape == (0, 4)
+
+
+def test_all_images_missing_is_an_error(tmp_path) -> None:
+    path = _write(tmp_path, [_img(5)], [], files=())
+    with pytest.raises(InputError, match="none of its 1 images"):
+        CocoDetection(path)
+
+
+def test_unreadable_image_names_the_file(tmp_path) -> None:
+    path = _write(tmp_path, [_img(1)], [])
+    (tmp_path / "1.png").write_bytes(b"not a png")
+    ds = CocoDetection(path)
+    with pytest.raises(InputError, match=r"1\.png"):
+        ds[0]
+
+
+# -- augmentations keep boxes on their objects -----------------------------------------------------------
+def _painted() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    image = np.zeros((90, 120, 3), np.uint8)
+    boxes = np.array([[10, 20, 50, 60], [60, 5, 110, 40], [70, 50, 100, 85]], np.float32)
+    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    for (x0, y0, x1, y1), c in zip(boxes.astype(int), colors, strict=True):
+        image[y0:y1, x0:x1] = c
+    return image, boxes, np.array([1, 2, 3])
+
+
+def _check_boxes_on_objects(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, tol: float) -> None:
+    channel = {1: 0, 2: 1, 3: 2}
+    for box, label in zip(boxes, labels, strict=True):
+        mask = image[..., channel[int(label)]] > 127
+        ys, xs = np.nonzero(mask)
+        assert len(ys), f"object {label} vanished but its box was kept"
+        x0, y0, x1, y1 = box
+        assert abs(xs.min() - x0) <= tol and abs(ys.min() - y0) <= tol, (box, xs.min(), ys.min())
+        # a crop may cut an object: only the visible part must match the box
+        assert abs(xs.max() + 1 - x1) <= tol and abs(ys.max() + 1 - y1) <= tol, (box, xs.max(), ys.max())
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_geometric_transforms_keep_boxes(seed: int) -> None:
+    rng = np.random.RandomState(seed)
+    image, boxes, labels = _painted()
+    _check_boxes_on_objects(*hflip(image, boxes, labels), tol=0)
+    _check_boxes_on_objects(*zoom_out(image, boxes, labels, 3.0, rng), tol=0)
+    _check_boxes_on_objects(*min_iou_crop(image, boxes, labels, rng), tol=0)
+    _check_boxes_on_objects(*resize(image, boxes, labels, (64, 96)), tol=1)
+    np.random.seed(seed)
+    out = TrainTransform((64, 64), zoom_out_max=2.0, photometric=False)(image, boxes, labels)
+    assert out[0].shape == (64, 64, 3)
+    _check_boxes_on_objects(*out, tol=1.5)
+
+
+def test_photometric_changes_colours_only() -> None:
+    image, _, _ = _painted()
+    rng = np.random.RandomState(0)
+    outs = [photometric(image, rng) for _ in range(5)]
+    assert all(o.shape == image.shape and o.dtype == np.uint8 for o in outs)
+    assert any(not np.array_equal(o, image) for o in outs)
+
+
+def test_crop_without_boxes_still_works() -> None:
+    image, _, _ = _painted()
+    out, b, lab = min_iou_crop(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.random.RandomState(1))
+    assert out.ndim == 3 and b.shape == (0, 4) and lab.shape == (0,)
+
+
+# -- the task ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def scenes_dir(tmp_path_factory) -> Path:
+    from mobilenets.data.scenes import SceneConfig, write_split
+
+    out = tmp_path_factory.mktemp("scenes")
+    objects = (np.tile(np.linspace(0, 255, 28, dtype=np.uint8), (10, 28, 1)), np.arange(10, dtype=np.uint8))
+    for split, n in (("train", 4), ("val", 3)):
+        write_split(out, split, n, SceneConfig(size=64, seed=2), objects=objects)
+    return out
+
+
+def _args(data: Path, **kw: object) -> argparse.Namespace:
+    base = dict(
+        data=str(data), val_data=None, resolution=64, num_classes=None, width=None,
+        model="ssdlite_mobilenet_v3_small", zoom_out=2.0, no_photometric=False, backbone_init=None,
+    )  # fmt: skip
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_task_loss_and_perfect_evaluation(scenes_dir: Path) -> None:
+    task = det_task.build_task(_args(scenes_dir))
+    model = task.build_model().train()
+    assert model.config.num_classes == 10
+    train, val = task.datasets()
+    batch = task.collate([train[i] for i in range(2)])
+    loss, parts = task.loss(model, batch)
+    assert torch.isfinite(loss) and set(parts) == {"cls_loss", "box_loss"}
+    loss.backward()
+
+    class Oracle(torch.nn.Module):  # predicts exactly the ground truth: mAP must be 1
+        def predict(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+            return [self.next.pop(0) for _ in range(len(images))]
+
+    oracle = Oracle()
+    oracle.next = []
+    for i in range(len(val)):
+        _, t = val[i]
+        oracle.next.append({"boxes": t["boxes"] * 64, "scores": torch.ones(len(t["labels"])), "labels": t["labels"]})
+    loader = torch.utils.data.DataLoader(val, batch_size=2, collate_fn=collate)
+    metrics = task.evaluate(oracle, loader, distributed=False)
+    assert metrics["mAP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
+
+
+def test_eval_and_predict_cli(scenes_dir: Path, tmp_path: Path, capsys) -> None:
+    model = create_model("ssdlite_mobilenet_v3_small", num_classes=10).eval()
+    ckpt = tmp_path / "best.safetensors"
+    meta = {"task": "detect", "args": {"resolution": 64, "data": str(scenes_dir)},
+            "metadata": {"classes": [f"c{i}" for i in range(10)], "category_ids": list(range(1, 11))}}  # fmt: skip
+    save_model(model, ckpt, meta)
+    assert main(["eval", "--checkpoint", str(ckpt), "--json", "--workers", "0"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 3 and 0 <= result["mAP"] <= 1
+    image = scenes_dir / "val" / "images" / "000000.jpg"
+    out = tmp_path / "pred"
+    args = ["predict", "--checkpoint", str(ckpt), str(image), "--json", "--out", str(out), "--score-threshold", "0"]
+    assert main(args) == 0
+    pred = json.loads(capsys.readouterr().out)
+    assert Path(pred[0]["png"]).is_file() and len(pred[0]["detections"]) > 0
+    assert {"class", "score", "box", "label"} <= set(pred[0]["detections"][0])
+    # a checkpoint trained for another class count is refused by name
+    other = create_model("ssdlite_mobilenet_v3_small", num_classes=4)
+    save_model(other, tmp_path / "four.safetensors", meta)
+    assert main(["eval", "--checkpoint", str(tmp_path / "four.safetensors"), "--workers", "0"]) == 2
+    assert "10 categories but checkpoint" in capsys.readouterr().err
