@@ -1,0 +1,102 @@
+"""Classification end to end through the CLI (train → eval → predict) and its metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mobilenets.classification.metrics import Counts, accumulate, per_class_accuracy, summarise
+from mobilenets.cli import main
+from mobilenets.data import embedded
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run on an image folder with --val-split (RGB PNGs, one CMYK JPEG, one broken file)."""
+    root = tmp_path_factory.mktemp("cls")
+    data = root / "data"
+    x, y = embedded.load("test")
+    names = {0: "tshirt", 1: "trouser", 8: "bag"}
+    for c, name in names.items():
+        (data / name).mkdir(parents=True)
+        for i in np.flatnonzero(y == c)[:10]:
+            Image.fromarray(x[i]).convert("RGB").save(data / name / f"{i}.png")
+    Image.fromarray(x[np.flatnonzero(y == 8)[20]]).convert("CMYK").save(data / "bag" / "cmyk.jpg")
+    (data / "bag" / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    out = root / "run"
+    argv = [
+        "train", "--data", str(data), "--val-split", "0.25", "--out", str(out), "--model", "mobilenet_v2",
+        "--width", "0.35", "--resolution", "32", "--batch-size", "8", "--epochs", "1", "--workers", "1",
+        "--threads", "1", "--no-progress", "--preset", "paper", "--lr", "0.01",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    return out
+
+
+def test_train_writes_run_folder(run: Path):
+    for name in ("best.safetensors", "last.json", "metrics.csv", "curves.png"):
+        assert (run / name).is_file(), name
+    header, row = (run / "metrics.csv").read_text().splitlines()
+    values = dict(zip(header.split(","), row.split(","), strict=True))
+    # 25 % held out per class: round(2.5) + round(2.5) + round(3.0) = 7 of the 32 files
+    assert float(values["val_n"]) + float(values["val_skipped"]) == 7
+    assert 0.0 <= float(values["val_top1"]) <= 1.0
+
+
+def test_eval_json_and_confusion_png(run: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    assert main(["eval", "--checkpoint", str(run), "--workers", "0", "--json", "--out", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["per_class"]) == {"bag", "trouser", "tshirt"}
+    assert result["n"] == 31 and result["skipped"] == 1  # the whole folder (no val/), broken file skipped
+    assert result["top5"] == 1.0  # 3 classes: top-5 always hits
+    conf = torch.tensor(result["confusion"])
+    assert conf.sum() == 31 and result["top1"] == pytest.approx(float(conf.diag().sum()) / 31)
+    assert Path(result["confusion_png"]).stat().st_size > 1000
+
+
+def test_predict_names_classes_and_reports_bad_files(run: Path, capsys, tmp_path: Path):
+    import matplotlib.cbook
+
+    hopper = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff truncated")
+    assert main(["predict", "--checkpoint", str(run / "best.safetensors"), str(hopper), "--top-k", "2", "--json"]) == 0
+    (res,) = json.loads(capsys.readouterr().out)
+    assert [t["class"] in {"bag", "trouser", "tshirt"} for t in res["top"]] == [True, True]
+    assert res["top"][0]["prob"] >= res["top"][1]["prob"]
+    assert main(["predict", "--checkpoint", str(run), str(hopper), str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert "grace_hopper.jpg:" in captured.out and "bad.jpg" in captured.err
+
+
+def test_cli_errors_are_one_line(run: Path, capsys, tmp_path: Path):
+    assert main(["eval", "--checkpoint", str(tmp_path / "none")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    argv = ["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--no-progress"]
+    assert main(argv) == 2
+    assert "data path not found" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "empty")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_metrics_by_hand():
+    class Fixed(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    # 3 classes; logits chosen so predictions are 0, 2, 2, 1; labels 0, 1, 2, 1
+    logits = torch.tensor([[3.0, 1, 0], [0, 1, 2], [0, 0, 5], [0, 4, 1]])
+    labels = torch.tensor([0, 1, 2, 1])
+    counts = accumulate(Fixed(), [{"images": logits, "labels": labels, "skipped": torch.tensor(2)}], 3)
+    assert counts.confusion.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+    s = summarise(counts)
+    assert s["top1"] == 0.75 and s["top5"] == 1.0 and s["skipped"] == 2 and s["n"] == 4
+    assert s["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)))
+    assert per_class_accuracy(counts.confusion) == [1.0, 0.5, 1.0]
+    again = Counts.from_tensor(counts.as_tensor(), 3)
+    assert torch.equal(again.confusion, counts.confusion) and again.top5 == counts.top5
