@@ -115,3 +115,14 @@ def test_real_fashion_mnist_objects() -> None:
     again = generate_scene(0, "val", objects, CONFIG)
     assert np.array_equal(scene.image, again.image)
     assert scene.image.std() > 5
+
+
+def test_objects_fall_back_to_the_embedded_subset(monkeypatch, tmp_path) -> None:
+    embedded = pytest.importorskip("mobilenets.data.embedded")
+    if not embedded.PATH.is_file():
+        pytest.skip("no embedded subset in this installation")
+    monkeypatch.setattr(scenes.fashion_mnist, "SYSTEM_ROOT", tmp_path / "nothing-here")
+    images, labels = scenes.load_objects("val")
+    assert images.shape[1:] == (28, 28) and len(images) == len(labels)
+    with pytest.raises(scenes.InputError):
+        scenes.load_objects("val", root=tmp_path)
