@@ -48,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
             help="eval: resize to resolution/crop_pct, centre crop "
             "(default 0.875 for image folders, 1.0 for Fashion-MNIST)",
         )
-        g.add_argument("--no-hflip", action="store_true", help="no random horizontal flips")  # fmt: skip
+        g.add_argument("--no-hflip", action="store_true", help="no random horizontal flips")
+        g.add_argument("--project-act", choices=("linear", "relu6"), help="V2 Figure 6a ablation")
+        g.add_argument("--shortcut", choices=("bottleneck", "expansion", "none"), help="V2 Figure 6b ablation")
     elif command == "eval":
         parser.add_argument("--per-class", action="store_true", help="print every class's accuracy")
     elif command == "predict":
@@ -76,7 +78,7 @@ class ClassifyTask:
 
     def build_model(self) -> nn.Module:
         overrides: dict[str, object] = {"num_classes": len(self.classes)}
-        for key in ("width", "output_stride", "dropout"):
+        for key in ("width", "output_stride", "dropout", "project_act", "shortcut"):
             if getattr(self.args, key, None) is not None:
                 overrides[key] = getattr(self.args, key)
         return create_model(self.args.model, **overrides)

@@ -128,6 +128,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
+    p = _task_parser(sub, "ablate", help="V2 Figure 6 on real data: linear vs ReLU6, shortcut placement, k seeds")
+    p.command = "train"  # type: ignore[attr-defined]  # the task's train flags apply
+    add_train_arguments(p)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", help="subset of: design relu6_projection expansion_shortcut no_shortcut")
+    p.set_defaults(func=cmd_ablate)
+
     p = _task_parser(sub, "eval", help="evaluate a trained checkpoint")
     p.add_argument("--checkpoint", required=True, help="run folder, last.json or .safetensors")
     p.add_argument("--data", help="evaluation data (default: the run's validation data)")
@@ -168,3 +175,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mobilenets.engine.checkpoints import task_of
 
     return task_module(task_of(args.checkpoint) or DEFAULT_TASK).predict_main(args)
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from mobilenets.classification.ablate import VARIANTS, markdown_table, run_ablation
+    from mobilenets.engine.trainer import train
+
+    if args.task != "classify":
+        raise ConfigError("ablate trains classifiers; --task must be classify")
+    if args.out is None:
+        raise ConfigError("--out is required (one run folder per variant and seed goes under it)")
+    variants = args.variants or list(VARIANTS)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {unknown}; expected some of {list(VARIANTS)}")
+    from pathlib import Path
+
+    summary = run_ablation(train, task_module("classify").build_task, args, variants, args.seeds, Path(args.out))
+    print(markdown_table(summary), end="")
+    print(f"written: {args.out}/ablation.json, ablation.md, ablation.png")
+    return 0
