@@ -127,3 +127,14 @@ def test_bad_input() -> None:
     model = create_model("deeplabv3_mobilenet_v2", width=0.35).eval()
     with pytest.raises(InputError):
         model(torch.randn(1, 1, 64, 64))
+
+
+def test_profile_cli_gives_table7_reduced_head(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from mobilenets.cli import main
+
+    argv = ["profile", "deeplabv3_mobilenet_v2", "--resolution", "513", "--num-classes", "21", "--no-aspp"]
+    assert main([*argv, "--output-stride", "16", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert round(out["params"] / 1e6, 2) == 2.11 and round(out["madds"] / 1e9, 2) == 2.74  # paper: 2.11M, 2.75B
