@@ -31,6 +31,7 @@ from torch import nn
 from mobilenets.errors import ConfigError
 from mobilenets.models.layers import ConvBNAct
 from mobilenets.models.mobilenet import MobileNet, MobileNetConfig, check_image_batch
+from mobilenets.models.specs import build_spec
 from mobilenets.registry import register_model
 
 HEADS = ("deeplabv3", "lraspp")
@@ -173,11 +174,10 @@ class LRASPP(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = _build_backbone(config, keep_head=True)
-        infos = self.backbone.feature_info()
         (self.high_tap,) = self.backbone.tap_info(["head"])
-        blocks = [f for f in infos if f.name.startswith("blocks.") and not f.name.endswith(".expansion")]
-        eighth = [f for f in blocks if f.stride == min(8, config.output_stride)]
-        self.low_tap = eighth[-1]
+        # The 1/8 skip is the end of the backbone's own stride-8 stage, whatever the output stride dilates.
+        natural = build_spec(config.arch, config.width).block_strides
+        (self.low_tap,) = self.backbone.tap_info([f"blocks.{max(i for i, s in enumerate(natural) if s == 8)}"])
         eps = self.backbone.config.resolved_bn_eps
         channels = config.resolved_head_channels
         self.project = ConvBNAct(self.high_tap.channels, channels, 1, act="relu", bn_eps=eps)
