@@ -119,3 +119,13 @@ def test_bad_config() -> None:
         SSDLite(SSDLiteConfig(num_classes=0))
     with pytest.raises(ConfigError, match="backbone"):
         create_model("ssdlite_mobilenet_v2", arch="v1")
+
+
+def test_bench_detect_writes_json(tmp_path, capsys) -> None:
+    out = tmp_path / "latency.json"
+    args = ["bench-detect", "ssdlite_mobilenet_v3_small", "--resolution", "64", "--num-classes", "3"]
+    assert main([*args, "--warmup", "1", "--runs", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["batch"] == 1 and result["resolution"] == 64
+    assert result["with_postprocessing"]["median_ms"] > 0 and result["network_only"]["median_ms"] > 0
+    assert json.loads(capsys.readouterr().out) == result
