@@ -66,7 +66,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and safetensors all raise their own types for a damaged file
-        raise CheckpointError(f"cannot read {path} as a state dict: {type(e).__name__}: {e}") from None
+        reason = (str(e).strip().splitlines() or [""])[0][:160]  # torch's messages run to many lines
+        raise CheckpointError(f"cannot read {path} as a state dict: {type(e).__name__}: {reason}") from None
     for wrapper in ("state_dict", "model", "state_dict_ema", "model_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

@@ -1,11 +1,13 @@
-"""`mobilenets models`, `profile` and `convert`."""
+"""`mobilenets models`, `profile`, `published` and `convert`."""
 
 from __future__ import annotations
 
 import argparse
 
+from mobilenets.analysis import published
 from mobilenets.analysis.profile import profile
 from mobilenets.cli import print_json
+from mobilenets.convert import SOURCES, convert_file
 from mobilenets.errors import ConfigError
 from mobilenets.registry import create_model, list_models
 
@@ -35,6 +37,28 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", action="store_true", help="print every layer")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("published", help="our counts beside every figure the papers and TF-Slim publish")
+    p.add_argument("--source", choices=sorted(published.SOURCES), action="append", help="only these tables")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_published)
+
+    p = sub.add_parser("convert", help="timm or torchvision weights -> a checkpoint create_model(..., weights=) loads")
+    p.add_argument("--from", dest="source", required=True, choices=SOURCES)
+    p.add_argument("src", metavar="IN", help="the state dict: .pth, .bin or .safetensors")
+    p.add_argument("dst", metavar="OUT", help="the checkpoint to write (safetensors with the model config)")
+    p.add_argument("--model", help="our model name (default: inferred from the keys)")
+    p.add_argument("--width", type=float, help="width multiplier (default: inferred from the shapes)")
+    p.add_argument(
+        "--tf",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="timm tf_* weights: TF 'SAME' padding and BatchNorm eps 1e-3 (default: when IN's name starts with tf_)",
+    )
+    p.add_argument("--bn-eps", type=float, help="BatchNorm epsilon (default: what the source implies)")
+    p.add_argument("--padding", choices=("symmetric", "same"), help="default: what the source implies")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_convert)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -76,4 +100,29 @@ def cmd_profile(args: argparse.Namespace) -> int:
     for name, counts in prof.modules.items():
         if counts["params"] or counts["madds"]:
             print(f"    {name:12s} params {counts['params']:>12,d}  MAdds {counts['madds']:>14,d}")
+    return 0
+
+
+def cmd_published(args: argparse.Namespace) -> int:
+    return published.main([*(f"--source={s}" for s in args.source or ()), *(["--json"] if args.json else [])])
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    net = convert_file(args.src, args.dst, args.source, args.model, args.width, args.bn_eps, args.padding, args.tf)
+    config = net.config
+    summary = {
+        "model": net.registry_name,
+        "width": config.width,
+        "num_classes": config.num_classes,
+        "bn_eps": config.resolved_bn_eps,
+        "padding": config.padding,
+        "source": args.source,
+        "input": args.src,
+        "output": args.dst,
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        options = " ".join(f"{k}={summary[k]}" for k in ("width", "num_classes", "bn_eps", "padding"))
+        print(f"{args.src} ({args.source}) -> {args.dst}: {net.registry_name} {options}")
     return 0
