@@ -140,15 +140,15 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=recipe.lr)
 
 
-def lr_at(recipe: Recipe, step: int, steps_per_epoch: int, epochs: int) -> float:
-    """The learning rate for optimiser step ``step`` (0-based): linear warm-up, then the preset's decay.
-    Pure, so the schedule needs no state of its own in a checkpoint."""
+def lr_at(recipe: Recipe, step: int, steps_per_epoch: int, total_steps: int) -> float:
+    """The learning rate for optimiser step ``step`` (0-based) of ``total_steps``: linear warm-up, then the
+    preset's decay. Pure, so the schedule needs no state of its own in a checkpoint."""
     warmup = recipe.warmup_epochs * steps_per_epoch
     if warmup and step < warmup:
         return recipe.lr * (step + 1) / warmup
     if recipe.schedule == "exponential":  # V2 §6.1: × 0.98 every epoch, stepwise as in TF-Slim (staircase)
         return recipe.lr * recipe.decay_rate ** (step // steps_per_epoch)
-    total = max(1.0, epochs * steps_per_epoch - warmup)
+    total = max(1.0, total_steps - warmup)
     return 0.5 * recipe.lr * (1 + math.cos(math.pi * min(1.0, (step - warmup) / total)))
 
 

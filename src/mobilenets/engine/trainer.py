@@ -198,7 +198,7 @@ def _train(build_task: Callable[[argparse.Namespace], Task], args: argparse.Name
         barrier(d)
         return path or last_ckpt
 
-    lr = lr_at(cfg.recipe, loop["step"], spe, cfg.epochs)
+    lr = lr_at(cfg.recipe, loop["step"], spe, total_steps)
     stop = False
     while loop["epoch"] < cfg.epochs and not stop:
         epoch = loop["epoch"]
@@ -219,7 +219,7 @@ def _train(build_task: Callable[[argparse.Namespace], Task], args: argparse.Name
         for i, batch in enumerate(loader):
             micro = i % cfg.accum_steps
             if micro == 0:
-                lr = lr_at(cfg.recipe, loop["step"], spe, cfg.epochs)
+                lr = lr_at(cfg.recipe, loop["step"], spe, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
             batch = to_device(batch, d.device, cfg.channels_last)
