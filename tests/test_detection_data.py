@@ -223,3 +223,12 @@ def test_eval_and_predict_cli(scenes_dir: Path, tmp_path: Path, capsys) -> None:
     save_model(other, tmp_path / "four.safetensors", meta)
     assert main(["eval", "--checkpoint", str(tmp_path / "four.safetensors"), "--workers", "0"]) == 2
     assert "10 categories but checkpoint" in capsys.readouterr().err
+
+
+def test_model_flag_accepts_the_backbone_name() -> None:
+    from mobilenets.errors import ConfigError
+
+    assert det_task.detector_name("mobilenet_v3_small") == "ssdlite_mobilenet_v3_small"
+    assert det_task.detector_name("ssdlite_mobilenet_v2") == "ssdlite_mobilenet_v2"
+    with pytest.raises(ConfigError, match="resnet50"):
+        det_task.detector_name("resnet50")

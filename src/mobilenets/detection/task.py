@@ -124,9 +124,7 @@ class DetectTask:
         overrides: dict[str, object] = {"num_classes": self.train_set.num_classes}
         if self.args.width is not None:
             overrides["width"] = self.args.width
-        if not self.args.model.startswith("ssdlite_"):
-            raise ConfigError(f"--task detect needs an ssdlite_* model, got {self.args.model!r}")
-        model = create_model(self.args.model, **overrides)
+        model = create_model(detector_name(self.args.model), **overrides)
         if getattr(self.args, "backbone_init", None):
             from mobilenets.engine.checkpoints import resolve_weights
 
@@ -155,6 +153,17 @@ class DetectTask:
 
     def metadata(self) -> dict[str, Any]:
         return {"classes": self.train_set.class_names, "category_ids": self.train_set.category_ids}
+
+
+def detector_name(model: str) -> str:
+    """``--model`` may name the detector (``ssdlite_mobilenet_v2``) or its backbone (``mobilenet_v2``)."""
+    from mobilenets.registry import list_models
+
+    if model.startswith("ssdlite_"):
+        return model
+    if f"ssdlite_{model}" in list_models():
+        return f"ssdlite_{model}"
+    raise ConfigError(f"--task detect needs an ssdlite_* model (or its backbone's name), got {model!r}")
 
 
 def build_task(args: argparse.Namespace) -> DetectTask:
