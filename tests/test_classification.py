@@ -100,3 +100,28 @@ def test_metrics_by_hand():
     assert per_class_accuracy(counts.confusion) == [1.0, 0.5, 1.0]
     again = Counts.from_tensor(counts.as_tensor(), 3)
     assert torch.equal(again.confusion, counts.confusion) and again.top5 == counts.top5
+
+
+def test_ablation_runs_every_variant_and_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import argparse
+    import statistics
+
+    from mobilenets.classification import ablate
+
+    done: dict[str, float] = {}
+
+    def fake_train(build_task, args):  # type: ignore[no-untyped-def]
+        done[args.out] = {"linear": 0.9, "relu6": 0.8}[args.project_act] + 0.01 * args.seed
+        return {}
+
+    def rows(folder: Path, epochs: int):  # type: ignore[no-untyped-def]
+        return [{"val_top1": done[str(folder)]}] if str(folder) in done else None
+
+    monkeypatch.setattr(ablate, "_finished_rows", rows)
+    base = argparse.Namespace(epochs=2, seed=0, out=None, resume=None, project_act=None, shortcut=None)
+    summary = ablate.run_ablation(fake_train, None, base, ["design", "relu6_projection"], [0, 1, 2], tmp_path)
+    assert summary["top1"]["design"] == pytest.approx([0.9, 0.91, 0.92])
+    assert summary["mean"]["relu6_projection"] == pytest.approx(0.81)
+    assert summary["std"]["design"] == pytest.approx(statistics.stdev([0.9, 0.91, 0.92]))
+    assert "| relu6_projection | relu6 | bottleneck | 0.8100 ± 0.0100 |" in (tmp_path / "ablation.md").read_text()
+    assert (tmp_path / "ablation.png").stat().st_size > 1000
