@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+
+import torch
 
 from mobilenets.cli import print_json
 from mobilenets.commands.core import add_model_options, model_overrides
@@ -17,6 +20,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-measure", action="store_true", help="skip running the standard and split executors")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_memory)
+
+    p = sub.add_parser("export", help="ONNX export (dynamic batch), checked in ONNX Runtime; optional int8")
+    p.add_argument("out", help="output .onnx file (with --int8: the int8 model; the fp32 one is written beside)")
+    p.add_argument("--checkpoint", required=True, help="a run folder or .safetensors written by this library")
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--resolution", type=int, help="export resolution (default: the one the model was trained at)")
+    p.add_argument("--int8", action="store_true", help="int8 static quantization, per-channel weights")
+    p.add_argument(
+        "--calibration", help="calibration images: 'embedded', a Fashion-MNIST IDX folder or an image folder"
+    )
+    p.add_argument("--calibration-count", type=int, default=512)
+    p.add_argument("--eval", dest="eval_data", help="also measure top-1 of PyTorch and the ONNX file(s) on this data")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
@@ -36,4 +53,49 @@ def cmd_memory(args: argparse.Namespace) -> int:
         print("measured peak of live activations, batch 1, fp32 (16-bit equivalent = half):")
         for key, value in table.measured.items():
             print(f"  {key:18s} {value / 1e3:>10.1f} Kb")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mobilenets.classification.task import _eval_transform_of
+    from mobilenets.deploy.evaluate import onnx_top1, torch_top1
+    from mobilenets.deploy.export import calibration_batches, check_onnx, export_onnx, quantize_onnx
+    from mobilenets.engine.checkpoints import load_trained
+    from mobilenets.errors import ConfigError
+
+    if args.int8 and not args.calibration:
+        raise ConfigError("--int8 needs --calibration DATA (real images to calibrate the activation ranges)")
+    trained = load_trained(args.checkpoint)
+    if trained.task != "classify":
+        raise ConfigError(f"export supports classifiers; {args.checkpoint} is a {trained.task!r} model")
+    transform = _eval_transform_of(trained.metadata, int(trained.args.get("resolution", 224)))
+    if args.resolution:
+        transform = dataclasses.replace(transform, resolution=args.resolution)
+    resolution = transform.resolution
+    out = Path(args.out)
+    fp32 = out.with_suffix(".fp32.onnx") if args.int8 else out
+    export_onnx(trained.model, fp32, resolution)
+    x = torch.randn(4, trained.model.config.in_chans, resolution, resolution)
+    summary: dict[str, object] = {
+        "onnx": str(fp32),
+        "resolution": resolution,
+        "fp32_max_abs_diff": check_onnx(fp32, trained.model, x),
+    }
+    if args.int8:
+        batches = calibration_batches(args.calibration, transform, args.calibration_count)
+        quantize_onnx(fp32, out, batches)
+        summary["int8"] = str(out)
+        summary["calibration"] = {"data": args.calibration, "images": sum(len(b) for b in batches)}
+    if args.eval_data:
+        summary["top1"] = {"pytorch": torch_top1(trained.model, args.eval_data, transform, trained.metadata)}
+        summary["top1"]["onnx_fp32"] = onnx_top1(fp32, args.eval_data, transform, trained.metadata)
+        if args.int8:
+            summary["top1"]["onnx_int8"] = onnx_top1(out, args.eval_data, transform, trained.metadata)
+    if args.json:
+        print_json(summary)
+    else:
+        for key, value in summary.items():
+            print(f"{key:18s} {value}")
     return 0

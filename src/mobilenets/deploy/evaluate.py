@@ -1,0 +1,46 @@
+"""Top-1 of a PyTorch model or an ONNX file on a labelled evaluation set (the checkpoint's eval transform)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from mobilenets.data.transforms import TransformConfig
+
+
+def _batches(data: str, transform: TransformConfig, metadata: dict[str, Any], batch: int) -> Iterator[dict]:
+    from mobilenets.classification.sources import load_eval_data
+    from mobilenets.data.datasets import collate
+
+    classes = list(metadata.get("classes") or [])
+    dataset = load_eval_data(data, transform, classes)
+    yield from DataLoader(dataset, batch_size=batch, collate_fn=collate)
+
+
+def top1(predict: Callable[[torch.Tensor], torch.Tensor], data: str, transform: TransformConfig,
+         metadata: dict[str, Any], batch: int = 256) -> float:  # fmt: skip
+    """Fraction of images of ``data`` whose arg-max logit is the label."""
+    hits = total = 0
+    for b in _batches(data, transform, metadata, batch):
+        logits = predict(b["images"])
+        hits += int((logits.argmax(1) == b["labels"]).sum())
+        total += len(b["labels"])
+    return hits / max(total, 1)
+
+
+def torch_top1(model: nn.Module, data: str, transform: TransformConfig, metadata: dict[str, Any]) -> float:
+    model = model.eval()
+    with torch.no_grad():
+        return top1(model, data, transform, metadata)
+
+
+def onnx_top1(path: str | Path, data: str, transform: TransformConfig, metadata: dict[str, Any]) -> float:
+    from mobilenets.deploy.export import ort_session, run_onnx
+
+    session = ort_session(path)
+    return top1(lambda x: run_onnx(session, x), data, transform, metadata)

@@ -1,0 +1,133 @@
+"""ONNX export with a dynamic batch, its check in ONNX Runtime, and int8 post-training static quantization.
+
+Quantization (ONNX Runtime ``quantize_static``): QDQ format, int8 weights per output channel (symmetric), uint8
+activations, ranges calibrated by MinMax on real images (the training split, never the test images the accuracy
+is measured on).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mobilenets.deploy.fold import fold_batchnorm
+from mobilenets.errors import ConfigError, InputError
+
+OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+# fp32 ONNX Runtime vs PyTorch: both run the same float graph with different kernels and summation orders.
+ONNX_ATOL = 1e-4
+
+
+def export_onnx(model: nn.Module, path: str | Path, resolution: int, fold: bool = True) -> Path:
+    """Write ``model`` (a classifier) as ONNX with a dynamic batch dimension; BN folded first when ``fold``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = fold_batchnorm(model) if fold else model.eval()
+    in_chans = getattr(getattr(model, "config", None), "in_chans", 3)
+    x = torch.randn(1, in_chans, resolution, resolution)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about the Python-side input check
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return path
+
+
+def ort_session(path: str | Path, threads: int = 0):  # type: ignore[no-untyped-def]
+    """An ONNX Runtime CPU session (``threads`` 0 = ORT's default)."""
+    import onnxruntime as ort
+
+    if not Path(path).is_file():
+        raise InputError(f"ONNX file not found: {path}")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, x: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    return torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0])
+
+
+def check_onnx(path: str | Path, model: nn.Module, x: torch.Tensor) -> float:
+    """Max abs difference between ONNX Runtime on ``path`` and ``model`` (eval) on ``x``."""
+    with torch.no_grad():
+        ref = model.eval()(x)
+    return float((run_onnx(ort_session(path), x) - ref).abs().max())
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over batches of images."""
+
+    def __init__(self, batches: Iterable[torch.Tensor]) -> None:
+        self.batches: Iterator[torch.Tensor] = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {INPUT_NAME: batch.numpy()}
+
+
+def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: Iterable[torch.Tensor]) -> Path:
+    """int8 static quantization of an fp32 export, calibrated on ``calibration`` (batches of N×C×H×W images)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    prepared = out_path.with_suffix(".prep.onnx")
+    try:
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(out_path),
+            _Reader(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        prepared.unlink(missing_ok=True)
+    return out_path
+
+
+def calibration_batches(data: str, transform, count: int = 256, batch: int = 32) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+    """The first ``count`` training images of ``data`` (``embedded``, a Fashion-MNIST IDX folder or an image
+    folder), in the model's eval transform (a ``TransformConfig``)."""
+    from PIL import Image
+
+    from mobilenets.classification.sources import EMBEDDED, is_idx_folder
+    from mobilenets.data import embedded, fashion_mnist
+    from mobilenets.data.datasets import scan_folder
+    from mobilenets.data.images import load_rgb
+    from mobilenets.data.transforms import eval_transform
+
+    if count < 1:
+        raise ConfigError(f"calibration needs at least one image, got {count}")
+    if data == EMBEDDED or is_idx_folder(Path(data)):
+        arrays, _ = embedded.load("train") if data == EMBEDDED else fashion_mnist.load_split("train", data)
+        images = [Image.fromarray(a) for a in arrays[:count]]
+    else:
+        root = Path(data)
+        _, samples = scan_folder(root / "train" if (root / "train").is_dir() else root)
+        images = [load_rgb(p) for p, _ in samples[:count]]
+    if not images:
+        raise InputError(f"no calibration images in {data}")
+    tensors = torch.stack([eval_transform(transform, img) for img in images])
+    return list(tensors.split(batch))

@@ -1,0 +1,60 @@
+"""BN folding and the optimised PyTorch path: equal to the eager model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mobilenets import create_model
+from mobilenets.deploy.fold import fold_batchnorm, optimize_for_inference
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def trained_like(name: str, **overrides: object) -> nn.Module:
+    """A model whose BatchNorm is not the identity (as after training)."""
+    torch.manual_seed(0)
+    model = create_model(name, **overrides)
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
+def test_fold_batchnorm_is_equal(name: str) -> None:
+    model = trained_like(name, width=0.5, num_classes=10)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (folded(x) - model(x)).abs().max() <= 1e-5
+
+
+def test_fold_with_tf_same_padding() -> None:
+    model = trained_like("mobilenet_v3_small", padding="same", num_classes=10)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert (fold_batchnorm(model)(x) - model(x)).abs().max() <= 1e-5
+
+
+def test_optimised_path_is_equal_for_any_batch() -> None:
+    model = trained_like("mobilenet_v2", width=0.5, num_classes=10)
+    fast = optimize_for_inference(model, torch.randn(1, 3, 64, 64))
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 64, 64)
+        with torch.no_grad():
+            assert (fast(x) - model(x)).abs().max() <= 1e-4

@@ -1,0 +1,75 @@
+"""ONNX export (dynamic batch) checked in ONNX Runtime, int8 quantization, and `mobilenets export`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mobilenets import create_model
+from mobilenets.checkpoint import save_weights
+from mobilenets.cli import main
+from mobilenets.deploy.export import ONNX_ATOL, export_onnx, ort_session, quantize_onnx, run_onnx
+from test_deploy import trained_like
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small"])
+def test_onnx_matches_pytorch_with_dynamic_batch(name: str, tmp_path: Path) -> None:
+    model = trained_like(name, width=0.5, num_classes=10)
+    path = export_onnx(model, tmp_path / "m.onnx", 64)
+    session = ort_session(path, threads=1)
+    for batch in (1, 5):
+        x = torch.randn(batch, 3, 64, 64)
+        with torch.no_grad():
+            assert (run_onnx(session, x) - model(x)).abs().max() <= ONNX_ATOL
+
+
+def test_int8_is_quantized_and_close(tmp_path: Path) -> None:
+    import onnx
+
+    model = trained_like("mobilenet_v2", width=0.35, num_classes=10)
+    fp32 = export_onnx(model, tmp_path / "m.onnx", 32)
+    calib = [torch.randn(8, 3, 32, 32) for _ in range(4)]
+    int8 = quantize_onnx(fp32, tmp_path / "m.int8.onnx", calib)
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert int8.stat().st_size < 0.5 * fp32.stat().st_size
+    x = calib[0]
+    with torch.no_grad():
+        ref = model(x)
+    out = run_onnx(ort_session(int8, threads=1), x)
+    assert torch.corrcoef(torch.stack([out.flatten(), ref.flatten()]))[0, 1] > 0.9
+
+
+def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = trained_like("mobilenet_v2", width=0.35, num_classes=10)
+    ckpt = tmp_path / "w.safetensors"
+    save_weights(model, ckpt)
+    out = tmp_path / "m.onnx"
+    code = main(["export", "--checkpoint", str(ckpt), "--resolution", "32", "--int8", "--calibration", "embedded",
+                 "--calibration-count", "16", str(out), "--json"])  # fmt: skip
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["fp32_max_abs_diff"] <= ONNX_ATOL
+    assert out.is_file() and (tmp_path / "m.fp32.onnx").is_file()
+    assert summary["calibration"]["images"] == 16
+
+
+def test_export_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = tmp_path / "w.safetensors"
+    save_weights(create_model("mobilenet_v2", width=0.35), ckpt)
+    assert main(["export", "--checkpoint", str(ckpt), "--int8", str(tmp_path / "m.onnx")]) == 2
+    assert "--calibration" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(tmp_path / "missing.safetensors"), str(tmp_path / "m.onnx")]) == 2
