@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -268,7 +269,7 @@ def predict_main(args: argparse.Namespace) -> int:
     else:
         for r in results:
             if "error" in r:
-                print(f"{r['image']}: error: {r['error']}")
+                print(f"{r['image']}: error: {r['error']}", file=sys.stderr)
                 continue
             shares = ", ".join(f"{k} {v:.1%}" for k, v in r["classes"].items())
             print(f"{r['image']}: {r['mask']}  {r['overlay']}  ({shares})")
