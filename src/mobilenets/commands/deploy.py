@@ -35,6 +35,28 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("bench", help="CPU latency / throughput / memory: our paths and peer runtimes in one run")
+    p.add_argument("model", nargs="?", default="mobilenet_v2")
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=50, help="timed batch-1 calls per path (after warm-up)")
+    p.add_argument("--batch32-runs", type=int, default=3)
+    p.add_argument("--checkpoint", help="trained weights (default: random init, BN re-estimated on real photos)")
+    p.add_argument("--no-peers", action="store_true", help="skip timm and OpenVINO")
+    p.add_argument("--json", dest="json_out", metavar="OUT", help="write the report here")
+    p.add_argument("--plot", metavar="OUT.png", help="bar chart of batch-1 latency")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("tradeoff", help="V2 Figure 5-style plot: MAdds vs params and measured latency, every α × size")
+    p.add_argument("model", nargs="?", default="mobilenet_v2")
+    p.add_argument("--out", required=True, metavar="OUT.png")
+    p.add_argument("--runs", type=int, default=20, help="timed batch-1 calls per point; 0 = counts only")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--widths", type=float, nargs="+")
+    p.add_argument("--resolutions", type=int, nargs="+")
+    p.add_argument("--json", dest="json_out", metavar="OUT.json")
+    p.set_defaults(func=cmd_tradeoff)
+
 
 def cmd_memory(args: argparse.Namespace) -> int:
     from mobilenets.analysis.memory import memory_table
@@ -98,4 +120,47 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         for key, value in summary.items():
             print(f"{key:18s} {value}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from mobilenets.analysis.bench import plot_bench, run_bench
+    from mobilenets.checkpoint import atomic_write
+
+    log = (lambda line: print(line, file=sys.stderr)) if args.json_out is None else print
+    report = run_bench(
+        args.model, args.resolution, args.threads, args.runs, args.batch32_runs, args.checkpoint,
+        peers=not args.no_peers, log=log,
+    )  # fmt: skip
+    for note in report["notes"]:
+        log(f"note: {note}")
+    if args.json_out:
+        text = json.dumps(report, indent=2)
+        atomic_write(args.json_out, lambda tmp: Path(tmp).write_text(text))
+    else:
+        print_json(report)
+    if args.plot:
+        plot_bench(report, args.plot)
+    return 0
+
+
+def cmd_tradeoff(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from mobilenets.analysis.tradeoff import RESOLUTIONS, WIDTHS, plot_tradeoff, points_to_dicts, tradeoff_points
+    from mobilenets.checkpoint import atomic_write
+
+    points = tradeoff_points(
+        args.model, args.widths or WIDTHS, args.resolutions or RESOLUTIONS, args.runs, args.threads
+    )
+    plot_tradeoff(points, args.out, args.model)
+    if args.json_out:
+        text = json.dumps({"model": args.model, "threads": args.threads, "points": points_to_dicts(points)}, indent=2)
+        atomic_write(args.json_out, lambda tmp: Path(tmp).write_text(text))
+    print(f"wrote {args.out}")
     return 0

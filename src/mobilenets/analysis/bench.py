@@ -1,0 +1,334 @@
+"""One CPU benchmark, our execution paths and peer runtimes side by side, in one process and one run.
+
+Every path runs the same weights. Random initialisation leaves BatchNorm as the identity and activations that
+shrink layer after layer into denormal floats, which CPUs process tens of times slower; so, unless a trained
+checkpoint is given, BatchNorm statistics are re-estimated on real photographs (scikit-image's CC0 images)
+before anything is timed, and denormals are flushed to zero. Latency is batch 1 (median and p90 over ``runs``
+calls after warm-up); throughput is batch 32. Compare paths as ratios within one run: absolute numbers depend on
+what else the machine is doing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mobilenets.analysis.memtrace import peak_activation_bytes
+from mobilenets.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from mobilenets.errors import ConfigError
+
+# timm's name of the same architecture (width 1.0), for the peer eager row.
+TIMM_NAMES = {
+    "mobilenet_v1": "mobilenetv1_100",
+    "mobilenet_v2": "mobilenetv2_100",
+    "mobilenet_v3_large": "mobilenetv3_large_100",
+    "mobilenet_v3_small": "mobilenetv3_small_100",
+}
+SPLIT_GROUPS = 4
+
+
+@dataclass
+class BenchResult:
+    name: str
+    ours: bool
+    precision: str  # fp32 | int8
+    batch1_ms_median: float
+    batch1_ms_p90: float
+    batch32_img_s: float
+    max_abs_diff: float | None  # vs our eager model, batch 1 (None: a different model, e.g. timm's)
+    peak_activation_bytes: int | None  # live activations in one batch-1 forward (PyTorch eager paths only)
+    note: str = ""
+
+
+def real_images(resolution: int, count: int = 32, seed: int = 0) -> torch.Tensor:
+    """``count`` random crops of scikit-image's bundled photographs (or matplotlib's sample), ImageNet-normalised."""
+    photos = _photos()
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    out = []
+    for i in range(count):
+        img = photos[i % len(photos)]
+        h, w = img.shape[1:]
+        side = int(min(h, w) * (0.5 + 0.5 * torch.rand(1, generator=g).item()))
+        top = int(torch.randint(0, h - side + 1, (1,), generator=g))
+        left = int(torch.randint(0, w - side + 1, (1,), generator=g))
+        crop = img[:, top : top + side, left : left + side].unsqueeze(0)
+        crop = nn.functional.interpolate(crop, size=(resolution, resolution), mode="bilinear", antialias=True)
+        out.append((crop[0] - mean) / std)
+    return torch.stack(out)
+
+
+def _photos() -> list[torch.Tensor]:
+    arrays: list[np.ndarray] = []
+    try:
+        from skimage import data
+
+        arrays = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    except ImportError:
+        import matplotlib.cbook
+
+        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+            from PIL import Image
+
+            arrays = [np.asarray(Image.open(f).convert("RGB"))]
+    return [torch.from_numpy(np.ascontiguousarray(a[..., :3])).permute(2, 0, 1).float() / 255 for a in arrays]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch: int = 8) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics on ``images`` (cumulative average), then eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    for chunk in images.split(batch):
+        model(chunk)
+    for bn in bns:
+        bn.momentum = 0.1
+    return model.eval()
+
+
+def time_calls(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
+    """Milliseconds of each of ``runs`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _measure(
+    name: str,
+    ours: bool,
+    precision: str,
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    x1: torch.Tensor,
+    x32: torch.Tensor,
+    runs: int,
+    batch32_runs: int,
+    reference: torch.Tensor | None,
+    model_for_memory: nn.Module | None = None,
+    note: str = "",
+) -> BenchResult:
+    with torch.no_grad():
+        out = predict(x1)
+        diff = float((out - reference).abs().max()) if reference is not None else None
+        times = sorted(time_calls(lambda: predict(x1), runs, warmup=max(5, runs // 10)))
+        t32 = time_calls(lambda: predict(x32), batch32_runs, warmup=1)
+    peak = peak_activation_bytes(model_for_memory, x1) if model_for_memory is not None else None
+    return BenchResult(
+        name,
+        ours,
+        precision,
+        statistics.median(times),
+        times[min(len(times) - 1, int(0.9 * len(times)))],
+        len(x32) * 1e3 / statistics.median(t32),
+        diff,
+        peak,
+        note,
+    )
+
+
+def _import_timm() -> Any:
+    # timm imports torchvision, whose CUDA wheel cannot load here; its two custom ops are all timm's import needs.
+    for op in ("nms", "qnms"):
+        with contextlib.suppress(RuntimeError):
+            torch.library.define(f"torchvision::{op}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    import timm
+
+    return timm
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for module in ("onnxruntime", "openvino", "timm", "onnx"):
+        try:
+            versions[module] = __import__(module).__version__
+        except Exception:
+            versions[module] = "not installed"
+    return versions
+
+
+def run_bench(
+    model_name: str = "mobilenet_v2",
+    resolution: int = 224,
+    threads: int = 2,
+    runs: int = 50,
+    batch32_runs: int = 3,
+    checkpoint: str | None = None,
+    peers: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Benchmark ``model_name`` through every available path; returns the JSON-ready report."""
+    from mobilenets.deploy.export import export_onnx, ort_session, quantize_onnx, run_onnx
+    from mobilenets.deploy.fold import fold_batchnorm, optimize_for_inference
+    from mobilenets.deploy.split import split_model
+    from mobilenets.registry import create_model
+
+    if runs < 1 or batch32_runs < 1 or threads < 1:
+        raise ConfigError(f"runs, batch32_runs and threads must be >= 1 (got {runs}, {batch32_runs}, {threads})")
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    images = real_images(resolution, 64)
+    if checkpoint:
+        model = create_model(model_name, weights=checkpoint).eval()
+    else:
+        torch.manual_seed(0)
+        model = recalibrate_batchnorm(create_model(model_name), images)
+    in_chans = model.config.in_chans
+    x1 = images[:1, :in_chans]
+    x32 = images[:32, :in_chans]
+    with torch.no_grad():
+        reference = model(x1)
+    results: list[BenchResult] = []
+    notes: list[str] = []
+
+    def add(result: BenchResult) -> None:
+        results.append(result)
+        log(f"  {result.name:34s} {result.batch1_ms_median:8.2f} ms  {result.batch32_img_s:8.1f} img/s")
+
+    args = (x1, x32, runs, batch32_runs)
+    add(_measure("ours eager", True, "fp32", model, *args, reference, model))
+    folded = fold_batchnorm(model).to(memory_format=torch.channels_last)
+    add(
+        _measure(
+            "ours BN-folded channels_last",
+            True,
+            "fp32",
+            lambda x: folded(x.contiguous(memory_format=torch.channels_last)),
+            *args,
+            reference,
+            folded,
+        )
+    )
+    fast = optimize_for_inference(model, x1)
+    add(
+        _measure(
+            "ours frozen TorchScript", True, "fp32", fast, *args, reference, note="BN folded, channels_last, jit.freeze"
+        )
+    )
+    split = split_model(model, SPLIT_GROUPS)
+    add(_measure(f"ours §5.1 split t={SPLIT_GROUPS}", True, "fp32", split, *args, reference, split))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_path = export_onnx(model, Path(tmp) / "plain.onnx", resolution, fold=False)
+        int8_path = quantize_onnx(fp32_path, Path(tmp) / "int8.onnx", list(images[32:].split(8)))
+        session = ort_session(fp32_path, threads)
+        add(
+            _measure(
+                "onnxruntime fp32", False, "fp32", lambda x: run_onnx(session, x), *args, reference, note="plain export"
+            )
+        )
+        session8 = ort_session(int8_path, threads)
+        add(
+            _measure(
+                "onnxruntime int8",
+                False,
+                "int8",
+                lambda x: run_onnx(session8, x),
+                *args,
+                reference,
+                note="QDQ, per-channel, calibrated on photos",
+            )
+        )
+        if peers:
+            _openvino_rows(fp32_path, int8_path, threads, args, reference, add, notes)
+    if peers:
+        _timm_row(model_name, images, args, add, notes)
+    return {
+        "model": model_name,
+        "resolution": resolution,
+        "threads": threads,
+        "runs": runs,
+        "batch32_runs": batch32_runs,
+        "weights": checkpoint or "random init, BatchNorm re-estimated on real photos",
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "load_avg": os.getloadavg(),
+        },
+        "versions": _versions(),
+        "notes": notes,
+        "results": [asdict(r) for r in results],
+    }
+
+
+def _openvino_rows(fp32_path, int8_path, threads, args, reference, add, notes) -> None:  # type: ignore[no-untyped-def]
+    try:
+        import openvino as ov
+    except ImportError:
+        notes.append("openvino not installed: its rows are skipped (pip install openvino)")
+        return
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    for path, precision in ((fp32_path, "fp32"), (int8_path, "int8")):
+        compiled = core.compile_model(str(path), "CPU", config)
+        request = compiled.create_infer_request()
+
+        def predict(x: torch.Tensor, request=request) -> torch.Tensor:  # type: ignore[no-untyped-def]
+            return torch.from_numpy(request.infer({0: x.numpy()})[0].copy())
+
+        note = "plain export" if precision == "fp32" else "the ONNX Runtime QDQ model"
+        add(_measure(f"openvino {precision}", False, precision, predict, *args, reference, note=note))
+
+
+def _timm_row(model_name, images, args, add, notes) -> None:  # type: ignore[no-untyped-def]
+    if model_name not in TIMM_NAMES:
+        notes.append(f"no timm counterpart registered for {model_name}")
+        return
+    try:
+        timm = _import_timm()
+    except Exception as e:
+        notes.append(f"timm unavailable ({e}): its row is skipped")
+        return
+    torch.manual_seed(0)
+    peer = recalibrate_batchnorm(timm.create_model(TIMM_NAMES[model_name]), images)
+    add(
+        _measure(
+            f"timm {TIMM_NAMES[model_name]} eager",
+            False,
+            "fp32",
+            peer,
+            *args,
+            None,
+            peer,
+            note="own random weights, BN re-estimated on the same photos",
+        )
+    )
+
+
+def plot_bench(report: dict[str, Any], path: str | Path) -> None:
+    """A horizontal bar chart of batch-1 median latency, ours and peers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(report["results"], key=lambda r: r["batch1_ms_median"])
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    colors = ["tab:blue" if r["ours"] else "tab:gray" for r in rows]
+    ax.barh([f"{r['name']} ({r['precision']})" for r in rows], [r["batch1_ms_median"] for r in rows], color=colors)
+    ax.invert_yaxis()
+    ax.set_xlabel("batch-1 latency, median (ms)")
+    ax.set_title(f"{report['model']} @ {report['resolution']}, {report['threads']} threads (blue: ours)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,57 @@
+"""`mobilenets bench` and `mobilenets tradeoff` produce their JSON and figures (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mobilenets.analysis.bench import real_images, recalibrate_batchnorm
+from mobilenets.cli import main
+from mobilenets.registry import create_model
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_real_images_and_bn_recalibration() -> None:
+    images = real_images(64, 8)
+    assert images.shape == (8, 3, 64, 64) and images.std() > 0.3
+    model = recalibrate_batchnorm(create_model("mobilenet_v2", width=0.35), images)
+    assert not model.training
+    assert model.stem.bn.running_var.min() > 0 and model.stem.bn.running_mean.abs().max() > 0
+
+
+def test_bench_command_json(tmp_path: Path) -> None:
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = main(["bench", "mobilenet_v3_small", "--resolution", "64", "--threads", "1", "--runs", "2",
+                 "--batch32-runs", "1", "--no-peers", "--json", str(out), "--plot", str(png)])  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["threads"] == 1 and "torch" in report["versions"] and "machine" in report
+    names = {r["name"] for r in report["results"]}
+    assert {"ours eager", "ours frozen TorchScript", "onnxruntime fp32", "onnxruntime int8"} <= names
+    for r in report["results"]:
+        assert {"name", "ours", "precision", "batch1_ms_median", "batch32_img_s"} <= set(r)
+        if r["ours"]:
+            assert r["max_abs_diff"] <= 1e-4
+    assert png.stat().st_size > 0
+
+
+def test_tradeoff_command(tmp_path: Path) -> None:
+    png, js = tmp_path / "f.png", tmp_path / "f.json"
+    code = main(["tradeoff", "--out", str(png), "--json", str(js), "--runs", "1", "--widths", "0.35", "0.5",
+                 "--resolutions", "64", "96"])  # fmt: skip
+    assert code == 0
+    points = json.loads(js.read_text())["points"]
+    assert len(points) == 4 and png.stat().st_size > 0
+    by = {(p["width"], p["resolution"]): p for p in points}
+    assert by[(0.5, 96)]["madds"] > by[(0.5, 64)]["madds"] and by[(0.5, 96)]["params"] == by[(0.5, 64)]["params"]
