@@ -193,8 +193,9 @@ def run_bench(
         torch.manual_seed(0)
         model = recalibrate_batchnorm(create_model(model_name), images)
     in_chans = model.config.in_chans
-    x1 = images[:1, :in_chans]
-    x32 = images[:32, :in_chans]
+    # Copies, not views: the memory tracer counts a view's whole storage (all 64 images).
+    x1 = images[:1, :in_chans].clone()
+    x32 = images[:32, :in_chans].clone()
     with torch.no_grad():
         reference = model(x1)
     results: list[BenchResult] = []

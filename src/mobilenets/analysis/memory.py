@@ -46,7 +46,7 @@ class MemoryTable:
     model: str
     input_resolution: int
     rows: list[MemoryRow]
-    measured: dict[str, float]  # live-activation peaks of the executors, fp32 bytes, batch 1
+    measured: dict[str, float]  # live-activation peaks of the executors (fp32 bytes) and optional peak RSS
 
     @property
     def max_kb(self) -> float:
@@ -96,23 +96,41 @@ def memory_rows(model: MobileNet, resolution: int = 224) -> list[MemoryRow]:
     ]
 
 
-def measured_peaks(model: nn.Module, resolution: int, groups: tuple[int, ...] = (4,)) -> dict[str, float]:
-    """Peak live activation bytes (fp32, batch 1) of the standard forward and the split executor at each t."""
+def measured_peaks(
+    model: nn.Module, name: str, resolution: int, groups: tuple[int, ...] = (4,), batch: int = 1, rss: bool = False
+) -> dict[str, float]:
+    """Peak live activation bytes (fp32) of the standard forward and the split executor at each t; with ``rss``,
+    also the whole-process peak RSS of a fresh process around one forward of each (registered ``name``)."""
+    from mobilenets.analysis.memtrace import peak_rss_bytes
     from mobilenets.deploy.split import split_model
 
     model = model.eval()
-    x = torch.randn(1, getattr(model.config, "in_chans", 3), resolution, resolution)
-    out = {"standard_bytes": float(peak_activation_bytes(model, x))}
+    x = torch.randn(batch, getattr(model.config, "in_chans", 3), resolution, resolution)
+    out = {"batch": float(batch), "standard_bytes": float(peak_activation_bytes(model, x))}
     for t in groups:
         out[f"split_t{t}_bytes"] = float(peak_activation_bytes(split_model(model, t), x))
+    if rss:
+        for t in (1, *groups):
+            peak = peak_rss_bytes(name, t, batch, resolution)
+            label = "standard" if t == 1 else f"split_t{t}"
+            out[f"{label}_rss_before_bytes"] = float(peak.before_forward)
+            out[f"{label}_rss_peak_bytes"] = float(peak.after_forward)
     return out
 
 
-def memory_table(model: nn.Module, name: str, resolution: int = 224, measure: bool = True) -> MemoryTable:
+def memory_table(
+    model: nn.Module,
+    name: str,
+    resolution: int = 224,
+    measure: bool = True,
+    groups: tuple[int, ...] = (4,),
+    batch: int = 1,
+    rss: bool = False,
+) -> MemoryTable:
     """Table 3 for a MobileNet classifier, with the executors' measured peaks beside it when ``measure``."""
     if not isinstance(model, MobileNet):
         raise ConfigError(f"{name!r} is not a MobileNet classifier; the memory table needs its block specs")
     if resolution < 32 or resolution % 32:
         raise ConfigError(f"resolution must be a multiple of 32 and at least 32, got {resolution}")
-    measured = measured_peaks(model, resolution) if measure else {}
+    measured = measured_peaks(model, name, resolution, groups, batch, rss) if measure else {}
     return MemoryTable(name, resolution, memory_rows(model, resolution), measured)

@@ -73,7 +73,7 @@ def peak_activation_bytes(model: nn.Module, x: torch.Tensor, forward: Callable[.
 
 @dataclass(frozen=True)
 class RssPeak:
-    before_forward: int  # peak RSS after building the model and the input (bytes)
+    before_forward: int  # peak RSS (VmHWM) after importing torch, building the model and the input (bytes)
     after_forward: int  # peak RSS after one forward
 
     @property
@@ -82,7 +82,7 @@ class RssPeak:
 
 
 _RSS_SCRIPT = """
-import json, resource, sys, torch
+import json, sys, torch
 from mobilenets import create_model
 from mobilenets.deploy.split import split_model
 name, groups, batch, res = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -91,11 +91,15 @@ model = create_model(name).eval()
 if groups > 1:
     model = split_model(model, groups, inplace=True)
 x = torch.randn(batch, 3, res, res)
-kb = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-before = kb()
+def hwm():
+    # VmHWM: this address space's peak RSS. (ru_maxrss would be wrong: Linux carries it over fork + exec.)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+before = hwm()
 with torch.no_grad():
     model(x)
-print(json.dumps([before, kb()]))
+print(json.dumps([before, hwm()]))
 """
 
 

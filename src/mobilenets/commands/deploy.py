@@ -9,6 +9,7 @@ import torch
 
 from mobilenets.cli import print_json
 from mobilenets.commands.core import add_model_options, model_overrides
+from mobilenets.errors import ConfigError
 from mobilenets.registry import create_model
 
 
@@ -18,6 +19,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_model_options(p)
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--no-measure", action="store_true", help="skip running the standard and split executors")
+    p.add_argument("--groups", type=int, nargs="+", default=[4], help="split executor t values to measure")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the measured forward")
+    p.add_argument("--rss", action="store_true", help="also peak RSS of a fresh process per executor")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_memory)
 
@@ -62,7 +66,11 @@ def cmd_memory(args: argparse.Namespace) -> int:
     from mobilenets.analysis.memory import memory_table
 
     model = create_model(args.model, **model_overrides(args))
-    table = memory_table(model, args.model, args.resolution, measure=not args.no_measure)
+    if args.batch < 1:
+        raise ConfigError(f"--batch must be >= 1, got {args.batch}")
+    table = memory_table(
+        model, args.model, args.resolution, not args.no_measure, tuple(args.groups), args.batch, args.rss
+    )
     if args.json:
         print_json(table.to_dict())
         return 0
@@ -72,9 +80,10 @@ def cmd_memory(args: argparse.Namespace) -> int:
         print(f"  {row.resolution:>4d}x{row.resolution:<4d} {row.max_channels:>9d} {row.kb:>9.1f}")
     print(f"  {'max':>9s} {'':>9s} {table.max_kb:>9.1f}")
     if table.measured:
-        print("measured peak of live activations, batch 1, fp32 (16-bit equivalent = half):")
+        print(f"measured, batch {args.batch}, fp32 (live activations; 16-bit equivalent = half):")
         for key, value in table.measured.items():
-            print(f"  {key:18s} {value / 1e3:>10.1f} Kb")
+            if key != "batch":
+                print(f"  {key:28s} {value / 1e3:>12.1f} Kb")
     return 0
 
 
@@ -85,7 +94,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     from mobilenets.deploy.evaluate import onnx_top1, torch_top1
     from mobilenets.deploy.export import calibration_batches, check_onnx, export_onnx, quantize_onnx
     from mobilenets.engine.checkpoints import load_trained
-    from mobilenets.errors import ConfigError
 
     if args.int8 and not args.calibration:
         raise ConfigError("--int8 needs --calibration DATA (real images to calibrate the activation ranges)")
