@@ -154,3 +154,33 @@ def test_split_halves_peak_activation_memory() -> None:
     split = peak_activation_bytes(split_model(model, 4), x)
     assert standard > 112 * 112 * 96 * 4  # at least the widest expansion (block 2) is materialised
     assert split <= 0.5 * standard
+
+
+@pytest.mark.parametrize("name", ["ssdlite_mobilenet_v2", "lraspp_mobilenet_v3_small", "deeplabv3_mobilenet_v2"])
+def test_split_detection_and_segmentation_models(name: str) -> None:
+    from mobilenets import list_models
+
+    if name not in list_models():
+        pytest.skip(f"{name} is not registered in this checkout")
+    torch.manual_seed(0)
+    model = _randomise_bn(create_model(name))
+    split = split_model(model, 4)
+    x = torch.randn(1, 3, 128, 128)
+    forward = "forward_raw" if hasattr(model, "forward_raw") else "forward"
+    with torch.no_grad():
+        ref, out = getattr(model, forward)(x), getattr(split, forward)(x)
+    ref_leaves, out_leaves = _leaves(ref), _leaves(out)
+    assert len(ref_leaves) == len(out_leaves) > 0
+    for a, b in zip(ref_leaves, out_leaves, strict=True):
+        # 1e-5 relative to the output's scale: DeepLab's logits reach ~20 with random BN statistics.
+        assert (a - b).abs().max() <= 1e-5 * max(1.0, float(a.abs().max()))
+
+
+def _leaves(value: object) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _leaves(v)]
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _leaves(v)]
+    return []
