@@ -7,6 +7,7 @@ is measured on).
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,8 +25,17 @@ INPUT_NAME, OUTPUT_NAME = "images", "logits"
 ONNX_ATOL = 1e-4
 
 
+def require(module: str):  # type: ignore[no-untyped-def]
+    """Import an optional deployment dependency, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"this needs the optional package {module!r}: pip install {module}") from None
+
+
 def export_onnx(model: nn.Module, path: str | Path, resolution: int, fold: bool = True) -> Path:
     """Write ``model`` (a classifier) as ONNX with a dynamic batch dimension; BN folded first when ``fold``."""
+    require("onnx")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = fold_batchnorm(model) if fold else model.eval()
@@ -48,7 +58,7 @@ def export_onnx(model: nn.Module, path: str | Path, resolution: int, fold: bool 
 
 def ort_session(path: str | Path, threads: int = 0):  # type: ignore[no-untyped-def]
     """An ONNX Runtime CPU session (``threads`` 0 = ORT's default)."""
-    import onnxruntime as ort
+    ort = require("onnxruntime")
 
     if not Path(path).is_file():
         raise InputError(f"ONNX file not found: {path}")
@@ -84,6 +94,7 @@ class _Reader:
 
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: Iterable[torch.Tensor]) -> Path:
     """int8 static quantization of an fp32 export, calibrated on ``calibration`` (batches of N×C×H×W images)."""
+    require("onnxruntime")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

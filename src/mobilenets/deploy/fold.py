@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
@@ -45,8 +46,11 @@ def optimize_for_inference(model: nn.Module, example: torch.Tensor) -> torch.jit
     """
     folded = fold_batchnorm(model).to(memory_format=torch.channels_last)
     wrapped = _ChannelsLast(folded).eval()
-    traced = torch.jit.trace(wrapped, example, check_trace=False)
-    return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+    with warnings.catch_warnings():
+        # The tracer warns about the Python-side input-shape check, which is meant to stay out of the graph.
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(wrapped, example, check_trace=False)
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
 
 
 class _ChannelsLast(nn.Module):
