@@ -58,3 +58,18 @@ def test_optimised_path_is_equal_for_any_batch() -> None:
         x = torch.randn(batch, 3, 64, 64)
         with torch.no_grad():
             assert (fast(x) - model(x)).abs().max() <= 1e-4
+
+
+@pytest.mark.slow
+def test_compiled_path_is_equal() -> None:
+    import shutil
+
+    from mobilenets.deploy.fold import compile_for_inference
+
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("torch.compile's Inductor needs a C++ compiler")
+    model = trained_like("mobilenet_v3_small", width=0.35, num_classes=10)
+    x = torch.randn(1, 3, 64, 64)
+    fast = compile_for_inference(model, x)
+    with torch.no_grad():
+        assert (fast(x) - model(x)).abs().max() <= 1e-4

@@ -175,10 +175,11 @@ def run_bench(
     checkpoint: str | None = None,
     peers: bool = True,
     log: Callable[[str], None] = print,
+    compile_path: bool = False,
 ) -> dict[str, Any]:
     """Benchmark ``model_name`` through every available path; returns the JSON-ready report."""
     from mobilenets.deploy.export import export_onnx, ort_session, quantize_onnx, run_onnx
-    from mobilenets.deploy.fold import fold_batchnorm, optimize_for_inference
+    from mobilenets.deploy.fold import compile_for_inference, fold_batchnorm, optimize_for_inference
     from mobilenets.deploy.split import split_model
     from mobilenets.registry import create_model
 
@@ -225,6 +226,19 @@ def run_bench(
             "ours frozen TorchScript", True, "fp32", fast, *args, reference, note="BN folded, channels_last, jit.freeze"
         )
     )
+    if compile_path:
+        compiled = compile_for_inference(model, x1)
+        add(
+            _measure(
+                "ours torch.compile",
+                True,
+                "fp32",
+                compiled,
+                *args,
+                reference,
+                note="BN folded, channels_last, Inductor freezing",
+            )
+        )
     split = split_model(model, SPLIT_GROUPS)
     add(_measure(f"ours §5.1 split t={SPLIT_GROUPS}", True, "fp32", split, *args, reference, split))
 

@@ -47,6 +47,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch32-runs", type=int, default=3)
     p.add_argument("--checkpoint", help="trained weights (default: random init, BN re-estimated on real photos)")
     p.add_argument("--no-peers", action="store_true", help="skip timm and OpenVINO")
+    p.add_argument("--compile", action="store_true", help="add a torch.compile (Inductor) row; compiles ~1 min")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write the report here")
     p.add_argument("--plot", metavar="OUT.png", help="bar chart of batch-1 latency")
     p.set_defaults(func=cmd_bench)
@@ -142,7 +143,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     log = (lambda line: print(line, file=sys.stderr)) if args.json_out is None else print
     report = run_bench(
         args.model, args.resolution, args.threads, args.runs, args.batch32_runs, args.checkpoint,
-        peers=not args.no_peers, log=log,
+        peers=not args.no_peers, log=log, compile_path=args.compile,
     )  # fmt: skip
     for note in report["notes"]:
         log(f"note: {note}")
