@@ -33,18 +33,18 @@ def bench_latency(
     model = create_model(name, num_classes=num_classes).eval()
     x = torch.rand(1, 3, resolution, resolution)
 
-    def timed(fn: Any) -> list[float]:
-        for _ in range(warmup):
-            fn()
-        out = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - start) * 1000)
-        return out
+    def once(fn: Any) -> float:
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1000
 
-    total = timed(lambda: model.predict(x))
-    raw = timed(lambda: model.forward_raw(x))
+    for _ in range(warmup):
+        model.predict(x)
+    # Interleaved, so that a change in the machine's load hits both measurements alike.
+    total, raw = [], []
+    for _ in range(runs):
+        total.append(once(lambda: model.predict(x)))
+        raw.append(once(lambda: model.forward_raw(x)))
 
     def stats(ms: list[float]) -> dict[str, float]:
         ms = sorted(ms)
