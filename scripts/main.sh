@@ -13,7 +13,7 @@ mobilenets profile mobilenet_v2 --resolution 224
 
 OUT=runs/main
 rm -rf "$OUT"
-mobilenets train --model mobilenet_v2 --data embedded --resolution 32 --epochs "${EPOCHS:-6}" --batch-size 64 \
+mobilenets train --model mobilenet_v2 --width 0.5 --data embedded --resolution 64 --epochs "${EPOCHS:-6}" --batch-size 64 \
   --optimizer adamw --warmup-epochs 0.3 --out "$OUT" --workers 1 --threads 2
 mobilenets eval --checkpoint "$OUT" --per-class
 mobilenets eval --checkpoint "$OUT" --json > "$OUT/eval.json"
