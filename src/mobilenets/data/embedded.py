@@ -49,7 +49,7 @@ def build(out: Path, train_per_class: int, test_per_class: int, root: Path | Non
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=build.__doc__ or __doc__)
-    p.add_argument("--train-per-class", type=int, default=1000)
+    p.add_argument("--train-per-class", type=int, default=3000)
     p.add_argument("--test-per-class", type=int, default=200)
     p.add_argument("--root", type=Path)
     p.add_argument("--out", type=Path, default=PATH)
