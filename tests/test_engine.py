@@ -187,6 +187,35 @@ def test_init_from_checkpoint_with_other_class_count(tmp_path: Path):
     assert torch.equal(dst.classifier.weight, fresh)
 
 
+@pytest.mark.parametrize(
+    ("dense", "classifier"),
+    [
+        ("deeplabv3_mobilenet_v2", "mobilenet_v2"),
+        ("lraspp_mobilenet_v3_small", "mobilenet_v3_small"),
+        ("ssdlite_mobilenet_v2", "mobilenet_v2"),
+    ],
+)
+def test_init_dense_model_from_classification_checkpoint(tmp_path: Path, dense: str, classifier: str):
+    from mobilenets.checkpoint import save_weights
+    from mobilenets.errors import CheckpointError
+    from mobilenets.engine.checkpoints import init_from
+
+    src = create_model(classifier, width=0.5, num_classes=10)
+    for m in src.modules():  # non-trivial BatchNorm statistics, so a skipped buffer would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+    save_weights(src, tmp_path / "cls.safetensors")
+    dst = create_model(dense, width=0.5, num_classes=4)
+    head_before = {k: v.clone() for k, v in dst.state_dict().items() if not k.startswith("backbone.")}
+    init_from(dst, tmp_path / "cls.safetensors")
+    theirs = src.state_dict()
+    loaded = {k.removeprefix("backbone."): v for k, v in dst.state_dict().items() if k.startswith("backbone.")}
+    assert loaded and all(torch.equal(v, theirs[k]) for k, v in loaded.items())
+    assert all(torch.equal(v, dst.state_dict()[k]) for k, v in head_before.items())  # the dense head stays fresh
+    with pytest.raises(CheckpointError, match="as backbone"):  # another width: shapes do not fit
+        init_from(create_model(dense, width=1.0, num_classes=4), tmp_path / "cls.safetensors")
+
+
 # --- pure parts of the recipe ------------------------------------------------------------------------------
 def test_no_weight_decay_on_depthwise_bn_and_biases():
     model = create_model("mobilenet_v2", width=0.35, num_classes=5)

@@ -164,8 +164,18 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
 
 
 def init_from(model: nn.Module, path: str | Path) -> None:
-    """``--init``: load another checkpoint's weights (a new classifier is kept when the class count differs)."""
+    """``--init``: load another checkpoint's weights (a new classifier is kept when the class count differs).
+
+    A detector or segmenter (a model with a ``backbone``) also accepts a classification checkpoint of the same
+    backbone: its keys are the backbone's without the prefix, and the parts the dense model does not have (the
+    classifier, and for DeepLabv3 the dropped 1280-channel conv) are left out; every backbone tensor must be there.
+    """
     _, _, state = read_weights(resolve_weights(path))
+    backbone = getattr(model, "backbone", None)
+    wanted = backbone.state_dict() if isinstance(backbone, nn.Module) else {}
+    if wanted and not set(wanted) - set(state):
+        load_into(backbone, {k: v for k, v in state.items() if k in wanted}, source=f"{path} (as backbone)")
+        return
     load_into(model, state, source=str(path))
 
 
