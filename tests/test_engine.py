@@ -197,8 +197,8 @@ def test_init_from_checkpoint_with_other_class_count(tmp_path: Path):
 )
 def test_init_dense_model_from_classification_checkpoint(tmp_path: Path, dense: str, classifier: str):
     from mobilenets.checkpoint import save_weights
-    from mobilenets.errors import CheckpointError
     from mobilenets.engine.checkpoints import init_from
+    from mobilenets.errors import CheckpointError
 
     src = create_model(classifier, width=0.5, num_classes=10)
     for m in src.modules():  # non-trivial BatchNorm statistics, so a skipped buffer would show
