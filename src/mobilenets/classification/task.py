@@ -126,7 +126,7 @@ def build_task(args: argparse.Namespace) -> ClassifyTask:
     return ClassifyTask(args)
 
 
-def _eval_transform_of(meta: dict[str, Any], fallback_resolution: int) -> TransformConfig:
+def eval_transform_of(meta: dict[str, Any], fallback_resolution: int) -> TransformConfig:
     t = meta.get("transform")
     if not t:
         return TransformConfig(resolution=fallback_resolution)
@@ -140,7 +140,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
     d = setup(args.device)
     trained = load_trained(args.checkpoint, d.device)
     classes = list(trained.metadata.get("classes") or [str(i) for i in range(trained.model.config.num_classes)])
-    cfg = _eval_transform_of(trained.metadata, int(trained.args.get("resolution", 224)))
+    cfg = eval_transform_of(trained.metadata, int(trained.args.get("resolution", 224)))
     data = args.data or trained.args.get("val_data") or trained.args.get("data") or EMBEDDED
     dataset = load_eval_data(data, cfg, classes)
     loader = DataLoader(
@@ -193,7 +193,7 @@ def predict_main(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     trained = load_trained(args.checkpoint, device)
     classes = list(trained.metadata.get("classes") or [str(i) for i in range(trained.model.config.num_classes)])
-    cfg = _eval_transform_of(trained.metadata, int(trained.args.get("resolution", 224)))
+    cfg = eval_transform_of(trained.metadata, int(trained.args.get("resolution", 224)))
     k = max(1, min(args.top_k, len(classes)))
     results: list[dict[str, Any]] = []
     for path in expand_inputs(args.inputs):

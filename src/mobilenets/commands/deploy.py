@@ -91,7 +91,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mobilenets.classification.task import _eval_transform_of
+    from mobilenets.classification.task import eval_transform_of
     from mobilenets.deploy.evaluate import onnx_top1, torch_top1
     from mobilenets.deploy.export import calibration_batches, check_onnx, export_onnx, quantize_onnx
     from mobilenets.engine.checkpoints import load_trained
@@ -101,7 +101,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     trained = load_trained(args.checkpoint)
     if trained.task != "classify":
         raise ConfigError(f"export supports classifiers; {args.checkpoint} is a {trained.task!r} model")
-    transform = _eval_transform_of(trained.metadata, int(trained.args.get("resolution", 224)))
+    transform = eval_transform_of(trained.metadata, int(trained.args.get("resolution", 224)))
     if args.resolution:
         transform = dataclasses.replace(transform, resolution=args.resolution)
     resolution = transform.resolution
