@@ -73,3 +73,48 @@ def test_export_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["export", "--checkpoint", str(ckpt), "--int8", str(tmp_path / "m.onnx")]) == 2
     assert "--calibration" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(tmp_path / "missing.safetensors"), str(tmp_path / "m.onnx")]) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "resolution"),
+    [
+        ("deeplabv3_mobilenet_v2", {"width": 0.35, "num_classes": 5}, 65),  # any size: upsampled to the input
+        ("lraspp_mobilenet_v3_small", {"width": 0.5, "num_classes": 5}, 64),
+        ("ssdlite_mobilenet_v3_small", {"width": 0.5, "num_classes": 3}, 128),
+    ],
+)
+def test_dense_models_onnx_match_pytorch(name: str, overrides: dict, resolution: int, tmp_path: Path) -> None:
+    from mobilenets.deploy.export import export_graph, run_onnx_all
+
+    model = trained_like(name, **overrides)
+    graph, outputs = export_graph(model)
+    path = export_onnx(model, tmp_path / "m.onnx", resolution)
+    session = ort_session(path, threads=1)
+    assert [o.name for o in session.get_outputs()] == list(outputs)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, resolution, resolution)
+        with torch.no_grad():
+            ref = graph(x)
+        refs = list(ref) if isinstance(ref, tuple) else [ref]
+        for out, r in zip(run_onnx_all(session, x), refs, strict=True):
+            assert out.shape == r.shape and (out - r).abs().max() <= ONNX_ATOL
+    if model.task == "detect":  # NMS outside the graph, on ONNX Runtime's outputs: the detections of predict()
+        x = torch.randn(2, 3, resolution, resolution)
+        ours = model.predict(x)
+        theirs = model.select(*run_onnx_all(session, x), (resolution, resolution))
+        for a, b in zip(ours, theirs, strict=True):
+            top = min(10, len(a["scores"]))  # the best ones; far down the list near-equal scores may swap
+            assert torch.equal(a["labels"][:top], b["labels"][:top])
+            assert torch.allclose(a["boxes"][:top], b["boxes"][:top], atol=1e-2)
+
+
+def test_export_command_detector(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = tmp_path / "det.safetensors"
+    save_weights(trained_like("ssdlite_mobilenet_v3_small", width=0.5, num_classes=3), ckpt)
+    out = tmp_path / "det.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--resolution", "128", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["task"] == "detect" and summary["outputs"] == ["boxes", "scores"]
+    assert summary["fp32_max_abs_diff"] <= ONNX_ATOL and out.is_file()
+    assert main(["export", "--checkpoint", str(ckpt), "--int8", "--calibration", "embedded", str(out)]) == 2
+    assert "classifiers" in capsys.readouterr().err

@@ -93,14 +93,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from mobilenets.classification.task import eval_transform_of
     from mobilenets.deploy.evaluate import onnx_top1, torch_top1
-    from mobilenets.deploy.export import calibration_batches, check_onnx, export_onnx, quantize_onnx
+    from mobilenets.deploy.export import calibration_batches, check_onnx, export_graph, export_onnx, quantize_onnx
     from mobilenets.engine.checkpoints import load_trained
 
     if args.int8 and not args.calibration:
         raise ConfigError("--int8 needs --calibration DATA (real images to calibrate the activation ranges)")
     trained = load_trained(args.checkpoint)
-    if trained.task != "classify":
-        raise ConfigError(f"export supports classifiers; {args.checkpoint} is a {trained.task!r} model")
+    if trained.task != "classify" and (args.int8 or args.eval_data):
+        raise ConfigError(f"--int8 and --eval support classifiers; {args.checkpoint} is a {trained.task!r} model")
     transform = eval_transform_of(trained.metadata, int(trained.args.get("resolution", 224)))
     if args.resolution:
         transform = dataclasses.replace(transform, resolution=args.resolution)
@@ -111,6 +111,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     x = torch.randn(4, trained.model.config.in_chans, resolution, resolution)
     summary: dict[str, object] = {
         "onnx": str(fp32),
+        "task": trained.task,
+        "outputs": list(export_graph(trained.model)[1]),
         "resolution": resolution,
         "fp32_max_abs_diff": check_onnx(fp32, trained.model, x),
     }

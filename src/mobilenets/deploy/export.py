@@ -21,6 +21,7 @@ from mobilenets.errors import ConfigError, InputError
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
+DETECTION_OUTPUTS = ("boxes", "scores")
 # fp32 ONNX Runtime vs PyTorch: both run the same float graph with different kernels and summation orders.
 ONNX_ATOL = 1e-4
 
@@ -33,23 +34,45 @@ def require(module: str):  # type: ignore[no-untyped-def]
         raise ConfigError(f"this needs the optional package {module!r}: pip install {module}") from None
 
 
+class DetectorGraph(nn.Module):
+    """The exported part of a detector: raw outputs decoded to boxes N×A×4 (x1, y1, x2, y2 as fractions of the
+    input) and class probabilities N×A×C (background dropped). The per-class NMS stays outside the graph: run
+    ``SSDLite.select(boxes, scores, (h, w))`` on ONNX Runtime's outputs, or any NMS with the model's thresholds."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.detector.decode_outputs(self.detector.forward_raw(x))
+
+
+def export_graph(model: nn.Module) -> tuple[nn.Module, tuple[str, ...]]:
+    """What ``export_onnx`` writes for ``model`` and the names of its outputs: a classifier's logits N×K, a
+    segmenter's logits N×K×H×W at the input size, a detector's (boxes, scores) before NMS."""
+    if getattr(model, "task", "classify") == "detect":
+        return DetectorGraph(model).eval(), DETECTION_OUTPUTS
+    return model.eval(), (OUTPUT_NAME,)
+
+
 def export_onnx(model: nn.Module, path: str | Path, resolution: int, fold: bool = True) -> Path:
-    """Write ``model`` (a classifier) as ONNX with a dynamic batch dimension; BN folded first when ``fold``."""
+    """Write ``model`` (a classifier, segmenter or detector; see :func:`export_graph`) as ONNX with a dynamic
+    batch dimension at a fixed ``resolution``; BN folded first when ``fold``."""
     require("onnx")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = fold_batchnorm(model) if fold else model.eval()
+    graph, outputs = export_graph(fold_batchnorm(model) if fold else model)
     in_chans = getattr(getattr(model, "config", None), "in_chans", 3)
     x = torch.randn(1, in_chans, resolution, resolution)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about the Python-side input check
         torch.onnx.export(
-            model,
+            graph,
             (x,),
             str(path),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            output_names=list(outputs),
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *outputs)},
             opset_version=OPSET,
             dynamo=False,
         )
@@ -71,14 +94,22 @@ def ort_session(path: str | Path, threads: int = 0):  # type: ignore[no-untyped-
 
 
 def run_onnx(session, x: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    return torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0])
+    """The first output (a classifier's or segmenter's logits)."""
+    return run_onnx_all(session, x)[0]
+
+
+def run_onnx_all(session, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+    return [torch.from_numpy(out) for out in session.run(None, {INPUT_NAME: x.numpy()})]
 
 
 def check_onnx(path: str | Path, model: nn.Module, x: torch.Tensor) -> float:
-    """Max abs difference between ONNX Runtime on ``path`` and ``model`` (eval) on ``x``."""
+    """Max abs difference over every output between ONNX Runtime on ``path`` and ``model`` (eval) on ``x``."""
+    graph, _ = export_graph(model)
     with torch.no_grad():
-        ref = model.eval()(x)
-    return float((run_onnx(ort_session(path), x) - ref).abs().max())
+        ref = graph(x)
+    refs = list(ref) if isinstance(ref, tuple) else [ref]
+    outs = run_onnx_all(ort_session(path), x)
+    return max(float((out - r).abs().max()) for out, r in zip(outs, refs, strict=True))
 
 
 class _Reader:

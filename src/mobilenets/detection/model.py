@@ -161,6 +161,8 @@ class SSDLite(nn.Module):
     """SSDLite detector. ``forward`` returns raw outputs in training mode and detections in eval mode;
     ``forward_raw`` always returns ``{"cls_logits": N×A×(C+1), "box_codes": N×A×4, "anchors": A×4}``."""
 
+    task = "detect"
+
     def __init__(self, config: SSDLiteConfig) -> None:
         super().__init__()
         self.config = config
@@ -194,16 +196,22 @@ class SSDLite(nn.Module):
         anchors = self.anchors(grids, (x.shape[-2], x.shape[-1])).to(device=x.device, dtype=codes.dtype)
         return {"cls_logits": logits, "box_codes": codes, "anchors": anchors}
 
+    def decode_outputs(self, raw: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boxes N×A×4 (x1, y1, x2, y2 as fractions of the input, clamped to it) and class probabilities N×A×C
+        (softmax, background dropped): everything before the per-class NMS, so it is also the ONNX graph."""
+        boxes = decode(raw["box_codes"].float(), raw["anchors"].float()).clamp(0, 1)
+        return boxes, raw["cls_logits"].float().softmax(-1)[..., 1:]
+
     @torch.no_grad()
-    def postprocess(self, raw: dict[str, torch.Tensor], image_size: tuple[int, int]) -> list[dict[str, torch.Tensor]]:
-        """Decode, softmax, per-class NMS. Boxes in pixels of the network input, labels 1..num_classes."""
+    def select(
+        self, boxes_all: torch.Tensor, scores_all: torch.Tensor, image_size: tuple[int, int]
+    ) -> list[dict[str, torch.Tensor]]:
+        """Score threshold, top-k and per-class NMS over :meth:`decode_outputs`; boxes scaled to pixels."""
         cfg = self.config
         h, w = image_size
-        scale = torch.tensor([w, h, w, h], dtype=raw["box_codes"].dtype, device=raw["box_codes"].device)
-        boxes_all = decode(raw["box_codes"].float(), raw["anchors"].float()).clamp(0, 1) * scale
-        scores_all = raw["cls_logits"].float().softmax(-1)[..., 1:]
+        scale = torch.tensor([w, h, w, h], dtype=boxes_all.dtype, device=boxes_all.device)
         results = []
-        for boxes, scores in zip(boxes_all, scores_all, strict=True):
+        for boxes, scores in zip(boxes_all * scale, scores_all, strict=True):
             flat = scores.flatten()
             keep = (flat > cfg.score_threshold).nonzero().flatten()
             keep = keep[flat[keep].topk(min(cfg.pre_nms_top_k, len(keep))).indices]
@@ -212,6 +220,11 @@ class SSDLite(nn.Module):
             kept = batched_nms(cand_boxes, cand_scores, labels, cfg.nms_iou)[: cfg.max_detections]
             results.append({"boxes": cand_boxes[kept], "scores": cand_scores[kept], "labels": labels[kept]})
         return results
+
+    @torch.no_grad()
+    def postprocess(self, raw: dict[str, torch.Tensor], image_size: tuple[int, int]) -> list[dict[str, torch.Tensor]]:
+        """Decode, softmax, per-class NMS. Boxes in pixels of the network input, labels 1..num_classes."""
+        return self.select(*self.decode_outputs(raw), image_size)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:

@@ -154,13 +154,14 @@ class Trained:
 
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Trained:
-    """Load a checkpoint written by the engine (or a plain ``save_weights`` file, task ``classify``)."""
+    """Load a checkpoint written by the engine (or a plain ``save_weights`` file: the task is the model's)."""
     weights = resolve_weights(path)
     name, _, _ = read_weights(weights)
     meta = read_train_meta(weights)
     model = create_model(name, weights=weights)
     model.to(device).eval()
-    return Trained(model, meta.get("task", "classify"), meta.get("args", {}), meta.get("metadata", {}), weights)
+    task = meta.get("task", getattr(model, "task", "classify"))
+    return Trained(model, task, meta.get("args", {}), meta.get("metadata", {}), weights)
 
 
 def init_from(model: nn.Module, path: str | Path) -> None:

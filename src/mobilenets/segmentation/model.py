@@ -143,6 +143,8 @@ class ASPP(nn.Module):
 class DeepLabV3(nn.Module):
     """Mobile DeepLabv3: backbone (dilated past the output stride) → ASPP → 1×1 classifier → bilinear ×OS."""
 
+    task = "segment"
+
     def __init__(self, config: SegmentationConfig) -> None:
         super().__init__()
         self.config = config
@@ -169,6 +171,8 @@ class DeepLabV3(nn.Module):
 
 class LRASPP(nn.Module):
     """LR-ASPP (V3 §6.3, Figure 10) on MobileNetV3 at output stride 16 (default) with a 1/8 skip."""
+
+    task = "segment"
 
     def __init__(self, config: SegmentationConfig) -> None:
         super().__init__()
