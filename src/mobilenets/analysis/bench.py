@@ -279,6 +279,8 @@ def run_bench(
             "processor": platform.processor(),
             "cpus": os.cpu_count(),
             "load_avg": os.getloadavg(),
+            # PASSIVE (good for training on a shared machine) made batch-1 PyTorch paths 2-3x slower here
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         },
         "versions": _versions(),
         "notes": notes,
