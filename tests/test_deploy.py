@@ -9,13 +9,7 @@ from torch import nn
 from mobilenets import create_model
 from mobilenets.deploy.fold import fold_batchnorm, optimize_for_inference
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained_like(name: str, **overrides: object) -> nn.Module:

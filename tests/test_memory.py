@@ -5,20 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from torch import nn
 
 from mobilenets import ConfigError, create_model
 from mobilenets.analysis.memory import memory_rows, memory_table
 from mobilenets.cli import main
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _table(name: str, resolution: int = 224) -> dict[int, tuple[int, float]]:

@@ -14,13 +14,7 @@ from mobilenets.deploy.split import ConvSlice, SplitInvertedResidual, group_boun
 ALL_CHANNELS = 10**9  # t ≥ n: one inner channel per group
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The test machine is shared: OpenMP threads spinning against other processes make small convs 100× slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
