@@ -6,25 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from mobilenets import create_model
 from mobilenets.deploy.fold import fold_batchnorm, optimize_for_inference
+from model_util import trained_like
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def trained_like(name: str, **overrides: object) -> nn.Module:
-    """A model whose BatchNorm is not the identity (as after training)."""
-    torch.manual_seed(0)
-    model = create_model(name, **overrides)
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-    return model.eval()
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])

@@ -12,7 +12,7 @@ from mobilenets import create_model
 from mobilenets.checkpoint import save_weights
 from mobilenets.cli import main
 from mobilenets.deploy.export import ONNX_ATOL, export_onnx, ort_session, quantize_onnx, run_onnx
-from test_deploy import trained_like
+from model_util import trained_like
 
 pytest.importorskip("onnxruntime")
 

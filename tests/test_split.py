@@ -10,24 +10,12 @@ from mobilenets import ConfigError, create_model
 from mobilenets.analysis.memtrace import peak_activation_bytes
 from mobilenets.analysis.profile import profile
 from mobilenets.deploy.split import ConvSlice, SplitInvertedResidual, group_bounds, split_model
+from model_util import randomise_bn
 
 ALL_CHANNELS = 10**9  # t ≥ n: one inner channel per group
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    # Fresh BatchNorm is the identity in eval mode; non-trivial statistics make the per-group slicing matter.
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-    return model.eval()
 
 
 CASES = [
@@ -45,7 +33,7 @@ def test_split_equals_standard(name: str, overrides: dict[str, object], t: int) 
     if t == ALL_CHANNELS and name != "mobilenet_v3_small" and overrides.get("shortcut") != "expansion":
         pytest.skip("one channel per group is thousands of tiny convs: two models cover it (SE and ablation)")
     torch.manual_seed(0)
-    model = _randomise_bn(create_model(name, num_classes=10, **overrides))
+    model = randomise_bn(create_model(name, num_classes=10, **overrides))
     split = split_model(model, t)
     side = 32 if t == ALL_CHANNELS else 64  # one channel per group is many small convs: keep it quick
     x = torch.randn(2, 3, side, side)
@@ -124,7 +112,7 @@ def test_taps_for_detection_and_segmentation_backbones() -> None:
             return self.backbone.forward_taps(x, ["blocks.13.expansion", "blocks.16", "head"])
 
     torch.manual_seed(0)
-    model = _randomise_bn(Detector())
+    model = randomise_bn(Detector())
     split = split_model(model, 4)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -157,7 +145,7 @@ def test_split_detection_and_segmentation_models(name: str) -> None:
     if name not in list_models():
         pytest.skip(f"{name} is not registered in this checkout")
     torch.manual_seed(0)
-    model = _randomise_bn(create_model(name))
+    model = randomise_bn(create_model(name))
     split = split_model(model, 4)
     x = torch.randn(1, 3, 128, 128)
     forward = "forward_raw" if hasattr(model, "forward_raw") else "forward"
