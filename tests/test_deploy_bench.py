@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobilenets.analysis.bench import real_images, recalibrate_batchnorm
+from mobilenets.analysis.bench import Candidate, measure_interleaved, real_images, recalibrate_batchnorm
 from mobilenets.cli import main
 from mobilenets.registry import create_model
 
@@ -28,6 +28,30 @@ def test_real_images_and_bn_recalibration() -> None:
     model = recalibrate_batchnorm(create_model("mobilenet_v2", width=0.35), images)
     assert not model.training
     assert model.stem.bn.running_var.min() > 0 and model.stem.bn.running_mean.abs().max() > 0
+
+
+def test_paths_are_timed_in_interleaved_rounds() -> None:
+    calls: list[tuple[str, int]] = []
+
+    def path(name: str, scale: float):  # type: ignore[no-untyped-def]
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            calls.append((name, len(x)))
+            return x * scale
+
+        return predict
+
+    x1, x32 = torch.ones(1, 2), torch.ones(32, 2)
+    a, b = Candidate("a", True, "fp32", path("a", 1.0)), Candidate("b", False, "fp32", path("b", 2.0), compare=False)
+    results = measure_interleaved(
+        [a, b], x1, x32, torch.ones(1, 2), runs=10, batch32_runs=2, rounds=5, log=lambda _: None
+    )
+    assert [r.name for r in results] == ["a", "b"]
+    assert results[0].max_abs_diff == 0.0 and results[1].max_abs_diff is None
+    batch1 = [name for name, n in calls if n == 1]
+    # after the warm-up, five rounds of (2 untimed + 2 timed) calls per path, alternating a, b, a, b, ...
+    timed = batch1[-40:]
+    assert timed == (["a"] * 4 + ["b"] * 4) * 5
+    assert [name for name, n in calls if n == 32][-4:] == ["a", "b", "a", "b"]
 
 
 def test_bench_command_json(tmp_path: Path) -> None:

@@ -114,36 +114,66 @@ def time_calls(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
     return times
 
 
-def _measure(
-    name: str,
-    ours: bool,
-    precision: str,
-    predict: Callable[[torch.Tensor], torch.Tensor],
+@dataclass
+class Candidate:
+    """One execution path to time: ``predict`` maps a batch to logits."""
+
+    name: str
+    ours: bool
+    precision: str
+    predict: Callable[[torch.Tensor], torch.Tensor]
+    compare: bool = True  # same weights as our eager model: report the max abs difference
+    model_for_memory: nn.Module | None = None
+    note: str = ""
+
+
+def measure_interleaved(
+    candidates: list[Candidate],
     x1: torch.Tensor,
     x32: torch.Tensor,
+    reference: torch.Tensor,
     runs: int,
     batch32_runs: int,
-    reference: torch.Tensor | None,
-    model_for_memory: nn.Module | None = None,
-    note: str = "",
-) -> BenchResult:
+    rounds: int = 5,
+    log: Callable[[str], None] = print,
+) -> list[BenchResult]:
+    """Time every path in ``rounds`` round-robin passes (each pass: 2 untimed calls, then its share of ``runs``
+    timed batch-1 calls; then one timed batch-32 call per path and round), so that a change in machine load
+    during the run falls on all paths alike instead of on whichever ran last."""
+    rounds = max(1, min(rounds, runs))
+    per_round = [runs // rounds + (r < runs % rounds) for r in range(rounds)]
+    b1: dict[str, list[float]] = {c.name: [] for c in candidates}
+    b32: dict[str, list[float]] = {c.name: [] for c in candidates}
+    diffs: dict[str, float | None] = {}
     with torch.no_grad():
-        out = predict(x1)
-        diff = float((out - reference).abs().max()) if reference is not None else None
-        times = sorted(time_calls(lambda: predict(x1), runs, warmup=max(5, runs // 10)))
-        t32 = time_calls(lambda: predict(x32), batch32_runs, warmup=1)
-    peak = peak_activation_bytes(model_for_memory, x1) if model_for_memory is not None else None
-    return BenchResult(
-        name,
-        ours,
-        precision,
-        statistics.median(times),
-        times[min(len(times) - 1, int(0.9 * len(times)))],
-        len(x32) * 1e3 / statistics.median(t32),
-        diff,
-        peak,
-        note,
-    )
+        for c in candidates:
+            diffs[c.name] = float((c.predict(x1) - reference).abs().max()) if c.compare else None
+            time_calls(lambda c=c: c.predict(x1), 0, warmup=max(3, runs // 10))
+            time_calls(lambda c=c: c.predict(x32), 0, warmup=1)
+        for r in range(rounds):
+            for c in candidates:
+                b1[c.name] += time_calls(lambda c=c: c.predict(x1), per_round[r], warmup=2)
+        for _ in range(batch32_runs):
+            for c in candidates:
+                b32[c.name] += time_calls(lambda c=c: c.predict(x32), 1, warmup=0)
+    results = []
+    for c in candidates:
+        times = sorted(b1[c.name])
+        peak = peak_activation_bytes(c.model_for_memory, x1) if c.model_for_memory is not None else None
+        result = BenchResult(
+            c.name,
+            c.ours,
+            c.precision,
+            statistics.median(times),
+            times[min(len(times) - 1, int(0.9 * len(times)))],
+            len(x32) * 1e3 / statistics.median(b32[c.name]),
+            diffs[c.name],
+            peak,
+            c.note,
+        )
+        log(f"  {result.name:34s} {result.batch1_ms_median:8.2f} ms  {result.batch32_img_s:8.1f} img/s")
+        results.append(result)
+    return results
 
 
 def _import_timm() -> Any:
@@ -199,74 +229,57 @@ def run_bench(
     x32 = images[:32, :in_chans].clone()
     with torch.no_grad():
         reference = model(x1)
-    results: list[BenchResult] = []
     notes: list[str] = []
-
-    def add(result: BenchResult) -> None:
-        results.append(result)
-        log(f"  {result.name:34s} {result.batch1_ms_median:8.2f} ms  {result.batch32_img_s:8.1f} img/s")
-
-    args = (x1, x32, runs, batch32_runs)
-    add(_measure("ours eager", True, "fp32", model, *args, reference, model))
-    folded = fold_batchnorm(model).to(memory_format=torch.channels_last)
-    add(
-        _measure(
+    channels_last = torch.channels_last
+    folded = fold_batchnorm(model).to(memory_format=channels_last)
+    split = split_model(model, SPLIT_GROUPS)
+    candidates = [
+        Candidate("ours eager", True, "fp32", model, model_for_memory=model),
+        Candidate(
             "ours BN-folded channels_last",
             True,
             "fp32",
-            lambda x: folded(x.contiguous(memory_format=torch.channels_last)),
-            *args,
-            reference,
-            folded,
-        )
-    )
-    fast = optimize_for_inference(model, x1)
-    add(
-        _measure(
-            "ours frozen TorchScript", True, "fp32", fast, *args, reference, note="BN folded, channels_last, jit.freeze"
-        )
-    )
+            lambda x: folded(x.contiguous(memory_format=channels_last)),
+            model_for_memory=folded,
+        ),
+        Candidate(
+            "ours frozen TorchScript",
+            True,
+            "fp32",
+            optimize_for_inference(model, x1),
+            note="BN folded, channels_last, jit.freeze",
+        ),
+    ]
     if compile_path:
         compiled = compile_for_inference(model, x1)
-        add(
-            _measure(
-                "ours torch.compile",
-                True,
-                "fp32",
-                compiled,
-                *args,
-                reference,
-                note="BN folded, channels_last, Inductor freezing",
-            )
+        candidates.append(
+            Candidate("ours torch.compile", True, "fp32", compiled, note="BN folded, channels_last, Inductor freezing")
         )
-    split = split_model(model, SPLIT_GROUPS)
-    add(_measure(f"ours §5.1 split t={SPLIT_GROUPS}", True, "fp32", split, *args, reference, split))
+    candidates.append(Candidate(f"ours §5.1 split t={SPLIT_GROUPS}", True, "fp32", split, model_for_memory=split))
 
     with tempfile.TemporaryDirectory() as tmp:
         fp32_path = export_onnx(model, Path(tmp) / "plain.onnx", resolution, fold=False)
         int8_path = quantize_onnx(fp32_path, Path(tmp) / "int8.onnx", list(images[32:].split(8)))
-        session = ort_session(fp32_path, threads)
-        add(
-            _measure(
-                "onnxruntime fp32", False, "fp32", lambda x: run_onnx(session, x), *args, reference, note="plain export"
-            )
+        session, session8 = ort_session(fp32_path, threads), ort_session(int8_path, threads)
+        candidates.append(
+            Candidate("onnxruntime fp32", False, "fp32", lambda x: run_onnx(session, x), note="plain export")
         )
-        session8 = ort_session(int8_path, threads)
-        add(
-            _measure(
+        candidates.append(
+            Candidate(
                 "onnxruntime int8",
                 False,
                 "int8",
                 lambda x: run_onnx(session8, x),
-                *args,
-                reference,
                 note="QDQ, per-channel, calibrated on photos",
             )
         )
         if peers:
-            _openvino_rows(fp32_path, int8_path, threads, args, reference, add, notes)
-    if peers:
-        _timm_row(model_name, images, args, add, notes)
+            candidates += _openvino_candidates(fp32_path, int8_path, threads, notes)
+            candidates += _timm_candidates(model_name, images, notes)
+        log(
+            f"timing {len(candidates)} paths in interleaved rounds ({runs} batch-1 calls, {batch32_runs} batch-32 each)"
+        )
+        results = measure_interleaved(candidates, x1, x32, reference, runs, batch32_runs, log=log)
     return {
         "model": model_name,
         "resolution": resolution,
@@ -288,48 +301,39 @@ def run_bench(
     }
 
 
-def _openvino_rows(fp32_path, int8_path, threads, args, reference, add, notes) -> None:  # type: ignore[no-untyped-def]
+def _openvino_candidates(fp32_path: Path, int8_path: Path, threads: int, notes: list[str]) -> list[Candidate]:
     try:
         import openvino as ov
     except ImportError:
         notes.append("openvino not installed: its rows are skipped (pip install openvino)")
-        return
+        return []
     core = ov.Core()
     config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    out = []
     for path, precision in ((fp32_path, "fp32"), (int8_path, "int8")):
-        compiled = core.compile_model(str(path), "CPU", config)
-        request = compiled.create_infer_request()
+        request = core.compile_model(str(path), "CPU", config).create_infer_request()
 
-        def predict(x: torch.Tensor, request=request) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        def predict(x: torch.Tensor, request: Any = request) -> torch.Tensor:
             return torch.from_numpy(request.infer({0: x.numpy()})[0].copy())
 
         note = "plain export" if precision == "fp32" else "the ONNX Runtime QDQ model"
-        add(_measure(f"openvino {precision}", False, precision, predict, *args, reference, note=note))
+        out.append(Candidate(f"openvino {precision}", False, precision, predict, note=note))
+    return out
 
 
-def _timm_row(model_name, images, args, add, notes) -> None:  # type: ignore[no-untyped-def]
+def _timm_candidates(model_name: str, images: torch.Tensor, notes: list[str]) -> list[Candidate]:
     if model_name not in TIMM_NAMES:
         notes.append(f"no timm counterpart registered for {model_name}")
-        return
+        return []
     try:
         timm = _import_timm()
     except Exception as e:
         notes.append(f"timm unavailable ({e}): its row is skipped")
-        return
+        return []
     torch.manual_seed(0)
     peer = recalibrate_batchnorm(timm.create_model(TIMM_NAMES[model_name]), images)
-    add(
-        _measure(
-            f"timm {TIMM_NAMES[model_name]} eager",
-            False,
-            "fp32",
-            peer,
-            *args,
-            None,
-            peer,
-            note="own random weights, BN re-estimated on the same photos",
-        )
-    )
+    note = "own random weights, BN re-estimated on the same photos"
+    return [Candidate(f"timm {TIMM_NAMES[model_name]} eager", False, "fp32", peer, False, peer, note)]
 
 
 def plot_bench(report: dict[str, Any], path: str | Path) -> None:
