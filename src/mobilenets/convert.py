@@ -30,21 +30,12 @@ import torch
 from mobilenets.checkpoint import save_weights
 from mobilenets.errors import CheckpointError, ConfigError
 from mobilenets.models.mobilenet import MobileNet, build_mobilenet
-from mobilenets.models.specs import NetSpec, build_spec
+from mobilenets.models.specs import ARCH_OF_MODEL, NetSpec, build_spec
 
 SOURCES = ("timm", "torchvision")
 # Widths tried, in order, when the caller does not give one: the published multipliers first, then a fine grid.
 _WIDTHS = (1.0, 0.75, 0.5, 0.35, 1.4, 1.3, 0.25, 1.25, 1.5, 2.0, *(round(0.05 * i, 2) for i in range(2, 41)))
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-# Our registry names → (arch, minimal).
-_MODELS = {
-    "mobilenet_v1": ("v1", False),
-    "mobilenet_v2": ("v2", False),
-    "mobilenet_v3_large": ("v3_large", False),
-    "mobilenet_v3_small": ("v3_small", False),
-    "mobilenet_v3_large_minimal": ("v3_large", True),
-    "mobilenet_v3_small_minimal": ("v3_small", True),
-}
 KeyMap = dict[str, str]  # our state-dict key → the source's
 
 
@@ -257,9 +248,9 @@ def convert_state_dict(
         raise ConfigError(f"unknown weight source {source!r}; expected one of {SOURCES}")
     if model is None:
         model = _infer_timm(state) if source == "timm" else _infer_torchvision(state)
-    if model not in _MODELS:
-        raise ConfigError(f"cannot convert into {model!r}; expected one of {', '.join(_MODELS)}")
-    arch, minimal = _MODELS[model]
+    if model not in ARCH_OF_MODEL:
+        raise ConfigError(f"cannot convert into {model!r}; expected one of {', '.join(ARCH_OF_MODEL)}")
+    arch, minimal = ARCH_OF_MODEL[model]
     if source == "timm":
         num_classes = _num_classes(state, "classifier.weight")
         default_eps, default_padding = (1e-3, "same") if tf else (1e-5, "symmetric")

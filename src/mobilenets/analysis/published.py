@@ -23,7 +23,7 @@ import argparse
 import json
 from dataclasses import asdict, dataclass
 
-from mobilenets.models.specs import NetSpec, build_spec
+from mobilenets.models.specs import ARCH_OF_MODEL, NetSpec, build_spec
 
 # -- sources -------------------------------------------------------------------------------------------------------
 SOURCES = {
@@ -247,18 +247,8 @@ def count(spec: NetSpec, resolution: int, num_classes: int = NUM_CLASSES, in_cha
     return Count(madds, params, bn)
 
 
-_ARCH = {
-    "mobilenet_v1": ("v1", False),
-    "mobilenet_v2": ("v2", False),
-    "mobilenet_v3_large": ("v3_large", False),
-    "mobilenet_v3_small": ("v3_small", False),
-    "mobilenet_v3_large_minimal": ("v3_large", True),
-    "mobilenet_v3_small_minimal": ("v3_small", True),
-}
-
-
 def count_model(model: str, width: float, resolution: int, num_classes: int = NUM_CLASSES) -> Count:
-    arch, minimal = _ARCH[model]
+    arch, minimal = ARCH_OF_MODEL[model]
     return count(build_spec(arch, width, minimal=minimal), resolution, num_classes)
 
 

@@ -92,6 +92,15 @@ V3_SMALL_ROWS: list[tuple[int, int, int, bool, str, int]] = [
 V3_SMALL_HEAD = (576, 1024)
 
 _NL = {"RE": "relu", "HS": "hswish"}
+# Registered classifier names → (paper table, minimalistic variant): what ``build_spec`` needs to rebuild one.
+ARCH_OF_MODEL = {
+    "mobilenet_v1": ("v1", False),
+    "mobilenet_v2": ("v2", False),
+    "mobilenet_v3_large": ("v3_large", False),
+    "mobilenet_v3_small": ("v3_small", False),
+    "mobilenet_v3_large_minimal": ("v3_large", True),
+    "mobilenet_v3_small_minimal": ("v3_small", True),
+}
 
 
 @dataclass(frozen=True)
