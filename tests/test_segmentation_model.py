@@ -38,6 +38,16 @@ def test_gradients_reach_every_parameter(name: str) -> None:
     assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
 
 
+@pytest.mark.parametrize("name", ["deeplabv3_mobilenet_v2", "lraspp_mobilenet_v3_small"])
+def test_a_fresh_head_starts_near_uniform(name: str) -> None:
+    # Small classifier weights: the first loss is about ln(K), not several times it.
+    torch.manual_seed(0)
+    model = create_model(name, width=0.5, num_classes=11).train()
+    logits = model(torch.randn(4, 3, 64, 64))
+    loss = torch.nn.functional.cross_entropy(logits, torch.randint(0, 11, (4, 64, 64)))
+    assert abs(float(loss) - float(torch.log(torch.tensor(11.0)))) < 0.2
+
+
 def test_deeplab_uses_second_to_last_map_and_drops_1280_conv() -> None:
     model = create_model("deeplabv3_mobilenet_v2")
     assert (model.tap.name, model.tap.channels, model.tap.stride) == ("blocks.16", 320, 16)

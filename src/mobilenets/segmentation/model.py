@@ -215,14 +215,20 @@ SegmentationModel = DeepLabV3 | LRASPP
 
 
 def _init_head(model: nn.Module) -> None:
-    # Same rule as the backbone (He fan-out); the backbone was initialised by MobileNet itself.
+    """Head convs: He fan-out, as the backbone (initialised by MobileNet itself). The per-pixel classifiers:
+    N(0, 0.01) and zero bias, as the classification head — He-initialised they start with logits of size ~10
+    (a first loss of ~9 for 11 classes) whose gradients scramble a backbone loaded from a classifier."""
+    classifiers = model.classifier.modules() if isinstance(model.classifier, nn.ModuleDict) else [model.classifier]
+    classifier_ids = {id(m) for m in classifiers}
     for name, m in model.named_modules():
-        if name.startswith("backbone"):
+        if name.startswith("backbone") or not isinstance(m, nn.Conv2d):
             continue
-        if isinstance(m, nn.Conv2d):
+        if id(m) in classifier_ids:
+            nn.init.normal_(m.weight, 0, 0.01)
+        else:
             nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
 
 
 _NAMES = {
