@@ -136,10 +136,14 @@ def measure_interleaved(
     batch32_runs: int,
     rounds: int = 5,
     log: Callable[[str], None] = print,
+    pause_s: float = 0.2,
 ) -> list[BenchResult]:
     """Time every path in ``rounds`` round-robin passes (each pass: 2 untimed calls, then its share of ``runs``
     timed batch-1 calls; then one timed batch-32 call per path and round), so that a change in machine load
-    during the run falls on all paths alike instead of on whichever ran last."""
+    during the run falls on all paths alike instead of on whichever ran last. Before each block the process
+    sleeps ``pause_s``: the previous runtime's worker threads spin-wait for a while after their last call, and on a
+    2-core machine that spinning would be charged to the next runtime (measured: ONNX Runtime fp32 8.3 ms right after
+    PyTorch paths without the pause, 5.2 ms when it ran on its own)."""
     rounds = max(1, min(rounds, runs))
     per_round = [runs // rounds + (r < runs % rounds) for r in range(rounds)]
     b1: dict[str, list[float]] = {c.name: [] for c in candidates}
@@ -152,9 +156,11 @@ def measure_interleaved(
             time_calls(lambda c=c: c.predict(x32), 0, warmup=1)
         for r in range(rounds):
             for c in candidates:
+                time.sleep(pause_s)
                 b1[c.name] += time_calls(lambda c=c: c.predict(x1), per_round[r], warmup=2)
         for _ in range(batch32_runs):
             for c in candidates:
+                time.sleep(pause_s)
                 b32[c.name] += time_calls(lambda c=c: c.predict(x32), 1, warmup=0)
     results = []
     for c in candidates:
