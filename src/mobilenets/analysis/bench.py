@@ -236,8 +236,7 @@ def run_bench(
     with torch.no_grad():
         reference = model(x1)
     notes: list[str] = []
-    channels_last = torch.channels_last
-    folded = fold_batchnorm(model).to(memory_format=channels_last)
+    folded = fold_batchnorm(model).to(memory_format=torch.channels_last)
     split = split_model(model, SPLIT_GROUPS)
     candidates = [
         Candidate("ours eager", True, "fp32", model, model_for_memory=model),
@@ -245,7 +244,7 @@ def run_bench(
             "ours BN-folded channels_last",
             True,
             "fp32",
-            lambda x: folded(x.contiguous(memory_format=channels_last)),
+            lambda x: folded(x.contiguous(memory_format=torch.channels_last)),
             model_for_memory=folded,
         ),
         Candidate(

@@ -218,8 +218,7 @@ def _init_head(model: nn.Module) -> None:
     """Head convs: He fan-out, as the backbone (initialised by MobileNet itself). The per-pixel classifiers:
     N(0, 0.01) and zero bias, as the classification head — He-initialised they start with logits of size ~10
     (a first loss of ~9 for 11 classes) whose gradients scramble a backbone loaded from a classifier."""
-    classifiers = model.classifier.modules() if isinstance(model.classifier, nn.ModuleDict) else [model.classifier]
-    classifier_ids = {id(m) for m in classifiers}
+    classifier_ids = {id(m) for m in model.classifier.modules()}  # one conv (DeepLab) or a ModuleDict (LR-ASPP)
     for name, m in model.named_modules():
         if name.startswith("backbone") or not isinstance(m, nn.Conv2d):
             continue
