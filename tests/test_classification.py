@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mobilenets.classification.metrics import Counts, accumulate, per_class_accuracy, summarise
+from mobilenets.classification.metrics import Counts, FlipAverage, accumulate, per_class_accuracy, summarise
 from mobilenets.cli import main
 from mobilenets.data import embedded
 
@@ -57,6 +57,24 @@ def test_eval_json_and_confusion_png(run: Path, capsys: pytest.CaptureFixture[st
     conf = torch.tensor(result["confusion"])
     assert conf.sum() == 31 and result["top1"] == pytest.approx(float(conf.diag().sum()) / 31)
     assert Path(result["confusion_png"]).stat().st_size > 1000
+
+
+def test_eval_flip_averages_image_and_mirror(run: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    argv = ["eval", "--checkpoint", str(run), "--workers", "0", "--json", "--out", str(tmp_path), "--flip"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["flip"] is True and result["n"] == 31
+
+
+def test_flip_average_by_hand():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))  # not mirror-symmetric
+    x = torch.randn(3, 1, 3, 4)
+    out = FlipAverage(model)(x)
+    expected = ((model(x).softmax(1) + model(x.flip(3)).softmax(1)) / 2).log()
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(FlipAverage(model)(x.flip(3)), out)  # a mirror image gets the same answer
+    assert not torch.allclose(model(x).log_softmax(1), out)
 
 
 def test_predict_names_classes_and_reports_bad_files(run: Path, capsys, tmp_path: Path):

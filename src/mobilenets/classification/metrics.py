@@ -38,6 +38,21 @@ class Counts:
         return cls(conf, round(t[c].item()), float(t[c + 1].item()), round(t[c + 2].item()))
 
 
+class FlipAverage(nn.Module):
+    """Test-time augmentation: the mean of the class probabilities for an image and its mirror image.
+
+    Returns log-probabilities, so arg-max, top-k and cross-entropy read them like logits.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        both = self.model(torch.cat([x, x.flip(-1)])).float().softmax(1)
+        return both.view(2, len(x), -1).mean(0).log()
+
+
 def accumulate(model: nn.Module, batches: Iterable[dict[str, Any]], num_classes: int) -> Counts:
     counts = Counts(torch.zeros(num_classes, num_classes, dtype=torch.long))
     for batch in batches:

@@ -15,7 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mobilenets.classification.metrics import Counts, accumulate, per_class_accuracy, plot_confusion, summarise
+from mobilenets.classification.metrics import (
+    Counts,
+    FlipAverage,
+    accumulate,
+    per_class_accuracy,
+    plot_confusion,
+    summarise,
+)
 from mobilenets.classification.sources import EMBEDDED, is_idx_folder, load_data, load_eval_data
 from mobilenets.data.datasets import collate
 from mobilenets.data.images import UnreadableImage, is_image_file, load_rgb
@@ -53,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         g.add_argument("--shortcut", choices=("bottleneck", "expansion", "none"), help="V2 Figure 6b ablation")
     elif command == "eval":
         parser.add_argument("--per-class", action="store_true", help="print every class's accuracy")
+        parser.add_argument(
+            "--flip", action="store_true", help="test-time augmentation: average the probabilities of image and mirror"
+        )
     elif command == "predict":
         pass
 
@@ -147,9 +157,11 @@ def evaluate_main(args: argparse.Namespace) -> int:
         dataset, batch_sampler=EvalBatchSampler(len(dataset), args.batch_size), collate_fn=collate,
         num_workers=args.workers,
     )  # fmt: skip
+    model = FlipAverage(trained.model) if args.flip else trained.model
     with torch.no_grad():
-        counts = accumulate(trained.model, ({k: v.to(d.device) for k, v in b.items()} for b in loader), len(classes))
-    result: dict[str, Any] = {"checkpoint": str(trained.path), "data": str(data), **summarise(counts)}
+        counts = accumulate(model, ({k: v.to(d.device) for k, v in b.items()} for b in loader), len(classes))
+    result: dict[str, Any] = {"checkpoint": str(trained.path), "data": str(data), "flip": bool(args.flip)}
+    result.update(summarise(counts))
     result["per_class"] = dict(zip(classes, per_class_accuracy(counts.confusion), strict=True))
     result["confusion"] = counts.confusion.tolist()
     out = Path(args.out) if args.out else trained.path.parent
@@ -161,7 +173,8 @@ def evaluate_main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{trained.path}  on {data}  ({int(result['n'])} images, {int(result['skipped'])} unreadable skipped)")
+    views = "  (mean of image and mirror)" if args.flip else ""
+    print(f"{trained.path}  on {data}  ({int(result['n'])} images, {int(result['skipped'])} unreadable skipped){views}")
     print(f"  top-1 {result['top1']:.4f}   top-5 {result['top5']:.4f}   loss {result['loss']:.4f}")
     if args.per_class:
         for name, acc in result["per_class"].items():
