@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobilenets.analysis.bench import Candidate, measure_interleaved, real_images, recalibrate_batchnorm
+from mobilenets.analysis.bench import Candidate, measure_interleaved, p90, real_images, recalibrate_batchnorm
 from mobilenets.cli import main
 from mobilenets.registry import create_model
 
@@ -28,6 +28,12 @@ def test_real_images_and_bn_recalibration() -> None:
     model = recalibrate_batchnorm(create_model("mobilenet_v2", width=0.35), images)
     assert not model.training
     assert model.stem.bn.running_var.min() > 0 and model.stem.bn.running_mean.abs().max() > 0
+
+
+def test_p90_is_order_free_and_within_the_data() -> None:
+    times = [float(v) for v in range(1, 51)]  # 1 … 50
+    assert p90(times) == 46.0 and p90(times[::-1]) == 46.0  # index ⌊0.9·50⌋ = 45 of the sorted list
+    assert p90([7.0]) == 7.0 and p90([3.0, 1.0]) == 3.0
 
 
 def test_paths_are_timed_in_interleaved_rounds() -> None:

@@ -114,6 +114,12 @@ def time_calls(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
     return times
 
 
+def p90(times: list[float]) -> float:
+    """The 90th percentile of ``times`` (the value at index ⌊0.9·n⌋ of the sorted list, capped at the last)."""
+    ordered = sorted(times)
+    return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+
+
 @dataclass
 class Candidate:
     """One execution path to time: ``predict`` maps a batch to logits."""
@@ -164,14 +170,14 @@ def measure_interleaved(
                 b32[c.name] += time_calls(lambda c=c: c.predict(x32), 1, warmup=0)
     results = []
     for c in candidates:
-        times = sorted(b1[c.name])
+        times = b1[c.name]
         peak = peak_activation_bytes(c.model_for_memory, x1) if c.model_for_memory is not None else None
         result = BenchResult(
             c.name,
             c.ours,
             c.precision,
             statistics.median(times),
-            times[min(len(times) - 1, int(0.9 * len(times)))],
+            p90(times),
             len(x32) * 1e3 / statistics.median(b32[c.name]),
             diffs[c.name],
             peak,

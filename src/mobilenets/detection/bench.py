@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import time
 from typing import Any
 
 import torch
 
+from mobilenets.analysis.bench import p90, time_calls
 from mobilenets.registry import create_model
 
 
@@ -33,22 +33,15 @@ def bench_latency(
     model = create_model(name, num_classes=num_classes).eval()
     x = torch.rand(1, 3, resolution, resolution)
 
-    def once(fn: Any) -> float:
-        start = time.perf_counter()
-        fn()
-        return (time.perf_counter() - start) * 1000
-
-    for _ in range(warmup):
-        model.predict(x)
+    time_calls(lambda: model.predict(x), 0, warmup)
     # Interleaved, so that a change in the machine's load hits both measurements alike.
     total, raw = [], []
     for _ in range(runs):
-        total.append(once(lambda: model.predict(x)))
-        raw.append(once(lambda: model.forward_raw(x)))
+        total += time_calls(lambda: model.predict(x), 1, 0)
+        raw += time_calls(lambda: model.forward_raw(x), 1, 0)
 
     def stats(ms: list[float]) -> dict[str, float]:
-        ms = sorted(ms)
-        return {"median_ms": round(statistics.median(ms), 2), "p90_ms": round(ms[int(0.9 * (len(ms) - 1))], 2)}
+        return {"median_ms": round(statistics.median(ms), 2), "p90_ms": round(p90(ms), 2)}
 
     return {
         "model": name,
