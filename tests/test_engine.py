@@ -191,6 +191,7 @@ def test_init_from_checkpoint_with_other_class_count(tmp_path: Path):
     ("dense", "classifier"),
     [
         ("deeplabv3_mobilenet_v2", "mobilenet_v2"),
+        ("lraspp_mobilenet_v2", "mobilenet_v2"),
         ("lraspp_mobilenet_v3_small", "mobilenet_v3_small"),
         ("ssdlite_mobilenet_v2", "mobilenet_v2"),
     ],

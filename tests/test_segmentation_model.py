@@ -12,6 +12,7 @@ from mobilenets.segmentation.inference import tf_atrous_madds
 SEGMENTERS = [
     "deeplabv3_mobilenet_v1",
     "deeplabv3_mobilenet_v2",
+    "lraspp_mobilenet_v2",
     "lraspp_mobilenet_v3_large",
     "lraspp_mobilenet_v3_small",
 ]
@@ -31,14 +32,14 @@ def test_logits_at_input_size_for_any_size(name: str) -> None:
             assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", ["deeplabv3_mobilenet_v2", "lraspp_mobilenet_v3_small"])
+@pytest.mark.parametrize("name", ["deeplabv3_mobilenet_v2", "lraspp_mobilenet_v2", "lraspp_mobilenet_v3_small"])
 def test_gradients_reach_every_parameter(name: str) -> None:
     model = create_model(name, width=0.35, num_classes=3, dropout=0.0)
     model(torch.randn(2, 3, 64, 64)).logsumexp(1).sum().backward()
     assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
 
 
-@pytest.mark.parametrize("name", ["deeplabv3_mobilenet_v2", "lraspp_mobilenet_v3_small"])
+@pytest.mark.parametrize("name", ["deeplabv3_mobilenet_v2", "lraspp_mobilenet_v2", "lraspp_mobilenet_v3_small"])
 def test_a_fresh_head_starts_near_uniform(name: str) -> None:
     # Small classifier weights: the first loss is about ln(K), not several times it.
     torch.manual_seed(0)
@@ -46,6 +47,14 @@ def test_a_fresh_head_starts_near_uniform(name: str) -> None:
     logits = model(torch.randn(4, 3, 64, 64))
     loss = torch.nn.functional.cross_entropy(logits, torch.randint(0, 11, (4, 64, 64)))
     assert abs(float(loss) - float(torch.log(torch.tensor(11.0)))) < 0.2
+
+
+def test_lraspp_on_v2_taps_last_conv_and_stride_8_stage() -> None:
+    model = create_model("lraspp_mobilenet_v2", width=0.5, num_classes=11)
+    assert (model.high_tap.name, model.high_tap.channels, model.high_tap.stride) == ("head", 1280, 16)
+    assert (model.low_tap.name, model.low_tap.channels, model.low_tap.stride) == ("blocks.5", 16, 8)
+    with pytest.raises(ConfigError, match="LR-ASPP needs"):
+        mobilenets.segmentation.model.build_segmentation_model("lraspp", "v1")
 
 
 def test_deeplab_uses_second_to_last_map_and_drops_1280_conv() -> None:

@@ -15,6 +15,8 @@ crops of Cityscapes, which is a global pool at the training crop and a local one
 and evaluation sizes. The 1/8 skip is the end of the last stride-8 stage (V3-Large ``blocks.5``, 40 channels;
 V3-Small ``blocks.2``, 24 channels); torchvision takes the first stride-8 block instead. The paper's
 "reduced tail" (halved last stage) is not applied: the backbone is V3 as its Tables 1 and 2 print it.
+``lraspp_mobilenet_v2`` is the same head on MobileNetV2 (not in either paper): the high branch is V2's last 1×1
+conv (1280 channels, at OS 16), the 1/8 skip the end of V2's stride-8 stage (``blocks.5``, 32·α channels).
 
 Every model upsamples its logits bilinearly to the input size, so any input side works; DeepLab evaluates
 513×513 crops (stride-2 layers round up: 257, 129, 65, 33), the size at which Table 7's figures are reproduced.
@@ -57,8 +59,8 @@ class SegmentationConfig:
     def __post_init__(self) -> None:
         if self.head not in HEADS:
             raise ConfigError(f"unknown segmentation head {self.head!r}; expected one of {HEADS}")
-        if self.head == "lraspp" and not self.arch.startswith("v3"):
-            raise ConfigError(f"LR-ASPP is defined on MobileNetV3, not {self.arch!r}")
+        if self.head == "lraspp" and self.arch == "v1":
+            raise ConfigError("LR-ASPP needs a backbone with a last 1×1 conv: MobileNetV2 or V3, not 'v1'")
         if self.head == "lraspp" and not self.aspp:
             raise ConfigError("aspp=False applies to DeepLabv3 only; LR-ASPP has a single head")
         if self.num_classes < 1:
@@ -170,7 +172,7 @@ class DeepLabV3(nn.Module):
 
 
 class LRASPP(nn.Module):
-    """LR-ASPP (V3 §6.3, Figure 10) on MobileNetV3 at output stride 16 (default) with a 1/8 skip."""
+    """LR-ASPP (V3 §6.3, Figure 10) on MobileNetV3 (or V2) at output stride 16 (default) with a 1/8 skip."""
 
     task = "segment"
 
@@ -233,6 +235,7 @@ def _init_head(model: nn.Module) -> None:
 _NAMES = {
     ("deeplabv3", "v1"): "deeplabv3_mobilenet_v1",
     ("deeplabv3", "v2"): "deeplabv3_mobilenet_v2",
+    ("lraspp", "v2"): "lraspp_mobilenet_v2",
     ("lraspp", "v3_large"): "lraspp_mobilenet_v3_large",
     ("lraspp", "v3_small"): "lraspp_mobilenet_v3_small",
 }
@@ -264,6 +267,12 @@ def deeplabv3_mobilenet_v2(**overrides: object) -> DeepLabV3 | LRASPP:
 def deeplabv3_mobilenet_v1(**overrides: object) -> DeepLabV3 | LRASPP:
     """DeepLabv3 on MobileNetV1's last 1024-channel map, V2 paper Table 7 ("MNet V1")."""
     return build_segmentation_model("deeplabv3", "v1", **overrides)
+
+
+@register_model("lraspp_mobilenet_v2")
+def lraspp_mobilenet_v2(**overrides: object) -> DeepLabV3 | LRASPP:
+    """LR-ASPP (V3 Figure 10) on MobileNetV2's last 1×1 conv with the 1/8 skip (this library's combination)."""
+    return build_segmentation_model("lraspp", "v2", **overrides)
 
 
 @register_model("lraspp_mobilenet_v3_large")
