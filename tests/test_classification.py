@@ -75,6 +75,9 @@ def test_flip_average_by_hand():
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(FlipAverage(model)(x.flip(3)), out)  # a mirror image gets the same answer
     assert not torch.allclose(model(x).log_softmax(1), out)
+    with torch.no_grad():  # logits far apart: probabilities underflow to 0, the log-probabilities stay finite
+        model[1].weight.mul_(1e4)
+    assert torch.isfinite(FlipAverage(model)(x)).all()
 
 
 def test_predict_names_classes_and_reports_bad_files(run: Path, capsys, tmp_path: Path):

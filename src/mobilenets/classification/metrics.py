@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +50,9 @@ class FlipAverage(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        both = self.model(torch.cat([x, x.flip(-1)])).float().softmax(1)
-        return both.view(2, len(x), -1).mean(0).log()
+        both = self.model(torch.cat([x, x.flip(-1)])).float().log_softmax(1)
+        # log of the mean probability, without underflow for confident wrong answers
+        return both.view(2, len(x), -1).logsumexp(0) - math.log(2)
 
 
 def accumulate(model: nn.Module, batches: Iterable[dict[str, Any]], num_classes: int) -> Counts:
