@@ -36,6 +36,12 @@ def test_p90_is_order_free_and_within_the_data() -> None:
     assert p90([7.0]) == 7.0 and p90([3.0, 1.0]) == 3.0
 
 
+def test_training_bench_alternates_which_model_goes_first() -> None:
+    from mobilenets.classification.bench import round_order
+
+    assert [round_order(["ours", "timm"], r)[0] for r in range(4)] == ["ours", "timm", "ours", "timm"]
+
+
 def test_paths_are_timed_in_interleaved_rounds() -> None:
     calls: list[tuple[str, int]] = []
 
