@@ -126,3 +126,54 @@ def test_objects_fall_back_to_the_embedded_subset(monkeypatch, tmp_path) -> None
     assert images.shape[1:] == (28, 28) and len(images) == len(labels)
     with pytest.raises(scenes.InputError):
         scenes.load_objects("val", root=tmp_path)
+
+
+def _solid_object() -> np.ndarray:
+    return np.full((28, 28), 255, np.uint8)  # fills its whole box: the view's footprint is the object's size
+
+
+def test_object_view_draws_one_object_of_the_view_scale() -> None:
+    size = 64
+    for seed in range(20):
+        background = scenes._draw_background(np.random.default_rng(seed), size)
+        view = scenes.object_view(np.random.default_rng(seed), _solid_object(), size)
+        assert view.shape == (size, size, 3) and view.dtype == np.uint8
+        assert np.array_equal(view, scenes.object_view(np.random.default_rng(seed), _solid_object(), size))
+        ys, xs = np.nonzero(np.abs(view.astype(np.int16) - np.round(background).astype(np.int16)).max(2) > 2)
+        side = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
+        # the longer side of a box of scale s and aspect in [0.7, 1.4] is at least s·size·√0.7 (minus rounding)
+        assert scenes.VIEW_SCALE[0] * size * 0.7**0.5 - 2 <= side <= size
+
+
+def test_object_views_fixed_for_val_seeded_by_torch_for_train(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(scenes, "load_objects", lambda split: _objects())
+    val = scenes.ObjectViews("val", 48, train=False)
+    assert len(val) == 10 and val.classes[1] == "Trouser"
+    first, label = val[3]
+    assert label == 3 and np.array_equal(np.asarray(first), np.asarray(val[3][0]))
+    assert not np.array_equal(np.asarray(first), np.asarray(val[4][0]))
+    train = scenes.ObjectViews("train", 48, train=True)
+    torch.manual_seed(0)
+    a = np.asarray(train[3][0])
+    torch.manual_seed(0)
+    assert np.array_equal(a, np.asarray(train[3][0]))  # the engine's per-item seed makes an epoch reproducible
+    assert not np.array_equal(a, np.asarray(train[3][0]))  # and later reads differ: fresh views every epoch
+
+
+def test_classifier_trains_and_evaluates_on_scene_object_views(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(scenes, "load_objects", lambda split: _objects())
+    out = tmp_path / "run"
+    argv = [
+        "train", "--data", "scene-objects", "--out", str(out), "--model", "mobilenet_v2", "--width", "0.35",
+        "--resolution", "32", "--batch-size", "5", "--epochs", "1", "--workers", "0", "--threads", "1",
+        "--no-progress",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--workers", "0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["data"] == "scene-objects" and result["n"] == 10

@@ -1,6 +1,9 @@
 """Where classification data comes from: ``--data`` names one of
 
 - ``embedded`` — the Fashion-MNIST subset shipped in the package (train / test splits);
+- ``scene-objects`` — Fashion-MNIST objects drawn as the embedded detection / segmentation scenes draw them
+  (tint, aspect, soft edge, on a photo crop; ``mobilenets.data.scenes.object_view``): train views from the train
+  split, fresh every epoch; val views from the test split, fixed. The system dataset, else the embedded subset;
 - a Fashion-MNIST IDX folder (``train-images-idx3-ubyte[.gz]`` …) — train split, val = its test split;
 - an image folder: ``root/train/<class>/…`` and ``root/val/<class>/…``, or ``root/<class>/…`` with
   ``--val-split`` (or a separate ``--val-data`` folder).
@@ -20,6 +23,7 @@ from mobilenets.data.transforms import TransformConfig, eval_transform, train_tr
 from mobilenets.errors import InputError
 
 EMBEDDED = "embedded"
+SCENE_OBJECTS = "scene-objects"
 
 
 @dataclass
@@ -55,6 +59,13 @@ def load_data(
     data: str, cfg: TransformConfig, val_data: str | None = None, val_split: float | None = None, seed: int = 0
 ) -> ClassificationData:
     """Resolve ``--data`` / ``--val-data`` / ``--val-split`` into (train, val) datasets."""
+    if data == SCENE_OBJECTS:
+        from mobilenets.data.scenes import ObjectViews
+
+        size = max(32, cfg.resolution)  # drawn at the training resolution: one resampling, not two
+        train = ObjectViews("train", size, True, _Pipeline(cfg, True))
+        val = ObjectViews("val", size, False, _Pipeline(cfg, False))
+        return ClassificationData(train, val, train.classes)  # type: ignore[arg-type]
     if data == EMBEDDED or is_idx_folder(Path(data)):
         classes = list(embedded.CLASSES)
         if data == EMBEDDED:
@@ -95,6 +106,10 @@ def load_data(
 def load_eval_data(data: str, cfg: TransformConfig, classes: list[str]) -> Dataset:
     """A labelled evaluation set: ``embedded`` (test split), an IDX folder (test split) or an image folder
     (``root/val`` if present, else ``root/<class>/…``) whose class folders match the checkpoint's."""
+    if data == SCENE_OBJECTS:
+        from mobilenets.data.scenes import ObjectViews
+
+        return ObjectViews("val", max(32, cfg.resolution), False, _Pipeline(cfg, False))  # type: ignore[return-value]
     if data == EMBEDDED or is_idx_folder(Path(data)):
         x, y = embedded.load("test") if data == EMBEDDED else fashion_mnist.load_split("test", data)
         return _arrays(x, y.astype(np.int64), list(embedded.CLASSES), cfg, False)

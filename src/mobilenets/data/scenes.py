@@ -214,6 +214,51 @@ def generate_scene(index: int, split: str, objects: ObjectSource, config: SceneC
     )
 
 
+# The classification view of the scene domain: an object fills this fraction of the view's side (log-uniform).
+VIEW_SCALE = (0.45, 1.0)
+
+
+def object_view(rng: np.random.Generator, digit: np.ndarray, size: int) -> np.ndarray:
+    """One Fashion-MNIST object (28×28 uint8) drawn exactly as :func:`generate_scene` draws objects (aspect,
+    flip, tint, soft edge) on a background crop of the same photos, filling ``VIEW_SCALE`` of a ``size``×``size``
+    view: H×W×3 uint8. A classifier trained on these views learns the scenes' look (colour, contrast, clutter)
+    before a detector or segmenter starts from its weights."""
+    config = SceneConfig(size=size, min_scale=VIEW_SCALE[0], max_scale=VIEW_SCALE[1])
+    canvas = _draw_background(rng, size)
+    y, x, alpha, color = _draw_object(rng, digit, size, config)
+    h, w = alpha.shape
+    region = canvas[y : y + h, x : x + w]
+    region[:] = region * (1 - alpha[..., None]) + color * alpha[..., None]
+    return np.round(canvas).astype(np.uint8)
+
+
+class ObjectViews:
+    """Fashion-MNIST objects as scene-domain views (:func:`object_view`), one per object, for classification.
+
+    ``train``: a fresh view each time an item is read, its randomness drawn from ``torch``'s generator (which the
+    engine seeds per item from seed, epoch and index, so runs are reproducible and resumable). Otherwise view
+    ``i`` is a pure function of (split, i), so validation is the same every epoch and on every machine.
+    """
+
+    def __init__(self, split: str, size: int, train: bool, transform: Callable | None = None) -> None:
+        self.split, self.size, self.train, self.transform = split, size, train, transform
+        self.images, self.labels = load_objects(split)
+        self.classes = list(fashion_mnist.CLASSES)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[object, int]:
+        import torch
+
+        if self.train:
+            rng = np.random.Generator(np.random.PCG64(int(torch.randint(0, 2**62, (1,)))))
+        else:
+            rng = _rng(0, f"{self.split}-views", index)
+        view = Image.fromarray(object_view(rng, self.images[index], self.size))
+        return (self.transform(view) if self.transform else view), int(self.labels[index])
+
+
 def generate_scenes(
     count: int, split: str = "train", config: SceneConfig = SceneConfig(), objects: ObjectSource | None = None
 ) -> Iterator[Scene]:
