@@ -42,6 +42,9 @@ def test_absent_class_is_left_out_of_the_mean() -> None:
     summary = summarise(cm, ["bg", "a", "b", "c"])
     assert summary["per_class_iou"] == {"bg": 1.0, "a": 1.0, "b": None, "c": None}
     assert summary["pixels"] == 4
+    assert summary["confusion"] == [[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    wrong = summarise(confusion_matrix(torch.tensor([1, 0, 1, 1]), target, 4))  # one bg pixel predicted as "a"
+    assert wrong["confusion"][0] == [1, 1, 0, 0] and wrong["confusion"][1] == [0, 2, 0, 0]
 
 
 def test_bad_targets_are_rejected() -> None:

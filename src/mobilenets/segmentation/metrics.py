@@ -57,7 +57,8 @@ def reduce_confusion(confusion: torch.Tensor) -> torch.Tensor:
 
 
 def summarise(confusion: torch.Tensor, classes: list[str] | None = None) -> dict[str, object]:
-    """mIoU, pixel accuracy, per-class IoU (by name) and the pixel count."""
+    """mIoU, pixel accuracy, per-class IoU (by name), the pixel count and the confusion matrix (rows: true class,
+    columns: predicted class, in ``classes`` order)."""
     names = classes or [str(i) for i in range(confusion.shape[0])]
     ious = iou_per_class(confusion).tolist()
     per_class = {n: (None if math.isnan(v) else v) for n, v in zip(names, ious, strict=True)}
@@ -66,4 +67,5 @@ def summarise(confusion: torch.Tensor, classes: list[str] | None = None) -> dict
         "pixel_acc": pixel_accuracy(confusion),
         "pixels": int(confusion.sum()),
         "per_class_iou": per_class,
+        "confusion": confusion.tolist(),
     }
