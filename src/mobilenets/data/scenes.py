@@ -221,7 +221,7 @@ VIEW_SCALE = (0.45, 1.0)
 def object_view(rng: np.random.Generator, digit: np.ndarray, size: int) -> np.ndarray:
     """One Fashion-MNIST object (28×28 uint8) drawn exactly as :func:`generate_scene` draws objects (aspect,
     flip, tint, soft edge) on a background crop of the same photos, filling ``VIEW_SCALE`` of a ``size``×``size``
-    view: H×W×3 uint8. A classifier trained on these views learns the scenes' look (colour, contrast, clutter)
+    view: H×W×3 uint8. A classifier trained on these views learns the scenes' look (colour, contrast, photos)
     before a detector or segmenter starts from its weights."""
     config = SceneConfig(size=size, min_scale=VIEW_SCALE[0], max_scale=VIEW_SCALE[1])
     canvas = _draw_background(rng, size)
