@@ -55,17 +55,20 @@ def _arrays(
     return ArrayDataset(images, labels, classes, _Pipeline(cfg, train))
 
 
+def _views(split: str, cfg: TransformConfig, train: bool) -> Dataset:
+    """The scene-object views of ``split``, drawn at the training resolution (one resampling, not two)."""
+    from mobilenets.data.scenes import ObjectViews
+
+    return ObjectViews(split, max(32, cfg.resolution), train, _Pipeline(cfg, train))  # type: ignore[return-value]
+
+
 def load_data(
     data: str, cfg: TransformConfig, val_data: str | None = None, val_split: float | None = None, seed: int = 0
 ) -> ClassificationData:
     """Resolve ``--data`` / ``--val-data`` / ``--val-split`` into (train, val) datasets."""
     if data == SCENE_OBJECTS:
-        from mobilenets.data.scenes import ObjectViews
-
-        size = max(32, cfg.resolution)  # drawn at the training resolution: one resampling, not two
-        train = ObjectViews("train", size, True, _Pipeline(cfg, True))
-        val = ObjectViews("val", size, False, _Pipeline(cfg, False))
-        return ClassificationData(train, val, train.classes)  # type: ignore[arg-type]
+        train, val = _views("train", cfg, True), _views("val", cfg, False)
+        return ClassificationData(train, val, list(fashion_mnist.CLASSES))
     if data == EMBEDDED or is_idx_folder(Path(data)):
         classes = list(embedded.CLASSES)
         if data == EMBEDDED:
@@ -107,9 +110,7 @@ def load_eval_data(data: str, cfg: TransformConfig, classes: list[str]) -> Datas
     """A labelled evaluation set: ``embedded`` (test split), an IDX folder (test split) or an image folder
     (``root/val`` if present, else ``root/<class>/…``) whose class folders match the checkpoint's."""
     if data == SCENE_OBJECTS:
-        from mobilenets.data.scenes import ObjectViews
-
-        return ObjectViews("val", max(32, cfg.resolution), False, _Pipeline(cfg, False))  # type: ignore[return-value]
+        return _views("val", cfg, False)
     if data == EMBEDDED or is_idx_folder(Path(data)):
         x, y = embedded.load("test") if data == EMBEDDED else fashion_mnist.load_split("test", data)
         return _arrays(x, y.astype(np.int64), list(embedded.CLASSES), cfg, False)

@@ -154,6 +154,13 @@ def _draw_object(rng: np.random.Generator, digit: np.ndarray, size: int, config:
     return y, x, alpha, color
 
 
+def _blend(canvas: np.ndarray, y: int, x: int, alpha: np.ndarray, color: np.ndarray) -> None:
+    """Paste an object (opacity ``alpha``, colour ``color``) onto ``canvas`` in place, top-left at (y, x)."""
+    h, w = alpha.shape
+    region = canvas[y : y + h, x : x + w]
+    region[:] = region * (1 - alpha[..., None]) + color * alpha[..., None]
+
+
 def generate_scene(index: int, split: str, objects: ObjectSource, config: SceneConfig = SceneConfig()) -> Scene:
     """Scene ``index`` of ``split``; pure function of (config, split, index, objects)."""
     rng = _rng(config.seed, split, index)
@@ -180,8 +187,7 @@ def generate_scene(index: int, split: str, objects: ObjectSource, config: SceneC
         else:
             continue  # no placement that keeps earlier objects visible: this scene has fewer objects
         h, w = alpha.shape
-        region = canvas[y : y + h, x : x + w]
-        region[:] = region * (1 - alpha[..., None]) + color * alpha[..., None]
+        _blend(canvas, y, x, alpha, color)
         kept.append(int(labels[pick]) + 1)
         areas.append(int(solid.sum()))
         k = len(kept)
@@ -225,10 +231,7 @@ def object_view(rng: np.random.Generator, digit: np.ndarray, size: int) -> np.nd
     before a detector or segmenter starts from its weights."""
     config = SceneConfig(size=size, min_scale=VIEW_SCALE[0], max_scale=VIEW_SCALE[1])
     canvas = _draw_background(rng, size)
-    y, x, alpha, color = _draw_object(rng, digit, size, config)
-    h, w = alpha.shape
-    region = canvas[y : y + h, x : x + w]
-    region[:] = region * (1 - alpha[..., None]) + color * alpha[..., None]
+    _blend(canvas, *_draw_object(rng, digit, size, config))
     return np.round(canvas).astype(np.uint8)
 
 
