@@ -152,6 +152,31 @@ def test_photometric_changes_colours_only() -> None:
     assert any(not np.array_equal(o, image) for o in outs)
 
 
+@pytest.mark.parametrize("min_iou", [0.1, 0.3, 0.5])
+def test_crop_sampler_meets_its_constraints(min_iou: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every crop taken: side >= 0.3 of the image's (before rounding), aspect in [1/2, 2], IoU >= the drawn
+    minimum with some box, and exactly the boxes whose centre lies inside it kept."""
+    import mobilenets.detection.transforms as T
+
+    taken: list[np.ndarray] = []
+    apply = T._apply_crop
+    monkeypatch.setattr(T, "_MIN_IOUS", (min_iou,))
+    monkeypatch.setattr(T, "_apply_crop", lambda im, b, lab, crop: taken.append(crop) or apply(im, b, lab, crop))
+    image, boxes, labels = _painted()
+    h, w = image.shape[:2]
+    rng = np.random.RandomState(0)
+    for _ in range(40):
+        _, kept, _ = min_iou_crop(image, boxes, labels, rng)
+        x0, y0, x1, y1 = taken[-1]
+        assert x1 - x0 >= 0.3 * w - 1 and y1 - y0 >= 0.3 * h - 1
+        assert 0.5 - 0.05 <= (y1 - y0) / (x1 - x0) <= 2 + 0.2
+        assert T._iou_matrix(taken[-1][None], boxes).max() >= min_iou
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        inside = (centres > taken[-1][:2]).all(1) & (centres < taken[-1][2:]).all(1)
+        assert len(kept) == inside.sum() >= 1
+    assert len({tuple(c) for c in taken}) > 20  # the crops vary
+
+
 def test_crop_without_boxes_still_works() -> None:
     image, _, _ = _painted()
     out, b, lab = min_iou_crop(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.random.RandomState(1))

@@ -28,10 +28,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from mobilenets.data.transforms import to_tensor
 from mobilenets.errors import InputError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the classification pipeline's normalisation, so backbones transfer
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -186,14 +184,6 @@ class CocoDetection(torch.utils.data.Dataset):
             "orig_size": torch.tensor([record.height, record.width]),
         }
         return to_tensor(image), target
-
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """H×W×3 uint8 -> 3×H×W float, ImageNet-normalised (as classification, so backbones transfer)."""
-    x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float() / 255.0
-    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(IMAGENET_STD)[:, None, None]
-    return (x - mean) / std
 
 
 def collate(items: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> dict[str, Any]:

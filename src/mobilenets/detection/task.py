@@ -25,7 +25,8 @@ from PIL import Image, ImageDraw
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mobilenets.detection.data import CocoDetection, collate, to_tensor
+from mobilenets.data.transforms import to_tensor
+from mobilenets.detection.data import CocoDetection, collate
 from mobilenets.detection.loss import build_targets, ssd_loss
 from mobilenets.detection.transforms import EvalTransform, TrainTransform, resize
 from mobilenets.errors import ConfigError, InputError

@@ -13,18 +13,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mobilenets.detection.data import IMAGENET_MEAN
+from mobilenets.data.transforms import IMAGENET_MEAN
 
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]
 _MIN_IOUS = (None, 0.1, 0.3, 0.5, 0.7, 0.9)  # SSD: no crop, or a crop overlapping some box by at least this
 
 
-def _iou_with(crop: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    lt = np.maximum(crop[:2], boxes[:, :2])
-    rb = np.minimum(crop[2:], boxes[:, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(1)
-    area = (boxes[:, 2:] - boxes[:, :2]).prod(1)
-    return inter / ((crop[2:] - crop[:2]).prod() + area - inter)
+def _iou_matrix(crops: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of every crop (T×4) with every box (K×4): T×K."""
+    lt = np.maximum(crops[:, None, :2], boxes[None, :, :2])
+    rb = np.minimum(crops[:, None, 2:], boxes[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(2)
+    area_c = (crops[:, 2:] - crops[:, :2]).prod(1)
+    area_b = (boxes[:, 2:] - boxes[:, :2]).prod(1)
+    return inter / (area_c[:, None] + area_b[None, :] - inter)
 
 
 def hflip(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> Sample:
@@ -58,30 +60,27 @@ def zoom_out(
 
 def min_iou_crop(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: Any = np.random) -> Sample:
     """SSD's sampler: a crop (side 0.3–1, aspect ½–2) whose IoU with some box is at least a random minimum;
-    boxes whose centre falls inside are kept and clipped. Without boxes any crop is allowed."""
+    boxes whose centre falls inside are kept and clipped. Without boxes any crop is allowed.
+
+    Each minimum gets 50 trials, drawn at once and tested together; the first trial that passes is taken, as
+    the one-at-a-time loop of the reference code would take it."""
     h, w = image.shape[:2]
+    trials = 50
     while True:
         min_iou = _MIN_IOUS[rng.randint(len(_MIN_IOUS))]
         if min_iou is None:
             return image, boxes, labels
-        for _ in range(50):
-            cw, ch = rng.uniform(0.3 * w, w), rng.uniform(0.3 * h, h)
-            if not 0.5 <= ch / cw <= 2:
-                continue
-            left, top = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
-            crop = np.array([left, top, left + cw, top + ch], np.float32)
-            crop = np.round(crop).astype(np.float32)
-            if crop[2] - crop[0] < 1 or crop[3] - crop[1] < 1:
-                continue
-            if len(boxes) == 0:
-                return _apply_crop(image, boxes, labels, crop)
-            if _iou_with(crop, boxes).max() < min_iou:
-                continue
-            centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-            inside = (centres > crop[:2]).all(1) & (centres < crop[2:]).all(1)
-            if not inside.any():
-                continue
-            return _apply_crop(image, boxes[inside], labels[inside], crop)
+        cw, ch = rng.uniform(0.3 * w, w, trials), rng.uniform(0.3 * h, h, trials)
+        left, top = rng.uniform(0, 1, trials) * (w - cw), rng.uniform(0, 1, trials) * (h - ch)
+        crops = np.round(np.stack([left, top, left + cw, top + ch], 1).astype(np.float32))
+        ok = (ch / cw >= 0.5) & (ch / cw <= 2) & (crops[:, 2] - crops[:, 0] >= 1) & (crops[:, 3] - crops[:, 1] >= 1)
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        inside = (centres > crops[:, None, :2]).all(2) & (centres < crops[:, None, 2:]).all(2)  # T×K
+        if len(boxes):
+            ok &= (_iou_matrix(crops, boxes).max(1) >= min_iou) & inside.any(1)
+        if ok.any():
+            i = int(np.argmax(ok))
+            return _apply_crop(image, boxes[inside[i]], labels[inside[i]], crops[i])
 
 
 def _apply_crop(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, crop: np.ndarray) -> Sample:

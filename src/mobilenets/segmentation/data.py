@@ -29,6 +29,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mobilenets.data.images import IMAGE_EXTENSIONS, load_rgb
+from mobilenets.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from mobilenets.errors import ConfigError, InputError
 from mobilenets.segmentation.metrics import IGNORE_INDEX
 
@@ -37,8 +38,6 @@ VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MASK_EXTENSIONS = (".png", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -234,11 +233,6 @@ class SegTransform:
             raise ConfigError(f"scale range must satisfy 0 < min <= max, got {self.scale}")
 
 
-def normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0
-    return (t - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-
-
 def augment(image: np.ndarray, mask: np.ndarray, cfg: SegTransform) -> tuple[np.ndarray, np.ndarray]:
     """Scale jitter, pad with (mean, ignore), crop, flip: the same geometry for image and mask. Randomness comes
     from ``torch``'s global generator (the engine seeds it per item)."""
@@ -289,7 +283,7 @@ class SegmentationDataset(Dataset):
         if self.train:
             image, mask = augment(image, mask, self.transform)
         return {
-            "image": normalise(image, self.transform.mean, self.transform.std),
+            "image": to_tensor(image, self.transform.mean, self.transform.std),
             "mask": torch.from_numpy(mask.astype(np.int64)),
         }
 

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mobilenets.data.images import UnreadableImage, load_rgb
+from mobilenets.data.transforms import to_tensor
 from mobilenets.errors import ConfigError
 from mobilenets.registry import create_model
 from mobilenets.segmentation.data import (
@@ -32,7 +33,6 @@ from mobilenets.segmentation.data import (
     SegTransform,
     collate,
     layout_of,
-    normalise,
     pairs_for,
     scene_classes,
     voc_palette,
@@ -257,7 +257,7 @@ def predict_main(args: argparse.Namespace) -> int:
         except UnreadableImage as e:
             results.append({"image": str(path), "error": str(e)})
             continue
-        x = normalise(np.asarray(image, np.uint8), mean, std)[None].to(device)
+        x = to_tensor(np.asarray(image, np.uint8), mean, std)[None].to(device)
         probs = predict_probs(trained.model, x, scales, flip)[0]
         labels = probs.argmax(0).cpu().numpy()
         mask_path, overlay_path = write_prediction(image, labels, out, path.stem)
