@@ -61,6 +61,22 @@ def test_raw_outputs_match_anchors(name: str) -> None:
     assert all(p.grad is not None for p in model.head.parameters())
 
 
+def test_full_lowest_layer_has_six_anchors_there_and_round_trips(tmp_path) -> None:
+    model = create_model("ssdlite_mobilenet_v2", num_classes=3, width=0.35, reduce_lowest_layer=False).eval()
+    out = model.forward_raw(torch.randn(1, 3, 64, 96))
+    grids = [(4, 6), (2, 3), (1, 2), (1, 1), (1, 1), (1, 1)]
+    assert out["anchors"].shape[0] == out["cls_logits"].shape[1] == 6 * sum(h * w for h, w in grids)
+    first = out["anchors"][: 6 * 24].view(24, 6, 4)  # the first location's six anchors, then the next ...
+    sides = (first[0, :, 2:] - first[0, :, :2]) * torch.tensor([96 / 64, 1.0])  # as fractions of the 64-px side
+    assert torch.allclose((sides[:, 0] * sides[:, 1]).sqrt()[:5], torch.full((5,), 0.2), atol=1e-5)
+    path = tmp_path / "det.safetensors"
+    save_weights(model, path)
+    again = create_model("ssdlite_mobilenet_v2", weights=path).eval()
+    assert again.config.reduce_lowest_layer is False
+    assert torch.equal(again.forward_raw(torch.zeros(1, 3, 64, 96))["cls_logits"],
+                       model.forward_raw(torch.zeros(1, 3, 64, 96))["cls_logits"])  # fmt: skip
+
+
 def test_first_map_is_layer15_expansion() -> None:
     model = create_model("ssdlite_mobilenet_v2")
     assert model.taps == ("blocks.13.expansion", "head")

@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         g.add_argument("--backbone-init", help="classification checkpoint (same backbone and width) for the backbone")
         g.add_argument("--zoom-out", type=float, default=2.0, help="max zoom-out ratio (SSD: 4; 1 disables)")
         g.add_argument("--no-photometric", action="store_true", help="no photometric distortion")
+        g.add_argument("--full-lowest-layer", action="store_true",
+                       help="six anchors per location on the stride-16 map instead of TF's three")  # fmt: skip
     elif command == "predict":
         parser.add_argument("--score-threshold", type=float, default=0.3, help="report detections above this")
         parser.add_argument("--out", default="predictions", help="folder for the PNGs with drawn boxes")
@@ -125,6 +127,8 @@ class DetectTask:
         overrides: dict[str, object] = {"num_classes": self.train_set.num_classes}
         if self.args.width is not None:
             overrides["width"] = self.args.width
+        if getattr(self.args, "full_lowest_layer", False):
+            overrides["reduce_lowest_layer"] = False
         model = create_model(detector_name(self.args.model), **overrides)
         if getattr(self.args, "backbone_init", None):
             from mobilenets.engine.checkpoints import resolve_weights
