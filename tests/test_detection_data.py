@@ -227,6 +227,25 @@ def test_task_loss_and_perfect_evaluation(scenes_dir: Path) -> None:
     assert metrics["mAP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
 
 
+def test_class_agnostic_metrics_score_boxes_alone(scenes_dir: Path) -> None:
+    """Right boxes with wrong classes: class-aware mAP 0, class-agnostic 1 — and a second, lower-scored copy of
+    each box under another class is removed by the NMS across classes, not counted as a false positive."""
+    val = CocoDetection(scenes_dir / "val" / "annotations.json")
+    detections: list[dict] = []
+    for r in val.records:
+        for (x0, y0, x1, y1), label in zip(r.boxes.tolist(), r.labels.tolist(), strict=True):
+            top = 1 - 0.01 * len(detections)  # each copy outranks the next box's first: duplicates cost precision
+            for k, score in ((1, top), (2, top - 0.005)):  # label + 1, label + 2 (mod 10): never the right class
+                wrong = val.category_ids[(label - 1 + k) % val.num_classes]
+                detections.append({"image_id": r.image_id, "category_id": wrong, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                                   "score": score})  # fmt: skip
+    assert sum(len(r.labels) for r in val.records) > 0
+    assert det_task.coco_metrics(val, detections)["mAP"] == 0.0
+    merged = det_task.class_agnostic_metrics(val, detections, iou=0.6)
+    assert merged["mAP"] == pytest.approx(1.0) and merged["AP75"] == pytest.approx(1.0)
+    assert det_task.class_agnostic_metrics(val, detections, iou=1.0)["mAP"] < 1.0  # without NMS: duplicates
+
+
 def test_eval_and_predict_cli(scenes_dir: Path, tmp_path: Path, capsys) -> None:
     model = create_model("ssdlite_mobilenet_v3_small", num_classes=10).eval()
     ckpt = tmp_path / "best.safetensors"
@@ -235,7 +254,9 @@ def test_eval_and_predict_cli(scenes_dir: Path, tmp_path: Path, capsys) -> None:
     save_model(model, ckpt, meta)
     assert main(["eval", "--checkpoint", str(ckpt), "--json", "--workers", "0"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["images"] == 3 and 0 <= result["mAP"] <= 1
+    assert result["images"] == 3 and 0 <= result["mAP"] <= 1 and "class_agnostic" not in result
+    assert main(["eval", "--checkpoint", str(ckpt), "--json", "--workers", "0", "--class-agnostic"]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out)["class_agnostic"]["AP50"] <= 1
     image = scenes_dir / "val" / "images" / "000000.jpg"
     out = tmp_path / "pred"
     args = ["predict", "--checkpoint", str(ckpt), str(image), "--json", "--out", str(out), "--score-threshold", "0"]

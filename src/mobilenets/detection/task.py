@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import dataclasses
 import io
 import json
 import os
@@ -26,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mobilenets.data.transforms import to_tensor
+from mobilenets.detection.boxes import nms
 from mobilenets.detection.data import CocoDetection, collate
 from mobilenets.detection.loss import build_targets, ssd_loss
 from mobilenets.detection.transforms import EvalTransform, TrainTransform, resize
@@ -46,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         g.add_argument("--no-photometric", action="store_true", help="no photometric distortion")
         g.add_argument("--full-lowest-layer", action="store_true",
                        help="six anchors per location on the stride-16 map instead of TF's three")  # fmt: skip
+    elif command == "eval":
+        parser.add_argument("--class-agnostic", action="store_true",
+                            help="also score boxes alone: every class merged into one, NMS across classes")  # fmt: skip
     elif command == "predict":
         parser.add_argument("--score-threshold", type=float, default=0.3, help="report detections above this")
         parser.add_argument("--out", default="predictions", help="folder for the PNGs with drawn boxes")
@@ -227,6 +233,24 @@ def coco_metrics(dataset: CocoDetection, detections: list[dict[str, Any]]) -> di
     return {name: float(max(v, 0.0)) for name, v in zip(METRIC_NAMES, ev.stats[:6], strict=True)}
 
 
+def class_agnostic_metrics(dataset: CocoDetection, detections: list[dict[str, Any]], iou: float) -> dict[str, float]:
+    """The same metrics with every class merged into one: the detections of each image pooled and NMS-ed across
+    classes at ``iou`` (the model's own threshold), scored against every box as one category. The gap to the
+    class-aware figures is what naming the objects costs; the gap to 1 is the boxes'."""
+    merged = copy.copy(dataset)
+    merged.category_ids, merged.class_names = dataset.category_ids[:1], ["object"]
+    merged.records = [dataclasses.replace(r, labels=np.ones_like(r.labels)) for r in dataset.records]
+    per_image: dict[int, list[dict[str, Any]]] = {}
+    for d in detections:
+        per_image.setdefault(d["image_id"], []).append(d)
+    pooled = []
+    for dets in per_image.values():
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)], dtype=torch.float32)
+        keep = nms(boxes, torch.tensor([d["score"] for d in dets]), iou)
+        pooled += [{**dets[i], "category_id": merged.category_ids[0]} for i in keep.tolist()]
+    return coco_metrics(merged, pooled)
+
+
 def _load(args: argparse.Namespace) -> Any:
     from mobilenets.engine.checkpoints import load_trained
     from mobilenets.engine.distributed import resolve_device
@@ -261,14 +285,19 @@ def evaluate_main(args: argparse.Namespace) -> int:
     loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate, num_workers=args.workers)
     device = next(trained.model.parameters()).device
     batches = ({"images": b["images"].to(device), "targets": b["targets"]} for b in loader)
-    metrics = coco_metrics(dataset, detect_batches(trained.model, batches, dataset.category_ids))
+    detections = detect_batches(trained.model, batches, dataset.category_ids)
+    metrics = coco_metrics(dataset, detections)
     result = {"checkpoint": str(trained.path), "data": str(val), "images": len(dataset), **metrics,
               "problems": dict(dataset.problems)}  # fmt: skip
+    if getattr(args, "class_agnostic", False):
+        result["class_agnostic"] = class_agnostic_metrics(dataset, detections, trained.model.config.nms_iou)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{trained.path}  on {val}  ({len(dataset)} images)")
     print("  " + "   ".join(f"{k} {metrics[k]:.4f}" for k in METRIC_NAMES))
+    if "class_agnostic" in result:
+        print("  class-agnostic: " + "   ".join(f"{k} {result['class_agnostic'][k]:.4f}" for k in METRIC_NAMES))
     return 0
 
 
