@@ -59,8 +59,9 @@ class SSDLiteConfig:
     # False = the original SSD head (regular 3×3 convolutions), the paper's Table 5 baseline
     separable: bool = True
     # TF ``ssd_anchor_generator``'s ``reduce_boxes_in_lowest_layer`` (true in the config): three anchors per
-    # location on the stride-16 map, or (False) the six every other layer has. Full doubles the positives per
-    # object on small inputs (the embedded scenes at 160 px: 1.0 → 2.0 anchors with IoU >= 0.5 per object).
+    # location on the stride-16 map (one of them at scale 0.1), or (False) the six every other layer has. On the
+    # embedded scenes at 160 px full doubles the positives per object (1.00 → 1.99 anchors with IoU >= 0.5); at
+    # 320 px it loses more small objects than it gains (``scripts/anchor_coverage.py``).
     reduce_lowest_layer: bool = True
     # Post-processing (TF config: batch_non_max_suppression iou 0.6, 100 per class / 100 in total). The
     # score threshold is raised from TF's 1e-8 and a pre-NMS top-k added to bound the work on a CPU.
