@@ -79,7 +79,8 @@ def to_tensor(
     """An image (PIL, or H×W / H×W×3 uint8) as a normalised float32 tensor 3×H×W, ``(x / 255 - mean) / std``.
 
     The arithmetic is NumPy's, in float32: a data-loading step stays off torch's intra-op thread pool, which
-    the training step is using (on two cores that contention made this 20× slower than the work itself)."""
+    the training step is using (the torch version, timed ad hoc for a 160-px image on two loaded cores, took
+    about 30 ms against 0.6 ms quiet)."""
     a = np.asarray(img, dtype=np.float32) / np.float32(255.0)
     if a.ndim == 2:  # grey → 3 channels
         a = np.repeat(a[:, :, None], 3, axis=2)

@@ -66,6 +66,7 @@ def min_iou_crop(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: 
     the one-at-a-time loop of the reference code would take it."""
     h, w = image.shape[:2]
     trials = 50
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     while True:
         min_iou = _MIN_IOUS[rng.randint(len(_MIN_IOUS))]
         if min_iou is None:
@@ -74,7 +75,6 @@ def min_iou_crop(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: 
         left, top = rng.uniform(0, 1, trials) * (w - cw), rng.uniform(0, 1, trials) * (h - ch)
         crops = np.round(np.stack([left, top, left + cw, top + ch], 1).astype(np.float32))
         ok = (ch / cw >= 0.5) & (ch / cw <= 2) & (crops[:, 2] - crops[:, 0] >= 1) & (crops[:, 3] - crops[:, 1] >= 1)
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
         inside = (centres > crops[:, None, :2]).all(2) & (centres < crops[:, None, 2:]).all(2)  # T×K
         if len(boxes):
             ok &= (_iou_matrix(crops, boxes).max(1) >= min_iou) & inside.any(1)
