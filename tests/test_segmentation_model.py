@@ -114,6 +114,25 @@ def test_lraspp_matches_torchvision_parameter_count() -> None:
     assert (model.high_tap.channels, model.high_tap.stride) == (960, 16)
 
 
+def test_lraspp_context_block() -> None:
+    # context=k: a k×k depthwise + 1×1 block (with BN) on the 128 gated channels, and nothing else changes.
+    plain = create_model("lraspp_mobilenet_v2", width=0.5, num_classes=11)
+    ctx = create_model("lraspp_mobilenet_v2", width=0.5, num_classes=11, context=5)
+    extra = sum(p.numel() for p in ctx.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 128 * 25 + 2 * 128 + 128 * 128 + 2 * 128
+    assert isinstance(plain.context, torch.nn.Identity)
+    # Each position now reads a 5×5 neighbourhood of the 1/16 map: a change at one corner reaches 2 cells away.
+    ctx.eval()
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        high = ctx.backbone.forward_taps(x, [ctx.high_tap.name], input_multiple=1)[ctx.high_tap.name]
+        gated = ctx.project(high) * ctx.gate(high)
+        bumped = gated.clone()
+        bumped[..., 0, 0] += 10
+        moved = (ctx.context(bumped) - ctx.context(gated)).abs().sum(1)[0] > 0
+    assert moved[:3, :3].all() and not moved[3:, :].any() and not moved[:, 3:].any()
+
+
 def test_weights_round_trip_and_fine_tune(tmp_path) -> None:
     model = create_model("deeplabv3_mobilenet_v2", width=0.35, num_classes=5, aspp=False).eval()
     path = tmp_path / "seg.safetensors"
@@ -135,6 +154,9 @@ def test_weights_round_trip_and_fine_tune(tmp_path) -> None:
         ("deeplabv3_mobilenet_v2", {"num_classes": 0}, "num_classes"),
         ("deeplabv3_mobilenet_v2", {"colour": 1}, "colour"),
         ("lraspp_mobilenet_v3_large", {"aspp": False}, "aspp"),
+        ("lraspp_mobilenet_v2", {"context": 4}, "odd kernel"),
+        ("lraspp_mobilenet_v2", {"context": -3}, "odd kernel"),
+        ("deeplabv3_mobilenet_v2", {"context": 3}, "LR-ASPP only"),
     ],
 )
 def test_invalid_options(name: str, overrides: dict[str, object], message: str) -> None:

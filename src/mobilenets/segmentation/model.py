@@ -53,6 +53,7 @@ class SegmentationConfig:
     aspp: bool = True  # DeepLabv3 only: full ASPP, or the reduced head (1×1 + image pooling)
     head_channels: int = 0  # 0 = the paper's: 256 for DeepLabv3, 128 for LR-ASPP
     dropout: float = 0.1  # before the classifier (DeepLab's keep_prob 0.9)
+    context: int = 0  # LR-ASPP only: k > 0 adds a k×k depthwise-separable block to the high branch (not in the paper)
     bn_eps: float = 0.0  # 0 = the backbone's default
     in_chans: int = 3
 
@@ -71,6 +72,10 @@ class SegmentationConfig:
             raise ConfigError(f"head_channels must be >= 0, got {self.head_channels}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.context < 0 or (self.context and self.context % 2 == 0):
+            raise ConfigError(f"context must be 0 (none) or an odd kernel size, got {self.context}")
+        if self.context and self.head != "lraspp":
+            raise ConfigError("context applies to LR-ASPP only (DeepLabv3's ASPP is its context module)")
 
     @property
     def resolved_head_channels(self) -> int:
@@ -191,6 +196,16 @@ class LRASPP(nn.Module):
         self.gate = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Conv2d(self.high_tap.channels, channels, 1, bias=False), nn.Sigmoid()
         )
+        # Optional (``context=k``, not in the V3 paper): a k×k depthwise + 1×1 block on the gated 1/16 features, so
+        # that each position's class is read from a neighbourhood (an object) rather than from one position.
+        self.context = (
+            nn.Sequential(
+                ConvBNAct(channels, channels, config.context, groups=channels, act="relu", bn_eps=eps),
+                ConvBNAct(channels, channels, 1, act="relu", bn_eps=eps),
+            )
+            if config.context
+            else nn.Identity()
+        )
         self.drop = nn.Dropout(config.dropout)
         self.classifier = nn.ModuleDict(
             {
@@ -205,7 +220,7 @@ class LRASPP(nn.Module):
         check_image_batch(x, self.config.in_chans, multiple=1)
         taps = self.backbone.forward_taps(x, [self.low_tap.name, self.high_tap.name], input_multiple=1)
         low, high = taps[self.low_tap.name], taps[self.high_tap.name]
-        gated = _upsample(self.project(high) * self.gate(high), low.shape[-2:])
+        gated = _upsample(self.context(self.project(high) * self.gate(high)), low.shape[-2:])
         return self.classifier["high"](self.drop(gated)) + self.classifier["low"](low)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
