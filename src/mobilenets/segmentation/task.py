@@ -52,8 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
             help="random scale jitter before the crop (DeepLab: 0.5 2.0)",
         )  # fmt: skip
         g.add_argument("--no-hflip", action="store_true", help="no random left-right flips")
-        g.add_argument("--head-context", dest="context", type=int, default=None, metavar="K",
-                       help="LR-ASPP: a K×K depthwise-separable block on the 1/16 branch (odd K; not in the paper)")  # fmt: skip
+        g.add_argument(
+            "--head-context", dest="context", type=int, default=None, metavar="K",
+            help="LR-ASPP: a K×K depthwise-separable block on the 1/16 branch (odd K; not in the paper)",
+        )  # fmt: skip
         g.add_argument("--classes", help="class names file (one per line) for folder data; default: VOC's 21")
         g.add_argument("--scenes", type=int, nargs=2, default=(2000, 200), metavar=("TRAIN", "VAL"),
                        help="embedded data: number of generated scenes per split")  # fmt: skip
