@@ -145,6 +145,19 @@ def test_object_view_draws_one_object_of_the_view_scale() -> None:
         assert scenes.VIEW_SCALE[0] * size * 0.7**0.5 - 2 <= side <= size
 
 
+def test_cluttered_view_keeps_the_object_visible() -> None:
+    size, pool = 64, np.stack([_solid_object()] * 3)
+    covered = 0
+    for seed in range(40):
+        view, mine, area = scenes.cluttered_view(np.random.default_rng(seed), _solid_object(), size, pool)
+        assert view.shape == (size, size, 3) and view.dtype == np.uint8
+        assert area > 0 and mine.sum() >= scenes.SceneConfig().min_visible * area
+        covered += int(mine.sum() < area)
+        again = scenes.object_view(np.random.default_rng(seed), _solid_object(), size, pool)
+        assert np.array_equal(view, again)
+    assert covered > 5  # objects really are drawn over it
+
+
 def test_object_views_fixed_for_val_seeded_by_torch_for_train(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
@@ -160,15 +173,19 @@ def test_object_views_fixed_for_val_seeded_by_torch_for_train(monkeypatch: pytes
     torch.manual_seed(0)
     assert np.array_equal(a, np.asarray(train[3][0]))  # the engine's per-item seed makes an epoch reproducible
     assert not np.array_equal(a, np.asarray(train[3][0]))  # and later reads differ: fresh views every epoch
+    cluttered = scenes.ObjectViews("val", 48, train=False, clutter=True)
+    assert cluttered[3][1] == 3 and np.array_equal(np.asarray(cluttered[3][0]), np.asarray(cluttered[3][0]))
+    assert not np.array_equal(np.asarray(cluttered[3][0]), np.asarray(first))
 
 
+@pytest.mark.parametrize("data", ["scene-objects", "scene-clutter"])
 def test_classifier_trains_and_evaluates_on_scene_object_views(
-    monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture[str]
+    data: str, monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(scenes, "load_objects", lambda split: _objects())
     out = tmp_path / "run"
     argv = [
-        "train", "--data", "scene-objects", "--out", str(out), "--model", "mobilenet_v2", "--width", "0.35",
+        "train", "--data", data, "--out", str(out), "--model", "mobilenet_v2", "--width", "0.35",
         "--resolution", "32", "--batch-size", "5", "--epochs", "1", "--workers", "0", "--threads", "1",
         "--no-progress",
     ]  # fmt: skip
@@ -176,4 +193,4 @@ def test_classifier_trains_and_evaluates_on_scene_object_views(
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(out), "--workers", "0", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["data"] == "scene-objects" and result["n"] == 10
+    assert result["data"] == data and result["n"] == 10

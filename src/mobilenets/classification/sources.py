@@ -4,6 +4,8 @@
 - ``scene-objects`` — Fashion-MNIST objects drawn as the embedded detection / segmentation scenes draw them
   (tint, aspect, soft edge, on a photo crop; ``mobilenets.data.scenes.object_view``): train views from the train
   split, fresh every epoch; val views from the test split, fixed. The system dataset, else the embedded subset;
+- ``scene-clutter`` — the same views cut from a crowd: other garments around the object, under it and over it
+  (as a box cut from a scene shows it; ``object_view(..., clutter=...)``);
 - a Fashion-MNIST IDX folder (``train-images-idx3-ubyte[.gz]`` …) — train split, val = its test split;
 - an image folder: ``root/train/<class>/…`` and ``root/val/<class>/…``, or ``root/<class>/…`` with
   ``--val-split`` (or a separate ``--val-data`` folder).
@@ -24,6 +26,8 @@ from mobilenets.errors import InputError
 
 EMBEDDED = "embedded"
 SCENE_OBJECTS = "scene-objects"
+SCENE_CLUTTER = "scene-clutter"
+SCENE_VIEWS = (SCENE_OBJECTS, SCENE_CLUTTER)
 
 
 @dataclass
@@ -55,19 +59,21 @@ def _arrays(
     return ArrayDataset(images, labels, classes, _Pipeline(cfg, train))
 
 
-def _views(split: str, cfg: TransformConfig, train: bool) -> Dataset:
+def _views(split: str, cfg: TransformConfig, train: bool, clutter: bool) -> Dataset:
     """The scene-object views of ``split``, drawn at the training resolution (one resampling, not two)."""
     from mobilenets.data.scenes import ObjectViews
 
-    return ObjectViews(split, max(32, cfg.resolution), train, _Pipeline(cfg, train))  # type: ignore[return-value]
+    size = max(32, cfg.resolution)
+    return ObjectViews(split, size, train, _Pipeline(cfg, train), clutter)  # type: ignore[return-value]
 
 
 def load_data(
     data: str, cfg: TransformConfig, val_data: str | None = None, val_split: float | None = None, seed: int = 0
 ) -> ClassificationData:
     """Resolve ``--data`` / ``--val-data`` / ``--val-split`` into (train, val) datasets."""
-    if data == SCENE_OBJECTS:
-        train, val = _views("train", cfg, True), _views("val", cfg, False)
+    if data in SCENE_VIEWS:
+        clutter = data == SCENE_CLUTTER
+        train, val = _views("train", cfg, True, clutter), _views("val", cfg, False, clutter)
         return ClassificationData(train, val, list(fashion_mnist.CLASSES))
     if data == EMBEDDED or is_idx_folder(Path(data)):
         classes = list(embedded.CLASSES)
@@ -109,8 +115,8 @@ def load_data(
 def load_eval_data(data: str, cfg: TransformConfig, classes: list[str]) -> Dataset:
     """A labelled evaluation set: ``embedded`` (test split), an IDX folder (test split) or an image folder
     (``root/val`` if present, else ``root/<class>/…``) whose class folders match the checkpoint's."""
-    if data == SCENE_OBJECTS:
-        return _views("val", cfg, False)
+    if data in SCENE_VIEWS:
+        return _views("val", cfg, False, data == SCENE_CLUTTER)
     if data == EMBEDDED or is_idx_folder(Path(data)):
         x, y = embedded.load("test") if data == EMBEDDED else fashion_mnist.load_split("test", data)
         return _arrays(x, y.astype(np.int64), list(embedded.CLASSES), cfg, False)

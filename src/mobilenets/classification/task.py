@@ -23,7 +23,7 @@ from mobilenets.classification.metrics import (
     plot_confusion,
     summarise,
 )
-from mobilenets.classification.sources import EMBEDDED, SCENE_OBJECTS, is_idx_folder, load_data, load_eval_data
+from mobilenets.classification.sources import EMBEDDED, SCENE_VIEWS, is_idx_folder, load_data, load_eval_data
 from mobilenets.data.datasets import collate
 from mobilenets.data.images import UnreadableImage, is_image_file, load_rgb
 from mobilenets.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformConfig, eval_transform
@@ -118,7 +118,7 @@ class ClassifyTask:
 
 def transform_config(args: argparse.Namespace) -> TransformConfig:
     grey_digits = args.data == EMBEDDED or is_idx_folder(Path(args.data))
-    small_objects = grey_digits or args.data == SCENE_OBJECTS  # whole small views: mild crops, no centre crop
+    small_objects = grey_digits or args.data in SCENE_VIEWS  # whole small views: mild crops, no centre crop
     scale = (
         tuple(args.crop_scale) if getattr(args, "crop_scale", None) else ((0.6, 1.0) if small_objects else (0.08, 1.0))
     )

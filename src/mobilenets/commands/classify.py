@@ -94,7 +94,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--init", help="start from these weights (run folder or .safetensors); new classifier if needed")
     d = p.add_argument_group("data")
     d.add_argument(
-        "--data", default="embedded", help="'embedded', 'scene-objects', a Fashion-MNIST IDX folder or an image folder"
+        "--data",
+        default="embedded",
+        help="'embedded', 'scene-objects', 'scene-clutter', a Fashion-MNIST IDX folder or an image folder",
     )
     d.add_argument("--val-data", help="a separate validation folder")
     d.add_argument("--val-split", type=float, help="hold out this fraction of the training data (stratified)")

@@ -222,29 +222,101 @@ def generate_scene(index: int, split: str, objects: ObjectSource, config: SceneC
 
 # The classification view of the scene domain: an object fills this fraction of the view's side (log-uniform).
 VIEW_SCALE = (0.45, 1.0)
+# Cluttered views: other garments, 0-2 under the object and 0-2 over it, this fraction of the side (log-uniform).
+CLUTTER_SCALE = (0.3, 1.0)
 
 
-def object_view(rng: np.random.Generator, digit: np.ndarray, size: int) -> np.ndarray:
+def object_view(
+    rng: np.random.Generator, digit: np.ndarray, size: int, clutter: np.ndarray | None = None
+) -> np.ndarray:
     """One Fashion-MNIST object (28×28 uint8) drawn exactly as :func:`generate_scene` draws objects (aspect,
     flip, tint, soft edge) on a background crop of the same photos, filling ``VIEW_SCALE`` of a ``size``×``size``
     view: H×W×3 uint8. A classifier trained on these views learns the scenes' look (colour, contrast, photos)
-    before a detector or segmenter starts from its weights."""
+    before a detector or segmenter starts from its weights.
+
+    ``clutter`` (a pool of N×28×28 objects): the view is cut from a crowd, as a box cut from a scene is — up to
+    two other objects drawn before (under) the object and up to two after (over) it, each covering at most what
+    the scenes allow (the object keeps ``min_visible`` of its own mask)."""
+    if clutter is None:
+        config = SceneConfig(size=size, min_scale=VIEW_SCALE[0], max_scale=VIEW_SCALE[1])
+        canvas = _draw_background(rng, size)
+        _blend(canvas, *_draw_object(rng, digit, size, config))
+        return np.round(canvas).astype(np.uint8)
+    return cluttered_view(rng, digit, size, clutter)[0]
+
+
+def cluttered_view(
+    rng: np.random.Generator, digit: np.ndarray, size: int, clutter: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`object_view` as a box cut from a crowded scene shows it: (view, the object's visible mask, its
+    whole area). Other objects of ``clutter`` come in from the sides — their centres lie outside the middle of the
+    view, and the view cuts them — up to two under the object and up to two over it, as long as the object keeps
+    ``min_visible`` of its own mask (the scenes' rule)."""
     config = SceneConfig(size=size, min_scale=VIEW_SCALE[0], max_scale=VIEW_SCALE[1])
+    near = SceneConfig(size=size, min_scale=CLUTTER_SCALE[0], max_scale=CLUTTER_SCALE[1])
     canvas = _draw_background(rng, size)
-    _blend(canvas, *_draw_object(rng, digit, size, config))
-    return np.round(canvas).astype(np.uint8)
+
+    def neighbour() -> tuple[int, int, np.ndarray, np.ndarray]:
+        _, _, alpha, color = _draw_object(rng, clutter[rng.integers(len(clutter))], size, near)
+        # Centre on a random point of the view's border band (outside the middle 60 %), clipped by the view.
+        angle, reach = rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 0.6) * size
+        cy, cx = size / 2 + reach * np.sin(angle), size / 2 + reach * np.cos(angle)
+        return round(cy - alpha.shape[0] / 2), round(cx - alpha.shape[1] / 2), alpha, color
+
+    under, over = (int(n) for n in rng.integers(0, 3, size=2))
+    for _ in range(under):
+        _blend_clipped(canvas, *neighbour())
+    y, x, alpha, color = _draw_object(rng, digit, size, config)
+    _blend(canvas, y, x, alpha, color)
+    mine = np.zeros((size, size), bool)
+    mine[y : y + alpha.shape[0], x : x + alpha.shape[1]] = alpha >= 0.5
+    area = int(mine.sum())
+    for _ in range(over):
+        for _attempt in range(10):
+            oy, ox, other, other_color = neighbour()
+            covers = np.zeros_like(mine)
+            _paste_clipped(covers, oy, ox, other >= 0.5)
+            if (mine & ~covers).sum() >= config.min_visible * area:
+                _blend_clipped(canvas, oy, ox, other, other_color)
+                mine &= ~covers
+                break
+    return np.round(canvas).astype(np.uint8), mine, area
+
+
+def _clip(shape: tuple[int, ...], y: int, x: int, h: int, w: int) -> tuple[slice, slice, slice, slice] | None:
+    """(canvas rows, canvas cols, patch rows, patch cols) of a h×w patch at (y, x) clipped to ``shape``."""
+    y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + h, shape[0]), min(x + w, shape[1])
+    if y0 >= y1 or x0 >= x1:
+        return None
+    return slice(y0, y1), slice(x0, x1), slice(y0 - y, y1 - y), slice(x0 - x, x1 - x)
+
+
+def _paste_clipped(target: np.ndarray, y: int, x: int, patch: np.ndarray) -> None:
+    cut = _clip(target.shape, y, x, *patch.shape[:2])
+    if cut is not None:
+        target[cut[0], cut[1]] = patch[cut[2], cut[3]]
+
+
+def _blend_clipped(canvas: np.ndarray, y: int, x: int, alpha: np.ndarray, color: np.ndarray) -> None:
+    cut = _clip(canvas.shape, y, x, *alpha.shape)
+    if cut is not None:
+        rows, cols, prow, pcol = cut
+        _blend(canvas[rows, cols], 0, 0, alpha[prow, pcol], color[prow, pcol])
 
 
 class ObjectViews:
-    """Fashion-MNIST objects as scene-domain views (:func:`object_view`), one per object, for classification.
+    """Fashion-MNIST objects as scene-domain views (:func:`object_view`), one per object, for classification;
+    ``clutter=True``: each among other objects of the same split, partly covered by some.
 
     ``train``: a fresh view each time an item is read, its randomness drawn from ``torch``'s generator (which the
     engine seeds per item from seed, epoch and index, so runs are reproducible and resumable). Otherwise view
-    ``i`` is a pure function of (split, i), so validation is the same every epoch and on every machine.
+    ``i`` is a pure function of (split, clutter, i), so validation is the same every epoch and on every machine.
     """
 
-    def __init__(self, split: str, size: int, train: bool, transform: Callable | None = None) -> None:
-        self.split, self.size, self.train, self.transform = split, size, train, transform
+    def __init__(
+        self, split: str, size: int, train: bool, transform: Callable | None = None, clutter: bool = False
+    ) -> None:
+        self.split, self.size, self.train, self.transform, self.clutter = split, size, train, transform, clutter
         self.images, self.labels = load_objects(split)
         self.classes = list(fashion_mnist.CLASSES)
 
@@ -257,8 +329,9 @@ class ObjectViews:
         if self.train:
             rng = np.random.Generator(np.random.PCG64(int(torch.randint(0, 2**62, (1,)))))
         else:
-            rng = _rng(0, f"{self.split}-views", index)
-        view = Image.fromarray(object_view(rng, self.images[index], self.size))
+            rng = _rng(0, f"{self.split}-{'clutter' if self.clutter else 'views'}", index)
+        pool = self.images if self.clutter else None
+        view = Image.fromarray(object_view(rng, self.images[index], self.size, pool))
         return (self.transform(view) if self.transform else view), int(self.labels[index])
 
 
