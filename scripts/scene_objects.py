@@ -11,7 +11,8 @@ them as well as it can classify them. For every object of the first ``--scenes``
   fraction of them given the right class, the fraction called background, and whether the class with the most
   probability summed over them is right (a per-object vote).
 
-Both are printed by object width (pixels in the 256×256 scene).
+Both are printed by object width (pixels in the 256×256 scene) and by clutter: the fraction of the object's box
+taken by other objects' pixels.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mobilenets.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transfo
 from mobilenets.engine.checkpoints import load_trained
 
 WIDTH_BINS = ((0, 40), (40, 64), (64, 96), (96, 257))
+CLUTTER_BINS = ((0.0, 1e-9), (1e-9, 0.1), (0.1, 0.3), (0.3, 1.01))
 
 
 def crop_object(image: np.ndarray, box: np.ndarray, fill: float) -> Image.Image:
@@ -39,15 +41,16 @@ def crop_object(image: np.ndarray, box: np.ndarray, fill: float) -> Image.Image:
     return Image.fromarray(image).crop(area)
 
 
-def report(title: str, widths: np.ndarray, columns: dict[str, np.ndarray]) -> None:
+def report(title: str, widths: np.ndarray, clutter: np.ndarray, columns: dict[str, np.ndarray]) -> None:
     print(f"{title}: {len(widths)} objects")
-    print(f"  {'width px':10s} {'objects':>8s} " + " ".join(f"{name:>14s}" for name in columns))
-    bins = [*WIDTH_BINS, (0, 257)]
-    for lo, hi in bins:
-        sel = (widths >= lo) & (widths < hi)
-        label = "all" if (lo, hi) == (0, 257) else f"{lo}-{hi - 1}"
+    print(f"  {'':14s} {'objects':>8s} " + " ".join(f"{name:>14s}" for name in columns))
+    rows = [(f"width {lo}-{hi - 1}", (widths >= lo) & (widths < hi)) for lo, hi in WIDTH_BINS]
+    rows += [(f"clutter {lo:.1f}-{min(hi, 1):.1f}", (clutter >= lo) & (clutter < hi)) for lo, hi in CLUTTER_BINS]
+    rows[len(WIDTH_BINS)] = ("clutter none", clutter == 0)
+    rows.append(("all", np.ones_like(widths, bool)))
+    for label, sel in rows:
         values = " ".join(f"{values[sel].mean():14.3f}" for values in columns.values())
-        print(f"  {label:10s} {int(sel.sum()):8d} {values}")
+        print(f"  {label:14s} {int(sel.sum()):8d} {values}")
 
 
 @torch.no_grad()
@@ -67,7 +70,7 @@ def main() -> None:
     if classifier is not None:
         transform = eval_transform_of(classifier.metadata, int(classifier.args.get("resolution", 224)))
     objects, config = scenes.load_objects("val"), scenes.SceneConfig(size=256)
-    widths, crop_right, pixel_right, background, vote_right = [], [], [], [], []
+    widths, clutter, crop_right, pixel_right, background, vote_right = [], [], [], [], [], []
     for i in range(args.scenes):
         scene = scenes.generate_scene(i, "val", objects, config)
         probs = None
@@ -76,6 +79,9 @@ def main() -> None:
             probs = seg(to_tensor(scene.image, IMAGENET_MEAN, IMAGENET_STD)[None]).softmax(1)[0]
         for k, (box, label) in enumerate(zip(scene.boxes, scene.labels, strict=True), start=1):
             widths.append(float(box[2] - box[0]))
+            x0, y0, x1, y1 = (int(v) for v in box)
+            window = scene.instances[y0:y1, x0:x1]
+            clutter.append(float(((window > 0) & (window != k)).mean()))
             if classifier is not None:
                 x = eval_transform(transform, crop_object(scene.image, box, args.fill))[None]
                 # Classes 0..9 are the scenes' category ids 1..10.
@@ -86,16 +92,16 @@ def main() -> None:
                 pixel_right.append(float((predicted == label).float().mean()))
                 background.append(float((predicted == 0).float().mean()))
                 vote_right.append(int(probs[1:, own].sum(1).argmax()) + 1 == label)
-    w = np.asarray(widths)
+    w, c = np.asarray(widths), np.asarray(clutter)
     if classifier is not None:
-        report(f"classifier {classifier.path} on box crops", w, {"right": np.asarray(crop_right, float)})
+        report(f"classifier {classifier.path} on box crops", w, c, {"right": np.asarray(crop_right, float)})
     if segmenter is not None:
         columns = {
             "pixels right": np.asarray(pixel_right),
             "background": np.asarray(background),
             "vote right": np.asarray(vote_right, float),
         }
-        report(f"segmenter {segmenter.path}, single scale", w, columns)
+        report(f"segmenter {segmenter.path}, single scale", w, c, columns)
 
 
 if __name__ == "__main__":
