@@ -29,7 +29,7 @@ from mobilenets.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transfo
 from mobilenets.engine.checkpoints import load_trained
 
 WIDTH_BINS = ((0, 40), (40, 64), (64, 96), (96, 257))
-CLUTTER_BINS = ((0.0, 1e-9), (1e-9, 0.1), (0.1, 0.3), (0.3, 1.01))
+CLUTTER_BINS = ((0.0, 0.1), (0.1, 0.3), (0.3, 1.01))  # after "none" (no other object's pixel in the box)
 
 
 def crop_object(image: np.ndarray, box: np.ndarray, fill: float) -> Image.Image:
@@ -45,8 +45,11 @@ def report(title: str, widths: np.ndarray, clutter: np.ndarray, columns: dict[st
     print(f"{title}: {len(widths)} objects")
     print(f"  {'':14s} {'objects':>8s} " + " ".join(f"{name:>14s}" for name in columns))
     rows = [(f"width {lo}-{hi - 1}", (widths >= lo) & (widths < hi)) for lo, hi in WIDTH_BINS]
-    rows += [(f"clutter {lo:.1f}-{min(hi, 1):.1f}", (clutter >= lo) & (clutter < hi)) for lo, hi in CLUTTER_BINS]
-    rows[len(WIDTH_BINS)] = ("clutter none", clutter == 0)
+    rows.append(("clutter none", clutter == 0))
+    rows += [
+        (f"clutter {lo:.1f}-{min(hi, 1):.1f}", ((clutter > 0) & (clutter >= lo)) & (clutter < hi))
+        for lo, hi in CLUTTER_BINS
+    ]
     rows.append(("all", np.ones_like(widths, bool)))
     for label, sel in rows:
         values = " ".join(f"{values[sel].mean():14.3f}" for values in columns.values())
@@ -70,12 +73,12 @@ def main() -> None:
     if classifier is not None:
         transform = eval_transform_of(classifier.metadata, int(classifier.args.get("resolution", 224)))
     objects, config = scenes.load_objects("val"), scenes.SceneConfig(size=256)
+    seg = segmenter.model.eval() if segmenter is not None else None
     widths, clutter, crop_right, pixel_right, background, vote_right = [], [], [], [], [], []
     for i in range(args.scenes):
         scene = scenes.generate_scene(i, "val", objects, config)
         probs = None
-        if segmenter is not None:
-            seg = segmenter.model.eval()
+        if seg is not None:
             probs = seg(to_tensor(scene.image, IMAGENET_MEAN, IMAGENET_STD)[None]).softmax(1)[0]
         for k, (box, label) in enumerate(zip(scene.boxes, scene.labels, strict=True), start=1):
             widths.append(float(box[2] - box[0]))
