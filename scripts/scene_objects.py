@@ -73,6 +73,7 @@ def main() -> None:
     if classifier is not None:
         transform = eval_transform_of(classifier.metadata, int(classifier.args.get("resolution", 224)))
     objects, config = scenes.load_objects("val"), scenes.SceneConfig(size=256)
+    net = classifier.model.eval() if classifier is not None else None
     seg = segmenter.model.eval() if segmenter is not None else None
     widths, clutter, crop_right, pixel_right, background, vote_right = [], [], [], [], [], []
     for i in range(args.scenes):
@@ -85,10 +86,10 @@ def main() -> None:
             x0, y0, x1, y1 = (int(v) for v in box)
             window = scene.instances[y0:y1, x0:x1]
             clutter.append(float(((window > 0) & (window != k)).mean()))
-            if classifier is not None:
+            if net is not None:
                 x = eval_transform(transform, crop_object(scene.image, box, args.fill))[None]
                 # Classes 0..9 are the scenes' category ids 1..10.
-                crop_right.append(int(classifier.model.eval()(x).argmax()) + 1 == label)
+                crop_right.append(int(net(x).argmax()) + 1 == label)
             if probs is not None:
                 own = torch.from_numpy(scene.instances == k)
                 predicted = probs[:, own].argmax(0)

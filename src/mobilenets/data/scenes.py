@@ -154,11 +154,23 @@ def _draw_object(rng: np.random.Generator, digit: np.ndarray, size: int, config:
     return y, x, alpha, color
 
 
+def _clip(shape: tuple[int, ...], y: int, x: int, h: int, w: int) -> tuple[slice, slice, slice, slice] | None:
+    """(canvas rows, canvas cols, patch rows, patch cols) of a h×w patch at (y, x) clipped to ``shape``."""
+    y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + h, shape[0]), min(x + w, shape[1])
+    if y0 >= y1 or x0 >= x1:
+        return None
+    return slice(y0, y1), slice(x0, x1), slice(y0 - y, y1 - y), slice(x0 - x, x1 - x)
+
+
 def _blend(canvas: np.ndarray, y: int, x: int, alpha: np.ndarray, color: np.ndarray) -> None:
-    """Paste an object (opacity ``alpha``, colour ``color``) onto ``canvas`` in place, top-left at (y, x)."""
-    h, w = alpha.shape
-    region = canvas[y : y + h, x : x + w]
-    region[:] = region * (1 - alpha[..., None]) + color * alpha[..., None]
+    """Paste an object (opacity ``alpha``, colour ``color``) onto ``canvas`` in place, top-left at (y, x); the
+    part outside the canvas (a neighbour of a cluttered view) is cut off."""
+    cut = _clip(canvas.shape, y, x, *alpha.shape)
+    if cut is None:
+        return
+    rows, cols, prow, pcol = cut
+    region = canvas[rows, cols]
+    region[:] = region * (1 - alpha[prow, pcol, None]) + color[prow, pcol] * alpha[prow, pcol, None]
 
 
 def generate_scene(index: int, split: str, objects: ObjectSource, config: SceneConfig = SceneConfig()) -> Scene:
@@ -265,7 +277,7 @@ def cluttered_view(
 
     under, over = (int(n) for n in rng.integers(0, 3, size=2))
     for _ in range(under):
-        _blend_clipped(canvas, *neighbour())
+        _blend(canvas, *neighbour())
     y, x, alpha, color = _draw_object(rng, digit, size, config)
     _blend(canvas, y, x, alpha, color)
     mine = np.zeros((size, size), bool)
@@ -277,31 +289,16 @@ def cluttered_view(
             covers = np.zeros_like(mine)
             _paste_clipped(covers, oy, ox, other >= 0.5)
             if (mine & ~covers).sum() >= config.min_visible * area:
-                _blend_clipped(canvas, oy, ox, other, other_color)
+                _blend(canvas, oy, ox, other, other_color)
                 mine &= ~covers
                 break
     return np.round(canvas).astype(np.uint8), mine, area
-
-
-def _clip(shape: tuple[int, ...], y: int, x: int, h: int, w: int) -> tuple[slice, slice, slice, slice] | None:
-    """(canvas rows, canvas cols, patch rows, patch cols) of a h×w patch at (y, x) clipped to ``shape``."""
-    y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + h, shape[0]), min(x + w, shape[1])
-    if y0 >= y1 or x0 >= x1:
-        return None
-    return slice(y0, y1), slice(x0, x1), slice(y0 - y, y1 - y), slice(x0 - x, x1 - x)
 
 
 def _paste_clipped(target: np.ndarray, y: int, x: int, patch: np.ndarray) -> None:
     cut = _clip(target.shape, y, x, *patch.shape[:2])
     if cut is not None:
         target[cut[0], cut[1]] = patch[cut[2], cut[3]]
-
-
-def _blend_clipped(canvas: np.ndarray, y: int, x: int, alpha: np.ndarray, color: np.ndarray) -> None:
-    cut = _clip(canvas.shape, y, x, *alpha.shape)
-    if cut is not None:
-        rows, cols, prow, pcol = cut
-        _blend(canvas[rows, cols], 0, 0, alpha[prow, pcol], color[prow, pcol])
 
 
 class ObjectViews:
