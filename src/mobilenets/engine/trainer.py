@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from mobilenets.checkpoint import load_into
 from mobilenets.engine import checkpoints
+from mobilenets.engine.allocator import keep_freed_memory
 from mobilenets.engine.data import EvalBatchSampler, SeededDataset, ShardedBatchSampler, mix_seed, to_device
 from mobilenets.engine.distributed import Dist, all_gather_object, all_reduce_sum, barrier, setup, teardown
 from mobilenets.engine.logs import RunLog
@@ -135,6 +136,8 @@ def _train(build_task: Callable[[argparse.Namespace], Task], args: argparse.Name
     cfg = TrainConfig.from_namespace(args)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
+    if d.device.type == "cpu":
+        keep_freed_memory()  # activations reused step to step instead of re-faulted (engine/allocator.py)
     _seed_everything(mix_seed(cfg.seed, d.rank))
 
     task = build_task(args)
