@@ -133,6 +133,41 @@ def test_lraspp_context_block() -> None:
     assert moved[:3, :3].all() and not moved[3:, :].any() and not moved[:, 3:].any()
 
 
+def test_lraspp_naming_branch(tmp_path) -> None:
+    # naming_pool=k: a linear classifier over the K-1 object classes reading the 1280-channel map averaged over
+    # k×k windows; its log-softmax is added to the object logits only. Everything else is the plain model.
+    from mobilenets.engine.checkpoints import init_from
+
+    torch.manual_seed(0)
+    plain = create_model("lraspp_mobilenet_v2", width=0.5, num_classes=11).eval()
+    named = create_model("lraspp_mobilenet_v2", width=0.5, num_classes=11, naming_pool=3).eval()
+    extra = sum(p.numel() for p in named.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 10 * 1280 + 10
+    missing, unexpected = named.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("naming.") for k in missing)
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        base, out = plain.forward_raw(x), named.forward_raw(x)
+        high = named.backbone.forward_taps(x, [named.high_tap.name], input_multiple=1)[named.high_tap.name]
+        window = torch.nn.functional.avg_pool2d(high, 3, 1, 1, count_include_pad=False)
+        names = torch.nn.functional.log_softmax(named.naming[-1](window), dim=1)
+    assert torch.equal(out[:, 0], base[:, 0])  # background against object: untouched
+    expected = base[:, 1:] + torch.nn.functional.interpolate(names, size=base.shape[-2:], mode="bilinear")
+    torch.testing.assert_close(out[:, 1:], expected, atol=1e-5, rtol=1e-5)
+    # --init from a classifier of the object classes starts the branch as that classifier's linear layer.
+    classifier = create_model("mobilenet_v2", width=0.5, num_classes=10)
+    mobilenets.save_weights(classifier, tmp_path / "cls.safetensors")
+    init_from(named, tmp_path / "cls.safetensors")
+    assert torch.equal(named.naming[-1].weight[:, :, 0, 0], classifier.classifier.weight)
+    assert torch.equal(named.naming[-1].bias, classifier.classifier.bias)
+    # ... and only then: a classifier of another class count leaves the branch as it was.
+    other = create_model("mobilenet_v2", width=0.5, num_classes=7)
+    mobilenets.save_weights(other, tmp_path / "other.safetensors")
+    before = named.naming[-1].weight.clone()
+    init_from(named, tmp_path / "other.safetensors")
+    assert torch.equal(named.naming[-1].weight, before)
+
+
 def test_weights_round_trip_and_fine_tune(tmp_path) -> None:
     model = create_model("deeplabv3_mobilenet_v2", width=0.35, num_classes=5, aspp=False).eval()
     path = tmp_path / "seg.safetensors"
@@ -157,6 +192,9 @@ def test_weights_round_trip_and_fine_tune(tmp_path) -> None:
         ("lraspp_mobilenet_v2", {"context": 4}, "odd kernel"),
         ("lraspp_mobilenet_v2", {"context": -3}, "odd kernel"),
         ("deeplabv3_mobilenet_v2", {"context": 3}, "LR-ASPP only"),
+        ("lraspp_mobilenet_v2", {"naming_pool": 2}, "odd window"),
+        ("deeplabv3_mobilenet_v2", {"naming_pool": 3}, "LR-ASPP only"),
+        ("lraspp_mobilenet_v2", {"naming_pool": 3, "num_classes": 2}, "two object classes"),
     ],
 )
 def test_invalid_options(name: str, overrides: dict[str, object], message: str) -> None:

@@ -170,12 +170,17 @@ def init_from(model: nn.Module, path: str | Path) -> None:
     A detector or segmenter (a model with a ``backbone``) also accepts a classification checkpoint of the same
     backbone: its keys are the backbone's without the prefix, and the parts the dense model does not have (the
     classifier, and for DeepLabv3 the dropped 1280-channel conv) are left out; every backbone tensor must be there.
+    A segmenter with a naming branch (``naming_pool``) starts it as the checkpoint's classifier when the shapes
+    match (``LRASPP.load_classifier``).
     """
     _, _, state = read_weights(resolve_weights(path))
     backbone = getattr(model, "backbone", None)
     wanted = backbone.state_dict() if isinstance(backbone, nn.Module) else {}
     if wanted and not set(wanted) - set(state):
         load_into(backbone, {k: v for k, v in state.items() if k in wanted}, source=f"{path} (as backbone)")
+        load_classifier = getattr(model, "load_classifier", None)
+        if callable(load_classifier) and {"classifier.weight", "classifier.bias"} <= set(state):
+            load_classifier(state["classifier.weight"], state["classifier.bias"])
         return
     load_into(model, state, source=str(path))
 

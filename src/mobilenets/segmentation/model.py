@@ -54,6 +54,7 @@ class SegmentationConfig:
     head_channels: int = 0  # 0 = the paper's: 256 for DeepLabv3, 128 for LR-ASPP
     dropout: float = 0.1  # before the classifier (DeepLab's keep_prob 0.9)
     context: int = 0  # LR-ASPP only: k > 0 adds a k×k depthwise-separable block to the high branch (not in the paper)
+    naming_pool: int = 0  # LR-ASPP only: k > 0 adds the naming branch on k×k-pooled features (not in the paper)
     bn_eps: float = 0.0  # 0 = the backbone's default
     in_chans: int = 3
 
@@ -76,6 +77,12 @@ class SegmentationConfig:
             raise ConfigError(f"context must be 0 (none) or an odd kernel size, got {self.context}")
         if self.context and self.head != "lraspp":
             raise ConfigError("context applies to LR-ASPP only (DeepLabv3's ASPP is its context module)")
+        if self.naming_pool < 0 or (self.naming_pool and self.naming_pool % 2 == 0):
+            raise ConfigError(f"naming_pool must be 0 (none) or an odd window size, got {self.naming_pool}")
+        if self.naming_pool and self.head != "lraspp":
+            raise ConfigError("naming_pool applies to LR-ASPP only (it reads the last 1×1 conv DeepLabv3 drops)")
+        if self.naming_pool and self.num_classes < 3:
+            raise ConfigError("naming_pool needs a background class 0 and at least two object classes")
 
     @property
     def resolved_head_channels(self) -> int:
@@ -213,7 +220,37 @@ class LRASPP(nn.Module):
                 "low": nn.Conv2d(self.low_tap.channels, config.num_classes, 1),
             }
         )
+        # Optional (``naming_pool=k``, not in the V3 paper): the naming branch. A classification network names an
+        # object from its last 1×1 conv averaged over the whole view; here the same features are averaged over a
+        # k×k window around each 1/16 position and a linear classifier over the object classes (1..K-1) reads
+        # them. Its log-softmax is added to the object-class logits, so it decides *which* object class a pixel
+        # is, never object against background (adding the same amount to every object logit changes neither).
+        # ``--init`` from a classification checkpoint of the same classes starts it as that checkpoint's
+        # classifier (``load_classifier``): the k×k window of the scene is named as the classifier names a view.
+        self.naming = (
+            nn.Sequential(
+                nn.AvgPool2d(config.naming_pool, stride=1, padding=config.naming_pool // 2, count_include_pad=False),
+                nn.Dropout(config.dropout),
+                nn.Conv2d(self.high_tap.channels, config.num_classes - 1, 1),
+            )
+            if config.naming_pool
+            else None
+        )
         _init_head(self)
+
+    def load_classifier(self, weight: torch.Tensor, bias: torch.Tensor) -> bool:
+        """Start the naming branch as a classifier's linear layer (``weight`` (K-1)×C, ``bias`` K-1; the
+        classifier's class c is the segmenter's class c + 1). False when there is no naming branch or the shapes
+        differ (the branch then keeps its initialisation)."""
+        if self.naming is None:
+            return False
+        conv = self.naming[-1]
+        if tuple(weight.shape) != tuple(conv.weight.shape[:2]) or tuple(bias.shape) != tuple(conv.bias.shape):
+            return False
+        with torch.no_grad():
+            conv.weight.copy_(weight.reshape(conv.weight.shape))
+            conv.bias.copy_(bias)
+        return True
 
     def forward_raw(self, x: torch.Tensor) -> torch.Tensor:
         """Logits at the 1/8 skip's resolution."""
@@ -221,7 +258,11 @@ class LRASPP(nn.Module):
         taps = self.backbone.forward_taps(x, [self.low_tap.name, self.high_tap.name], input_multiple=1)
         low, high = taps[self.low_tap.name], taps[self.high_tap.name]
         gated = _upsample(self.context(self.project(high) * self.gate(high)), low.shape[-2:])
-        return self.classifier["high"](self.drop(gated)) + self.classifier["low"](low)
+        logits = self.classifier["high"](self.drop(gated)) + self.classifier["low"](low)
+        if self.naming is None:
+            return logits
+        names = _upsample(F.log_softmax(self.naming(high), dim=1), low.shape[-2:])
+        return torch.cat([logits[:, :1], logits[:, 1:] + names], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-pixel class logits N×K×H×W at the input size."""
@@ -236,6 +277,8 @@ def _init_head(model: nn.Module) -> None:
     N(0, 0.01) and zero bias, as the classification head — He-initialised they start with logits of size ~10
     (a first loss of ~9 for 11 classes) whose gradients scramble a backbone loaded from a classifier."""
     classifier_ids = {id(m) for m in model.classifier.modules()}  # one conv (DeepLab) or a ModuleDict (LR-ASPP)
+    if getattr(model, "naming", None) is not None:
+        classifier_ids |= {id(m) for m in model.naming.modules()}
     for name, m in model.named_modules():
         if name.startswith("backbone") or not isinstance(m, nn.Conv2d):
             continue

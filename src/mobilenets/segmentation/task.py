@@ -56,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
             "--head-context", dest="context", type=int, default=None, metavar="K",
             help="LR-ASPP: a K×K depthwise-separable block on the 1/16 branch (odd K; not in the paper)",
         )  # fmt: skip
+        g.add_argument(
+            "--naming-pool", dest="naming_pool", type=int, default=None, metavar="K",
+            help="LR-ASPP: a branch naming object classes from K×K-pooled 1/16 features, started from --init's "
+            "classifier when its classes match (odd K; not in the paper)",
+        )  # fmt: skip
         g.add_argument("--classes", help="class names file (one per line) for folder data; default: VOC's 21")
         g.add_argument("--scenes", type=int, nargs=2, default=(2000, 200), metavar=("TRAIN", "VAL"),
                        help="embedded data: number of generated scenes per split")  # fmt: skip
@@ -120,7 +125,7 @@ class SegmentTask:
 
     def build_model(self) -> nn.Module:
         overrides: dict[str, object] = {"num_classes": len(self.classes)}
-        for key in ("width", "output_stride", "dropout", "aspp", "context"):
+        for key in ("width", "output_stride", "dropout", "aspp", "context", "naming_pool"):
             if getattr(self.args, key, None) is not None:
                 overrides[key] = getattr(self.args, key)
         return create_model(self.args.model, **overrides)
