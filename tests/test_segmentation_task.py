@@ -88,6 +88,20 @@ def test_train_eval_predict_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["predict", "--checkpoint", str(run), str(tmp_path / "bad.jpg"), "--out", str(out)]) == 1
 
 
+def test_resume_without_task_flag_trains_the_runs_own_task(tmp_path: Path) -> None:
+    # `train --resume RUN` takes the task from RUN's checkpoint; it used to build a classifier and fail to load.
+    run = tmp_path / "run"
+    common = ["--workers", "0", "--threads", "1", "--no-progress"]
+    assert main([
+        "train", "--task", "segment", "--model", "lraspp_mobilenet_v3_small", "--width", "0.35", "--data", "embedded",
+        "--scenes", "4", "2", "--scene-size", "32", "--resolution", "32", "--epochs", "1", "--batch-size", "2",
+        "--out", str(run), *common,
+    ]) == 0  # fmt: skip
+    assert main(["train", "--resume", str(run), "--epochs", "2", *common]) == 0
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.safetensors"))[-1].startswith("e0002")
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 3  # header + two epochs
+
+
 def test_bad_data_folder_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["train", "--task", "segment", "--model", "deeplabv3_mobilenet_v2", "--data", str(tmp_path),
                  "--out", str(tmp_path / "run"), "--no-progress"])  # fmt: skip

@@ -64,11 +64,15 @@ class _TaskFlagsMixin:
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
         if not self._task_flags_added:
             self._task_flags_added = True
+            task = peek_task(self.command, list(args or []))
             try:
-                module = task_module(peek_task(self.command, list(args or [])))
+                module = task_module(task)
             except ConfigError as e:
                 self.error(str(e))  # type: ignore[attr-defined]
             module.add_arguments(self, self.command)
+            if self.command == "train":
+                # `train --resume RUN` without --task trains RUN's own task (peeked from its checkpoint).
+                self.set_defaults(task=task)  # type: ignore[attr-defined]
         return super().parse_known_args(args, namespace)  # type: ignore[misc]
 
 
