@@ -75,6 +75,7 @@ def test_export_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
     [
         ("deeplabv3_mobilenet_v2", {"width": 0.35, "num_classes": 5}, 65),  # any size: upsampled to the input
         ("lraspp_mobilenet_v3_small", {"width": 0.5, "num_classes": 5}, 64),
+        ("lraspp_mobilenet_v2", {"width": 0.35, "num_classes": 5, "naming_pool": 3}, 96),  # the naming branch
         ("ssdlite_mobilenet_v3_small", {"width": 0.5, "num_classes": 3}, 128),
     ],
 )
