@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
-import torch.nn.functional as F
 
 from mobilenets import create_model
+from mobilenets.classification.bench import step_time
 from mobilenets.engine.allocator import keep_freed_memory
 
 
@@ -27,16 +26,8 @@ def step_ms(model_name: str, width: float, classes: int, stride: int, crop: int,
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     x = torch.randn(batch, 3, crop, crop).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (batch, crop, crop))
-    times = []
-    for i in range(steps + 2):
-        start = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    step_time(model, opt, x, y, 2)  # untimed
+    return statistics.median(step_time(model, opt, x, y, 1) for _ in range(steps)) * 1e3
 
 
 def main() -> None:
