@@ -1,0 +1,491 @@
+// A MobileNet-specific fp32 inference engine for x86-64 with AVX2 + FMA (see fused.py for the Python side).
+//
+// Why it exists (V2 §5.1, the hardware argument): an inverted residual block's wide expansion never has to be
+// materialised whole. For large feature maps each thread keeps a ring of three expanded rows, computes one
+// depthwise output row from them and projects it straight away, so the t-times-wider tensor lives only in
+// the core's cache. Small maps (whose expansion fits in L2 anyway) run layer by layer with the threads
+// splitting output channels. One parallel region covers the whole network; threads meet at a spin barrier
+// after each block instead of a thread-pool dispatch per operator.
+//
+// Layout: activations NHWC fp32; 1×1 weights packed K-major in panels of 16 output channels (the last panel
+// may be 8 wide); depthwise weights [9][C]; BatchNorm already folded into every convolution (fused.py).
+// Channel counts of convolutions must be multiples of 8 (V1/V2 round every width to 8).
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace {
+
+enum Act : int { LINEAR = 0, RELU = 1, RELU6 = 2 };
+enum Kind : int { STEM = 1, BLOCK = 2, POINTWISE = 3, POOL_FC = 4 };
+
+// One layer of the program, filled in by fused.py (ctypes mirrors this struct field by field).
+struct Layer {
+  int32_t kind;
+  int32_t cin, cmid, cout;   // BLOCK: in, expanded (== cin without expansion), out. STEM: 3·3·in, -, out.
+  int32_t stride;            // STEM / BLOCK depthwise stride (1 or 2)
+  int32_t act_mid, act_out;  // activation after expansion+depthwise / after the output conv
+  int32_t has_expand, residual;
+  int32_t stem_in_chans;
+  const float *w_expand, *b_expand;  // packed [cin] x [cmid]
+  const float *w_dw, *b_dw;          // [9][cmid]
+  const float *w_out, *b_out;        // packed [cmid] x [cout] (STEM: [27] x [cout]; POOL_FC: [cin] x [cout])
+};
+
+inline __m256 activate(__m256 v, int act) {
+  if (act == RELU) return _mm256_max_ps(v, _mm256_setzero_ps());
+  if (act == RELU6) return _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(6.0f));
+  return v;
+}
+
+// C[m, n] = act(A[m, :] · B[:, n] + bias[n]) (+ R[m, n]) for an MR × NR tile; B is one packed panel [K][NR].
+template <int MR, int NR>
+inline void tile(int K, const float* A, int lda, const float* B, const float* bias, float* C, int ldc,
+                 const float* R, int ldr, int act) {
+  constexpr int NV = NR / 8;
+  __m256 acc[MR][NV];
+#pragma GCC unroll 2
+  for (int j = 0; j < NV; ++j) {
+    const __m256 b = _mm256_loadu_ps(bias + 8 * j);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) acc[i][j] = b;
+  }
+  const float* a[MR];
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) a[i] = A + static_cast<int64_t>(i) * lda;
+#pragma GCC unroll 2
+  for (int k = 0; k < K; ++k) {
+    __m256 b[NV];
+#pragma GCC unroll 2
+    for (int j = 0; j < NV; ++j) b[j] = _mm256_loadu_ps(B + k * NR + 8 * j);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      const __m256 av = _mm256_broadcast_ss(a[i] + k);
+#pragma GCC unroll 2
+      for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_fmadd_ps(av, b[j], acc[i][j]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 2
+    for (int j = 0; j < NV; ++j) {
+      __m256 v = activate(acc[i][j], act);
+      if (R) v = _mm256_add_ps(v, _mm256_loadu_ps(R + static_cast<int64_t>(i) * ldr + 8 * j));
+      _mm256_storeu_ps(C + static_cast<int64_t>(i) * ldc + 8 * j, v);
+    }
+  }
+}
+
+template <int NR>
+inline void tile_rows(int mr, int K, const float* A, int lda, const float* B, const float* bias, float* C, int ldc,
+                      const float* R, int ldr, int act) {
+  switch (mr) {
+    case 6: tile<6, NR>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
+    case 5: tile<5, NR>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
+    case 4: tile<4, NR>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
+    case 3: tile<3, NR>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
+    case 2: tile<2, NR>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
+    default: tile<1, NR>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
+  }
+}
+
+// 1×1 convolution over M pixels as a GEMM, output channel panels [p0, p1) only (a thread's share).
+void gemm(int M, int N, int K, const float* A, int lda, const float* Bp, const float* bias, float* C, int ldc,
+          const float* R, int ldr, int act, int p0, int p1) {
+  for (int p = p0; p < p1; ++p) {
+    const int col = 16 * p;
+    const int nr = std::min(16, N - col);
+    const float* B = Bp + static_cast<int64_t>(col) * K;
+    for (int m = 0; m < M; m += 6) {
+      const int mr = std::min(6, M - m);
+      const float* a = A + static_cast<int64_t>(m) * lda;
+      float* c = C + static_cast<int64_t>(m) * ldc + col;
+      const float* r = R ? R + static_cast<int64_t>(m) * ldr + col : nullptr;
+      if (nr == 16)
+        tile_rows<16>(mr, K, a, lda, B, bias + col, c, ldc, r, ldr, act);
+      else
+        tile_rows<8>(mr, K, a, lda, B, bias + col, c, ldc, r, ldr, act);
+    }
+  }
+}
+
+inline int panels(int n) { return (n + 15) / 16; }
+
+// One output row of a 3×3 depthwise convolution (padding 1) for channels [c0, c1). rows[0..2] are the input
+// rows y·s−1, y·s, y·s+1 (a zero row where they fall outside the image), each Wi pixels of C channels.
+void depthwise_row(const float* const rows[3], int Wi, int Wo, int stride, int C, const float* w, const float* bias,
+                   float* out, int c0, int c1, int act) {
+  // Output x reads input columns x·s−1 .. x·s+1; only the first and (maybe) the last x touch the padding.
+  const int x_last_inner = (Wi - 2) / stride;  // largest x with x·s+1 <= Wi−1
+  for (int c = c0; c < c1; c += 8) {
+    __m256 wv[9];
+    for (int i = 0; i < 9; ++i) wv[i] = _mm256_loadu_ps(w + i * C + c);
+    const __m256 bv = _mm256_loadu_ps(bias + c);
+    auto edge = [&](int x) {
+      __m256 acc = bv;
+      for (int ky = 0; ky < 3; ++ky)
+        for (int kx = 0; kx < 3; ++kx) {
+          const int ix = x * stride - 1 + kx;
+          if (ix < 0 || ix >= Wi) continue;
+          acc = _mm256_fmadd_ps(_mm256_loadu_ps(rows[ky] + ix * C + c), wv[ky * 3 + kx], acc);
+        }
+      _mm256_storeu_ps(out + x * C + c, activate(acc, act));
+    };
+    edge(0);
+    const int x_end = std::min(x_last_inner, Wo - 1);
+    for (int x = 1; x <= x_end; ++x) {
+      const int ix = (x * stride - 1) * C + c;
+      __m256 acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[0] + ix), wv[0], bv);
+      __m256 acc1 = _mm256_mul_ps(_mm256_loadu_ps(rows[1] + ix), wv[3]);
+      __m256 acc2 = _mm256_mul_ps(_mm256_loadu_ps(rows[2] + ix), wv[6]);
+      acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[0] + ix + C), wv[1], acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[1] + ix + C), wv[4], acc1);
+      acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[2] + ix + C), wv[7], acc2);
+      acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[0] + ix + 2 * C), wv[2], acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[1] + ix + 2 * C), wv[5], acc1);
+      acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[2] + ix + 2 * C), wv[8], acc2);
+      _mm256_storeu_ps(out + x * C + c, activate(_mm256_add_ps(_mm256_add_ps(acc0, acc1), acc2), act));
+    }
+    for (int x = std::max(1, x_end + 1); x < Wo; ++x) edge(x);
+  }
+}
+
+struct Barrier {
+  std::atomic<int> count{0};
+  std::atomic<int> generation{0};
+  int threads = 1;
+  void wait() {
+    if (threads == 1) return;
+    const int gen = generation.load(std::memory_order_acquire);
+    if (count.fetch_add(1, std::memory_order_acq_rel) == threads - 1) {
+      count.store(0, std::memory_order_relaxed);
+      generation.fetch_add(1, std::memory_order_acq_rel);
+    } else {
+      while (generation.load(std::memory_order_acquire) == gen) _mm_pause();
+    }
+  }
+};
+
+// Sizes of every buffer, from one walk over the program (the run and the scratch query share it).
+struct Plan {
+  int64_t act = 0;        // largest activation map (floats), two of them ping-pong
+  int64_t wide = 0;       // largest whole expanded map of a small-map block (two: expansion, depthwise)
+  int64_t ring = 0;       // per thread: three expanded rows + one depthwise row + one zero row
+  int64_t row_buf = 0;    // per thread: stem im2col row
+  int64_t pooled = 0;
+};
+
+constexpr int kFuseMinWidth = 28;  // maps at least this wide stream rows through the ring; narrower run whole
+
+Plan make_plan(const Layer* layers, int n_layers, int H, int W) {
+  Plan p;
+  int h = H, w = W;
+  for (int i = 0; i < n_layers; ++i) {
+    const Layer& L = layers[i];
+    if (L.kind == STEM) {
+      const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
+      p.row_buf = std::max<int64_t>(p.row_buf, static_cast<int64_t>(wo) * L.cin);
+      h = ho, w = wo;
+      p.act = std::max<int64_t>(p.act, static_cast<int64_t>(h) * w * L.cout);
+    } else if (L.kind == BLOCK) {
+      const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
+      if (w >= kFuseMinWidth)
+        p.ring = std::max<int64_t>(p.ring, static_cast<int64_t>(5) * w * L.cmid);
+      else
+        p.wide = std::max<int64_t>(p.wide, static_cast<int64_t>(h) * w * L.cmid);
+      p.ring = std::max<int64_t>(p.ring, static_cast<int64_t>(5) * std::min(w, kFuseMinWidth) * L.cmid);
+      h = ho, w = wo;
+      p.act = std::max<int64_t>(p.act, static_cast<int64_t>(h) * w * L.cout);
+    } else if (L.kind == POINTWISE) {
+      p.act = std::max<int64_t>(p.act, static_cast<int64_t>(h) * w * L.cout);
+    } else if (L.kind == POOL_FC) {
+      p.pooled = std::max<int64_t>(p.pooled, L.cin + ((L.cout + 7) / 8) * 8);
+    }
+  }
+  return p;
+}
+
+inline int64_t round_up(int64_t n) { return (n + 15) / 16 * 16; }  // 64-byte steps between buffers
+
+struct Scratch {  // one group's views into the caller's scratch memory
+  float *act0, *act1, *wide0, *wide1, *pooled;
+  std::vector<float*> ring;  // per thread of the group
+  std::vector<float*> row;
+};
+
+int64_t group_floats(const Plan& p, int threads) {
+  return 2 * round_up(p.act) + 2 * round_up(p.wide) + round_up(p.pooled) +
+         threads * (round_up(p.ring) + round_up(p.row_buf));
+}
+
+Scratch carve(const Plan& p, int threads, float* base) {
+  Scratch s;
+  float* q = base;
+  auto take = [&](int64_t n) { float* r = q; q += round_up(n); return r; };
+  s.act0 = take(p.act), s.act1 = take(p.act), s.wide0 = take(p.wide), s.wide1 = take(p.wide);
+  s.pooled = take(p.pooled);
+  for (int t = 0; t < threads; ++t) s.ring.push_back(take(p.ring)), s.row.push_back(take(p.row_buf));
+  return s;
+}
+
+inline void split(int n, int t, int threads, int* lo, int* hi) {
+  *lo = static_cast<int>(static_cast<int64_t>(n) * t / threads);
+  *hi = static_cast<int>(static_cast<int64_t>(n) * (t + 1) / threads);
+}
+
+// Stem: 3×3 convolution, stride s, padding 1, read straight from the NCHW input; rows split between threads.
+void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho, int Wo, float* col, int t, int T) {
+  const int C = L.stem_in_chans;
+  int y0, y1;
+  split(Ho, t, T, &y0, &y1);
+  for (int y = y0; y < y1; ++y) {
+    for (int x = 0; x < Wo; ++x) {
+      float* c = col + static_cast<int64_t>(x) * L.cin;  // (ky, kx, ci) order, as fused.py packs the weights
+      for (int ky = 0; ky < 3; ++ky)
+        for (int kx = 0; kx < 3; ++kx)
+          for (int ci = 0; ci < C; ++ci) {
+            const int iy = y * L.stride - 1 + ky, ix = x * L.stride - 1 + kx;
+            const bool inside = iy >= 0 && iy < H && ix >= 0 && ix < W;
+            *c++ = inside ? img[(static_cast<int64_t>(ci) * H + iy) * W + ix] : 0.0f;
+          }
+    }
+    gemm(Wo, L.cout, L.cin, col, L.cin, L.w_out, L.b_out, out + static_cast<int64_t>(y) * Wo * L.cout, L.cout,
+         nullptr, 0, L.act_out, 0, panels(L.cout));
+  }
+}
+
+// A block on a wide map: each thread streams its output rows through a ring of three expanded rows.
+void run_block_rows(const Layer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* ring, int t,
+                    int T) {
+  const int E = L.cmid;
+  const int64_t row_in = static_cast<int64_t>(W) * L.cin, row_e = static_cast<int64_t>(W) * E;
+  float* slots = ring;                 // 3 rows of W × E
+  float* dw = ring + 3 * row_e;        // one depthwise output row (Wo × E)
+  float* zero = dw + row_e;            // padding row
+  std::memset(zero, 0, sizeof(float) * row_e);
+  int y0, y1;
+  split(Ho, t, T, &y0, &y1);
+  int next = -1;  // next input row to expand
+  const float* rows[3];
+  for (int y = y0; y < y1; ++y) {
+    const int lo = y * L.stride - 1;
+    if (next < lo) next = std::max(lo, 0);
+    for (; next <= std::min(lo + 2, H - 1); ++next) {
+      if (!L.has_expand) continue;
+      gemm(W, E, L.cin, in + next * row_in, L.cin, L.w_expand, L.b_expand, slots + (next % 3) * row_e, E, nullptr,
+           0, L.act_mid, 0, panels(E));
+    }
+    for (int k = 0; k < 3; ++k) {
+      const int r = lo + k;
+      if (r < 0 || r >= H)
+        rows[k] = zero;
+      else
+        rows[k] = L.has_expand ? slots + (r % 3) * row_e : in + r * row_in;
+    }
+    depthwise_row(rows, W, Wo, L.stride, E, L.w_dw, L.b_dw, dw, 0, E, L.act_mid);
+    const float* res = L.residual ? in + static_cast<int64_t>(y) * row_in : nullptr;
+    gemm(Wo, L.cout, E, dw, E, L.w_out, L.b_out, out + static_cast<int64_t>(y) * Wo * L.cout, L.cout, res, L.cout,
+         L.act_out, 0, panels(L.cout));
+  }
+}
+
+// A block on a small map: whole-map GEMMs, threads splitting channels (no ring needed: it fits in L2).
+void run_block_whole(const Layer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* wide0,
+                     float* wide1, float* zero, int t, int T, Barrier& bar) {
+  const int E = L.cmid;
+  int p0, p1;
+  split(panels(E), t, T, &p0, &p1);
+  const float* expanded = in;
+  if (L.has_expand) {
+    gemm(H * W, E, L.cin, in, L.cin, L.w_expand, L.b_expand, wide0, E, nullptr, 0, L.act_mid, p0, p1);
+    expanded = wide0;
+  }
+  const int c0 = 16 * p0, c1 = std::min(E, 16 * p1);
+  const int64_t row_e = static_cast<int64_t>(W) * E;
+  if (c0 < c1) {
+    const float* rows[3];
+    for (int y = 0; y < Ho; ++y) {
+      for (int k = 0; k < 3; ++k) {
+        const int r = y * L.stride - 1 + k;
+        rows[k] = (r < 0 || r >= H) ? zero : expanded + r * row_e;
+      }
+      depthwise_row(rows, W, Wo, L.stride, E, L.w_dw, L.b_dw, wide1 + static_cast<int64_t>(y) * Wo * E, c0, c1,
+                    L.act_mid);
+    }
+  }
+  bar.wait();
+  split(panels(L.cout), t, T, &p0, &p1);
+  gemm(Ho * Wo, L.cout, E, wide1, E, L.w_out, L.b_out, out, L.cout, L.residual ? in : nullptr, L.cout, L.act_out, p0,
+       p1);
+}
+
+// One image through the whole program by the T threads of a group (T = 1: one thread alone).
+void run_image(const Layer* layers, int n_layers, const float* img, int H, int W, float* logits, const Scratch& s,
+               int t, int T, Barrier& bar) {
+  float* cur = s.act0;
+  float* nxt = s.act1;
+  int h = H, w = W, c = 0;
+  for (int i = 0; i < n_layers; ++i) {
+    const Layer& L = layers[i];
+    if (L.kind == STEM) {
+      const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
+      run_stem(L, img, h, w, cur, ho, wo, s.row[t], t, T);
+      h = ho, w = wo, c = L.cout;
+      bar.wait();
+      continue;
+    }
+    if (L.kind == BLOCK) {
+      const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
+      if (w >= kFuseMinWidth) {
+        run_block_rows(L, cur, h, w, nxt, ho, wo, s.ring[t], t, T);
+      } else {
+        // The ring's zero row serves as padding here (sized for the widest small map).
+        float* zero = s.ring[t] + 4 * static_cast<int64_t>(std::min(w, kFuseMinWidth)) * L.cmid;
+        std::memset(zero, 0, sizeof(float) * static_cast<int64_t>(w) * L.cmid);
+        run_block_whole(L, cur, h, w, nxt, ho, wo, s.wide0, s.wide1, zero, t, T, bar);
+      }
+      h = ho, w = wo, c = L.cout;
+    } else if (L.kind == POINTWISE) {
+      int p0, p1;
+      split(panels(L.cout), t, T, &p0, &p1);
+      gemm(h * w, L.cout, L.cin, cur, L.cin, L.w_out, L.b_out, nxt, L.cout, nullptr, 0, L.act_out, p0, p1);
+      c = L.cout;
+    } else if (L.kind == POOL_FC) {
+      // Global average pool (each thread its channels), then the classifier (each thread its classes).
+      int c0, c1;
+      split(c / 8, t, T, &c0, &c1);
+      const float inv = 1.0f / static_cast<float>(h * w);
+      for (int ch = 8 * c0; ch < 8 * c1; ch += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int q = 0; q < h * w; ++q) acc = _mm256_add_ps(acc, _mm256_loadu_ps(cur + static_cast<int64_t>(q) * c + ch));
+        _mm256_storeu_ps(s.pooled + ch, _mm256_mul_ps(acc, _mm256_set1_ps(inv)));
+      }
+      bar.wait();
+      const int n_out = (L.cout + 7) / 8 * 8;
+      if (L.w_out) {
+        int p0, p1;
+        split(panels(n_out), t, T, &p0, &p1);
+        gemm(1, n_out, L.cin, s.pooled, L.cin, L.w_out, L.b_out, logits, n_out, nullptr, 0, LINEAR, p0, p1);
+      } else if (t == 0) {
+        std::memcpy(logits, s.pooled, sizeof(float) * c);
+      }
+      bar.wait();
+      return;
+    }
+    std::swap(cur, nxt);
+    bar.wait();
+  }
+}
+
+
+// Worker threads that live as long as the process: starting threads costs ~90 µs per call here, more than a
+// barrier per layer. After a job they spin for kSpin (back-to-back calls find them awake, as ONNX Runtime's
+// do), then sleep on a condition variable.
+class Pool {
+ public:
+  void run(int threads, const std::function<void(int)>& fn) {
+    std::lock_guard<std::mutex> call(call_mutex_);  // one job at a time
+    while (static_cast<int>(workers_.size()) < threads - 1) {
+      const int t = static_cast<int>(workers_.size()) + 1;
+      workers_.emplace_back([this, t] { loop(t); });
+    }
+    job_ = &fn;
+    active_ = threads;
+    pending_.store(threads - 1, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
+      generation_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    wake_.notify_all();
+    fn(0);
+    while (pending_.load(std::memory_order_acquire) > 0) _mm_pause();
+  }
+
+ private:
+  static constexpr auto kSpin = std::chrono::milliseconds(20);
+
+  void loop(int t) {
+    uint64_t seen = 0;
+    for (;;) {
+      const auto start = std::chrono::steady_clock::now();
+      int spins = 0;
+      while (generation_.load(std::memory_order_acquire) == seen) {
+        _mm_pause();
+        if (++spins % 1024 == 0 && std::chrono::steady_clock::now() - start > kSpin) {
+          std::unique_lock<std::mutex> lock(sleep_mutex_);
+          wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+        }
+      }
+      seen = generation_.load(std::memory_order_acquire);
+      if (t < active_) {
+        (*job_)(t);
+        pending_.fetch_sub(1, std::memory_order_acq_rel);
+      }
+    }
+  }
+
+  std::mutex call_mutex_, sleep_mutex_;
+  std::condition_variable wake_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  const std::function<void(int)>* job_ = nullptr;
+  int active_ = 1;
+  std::vector<std::thread> workers_;
+};
+
+Pool& pool() {
+  static Pool* p = new Pool;  // never destroyed: its threads may be asleep when the process exits
+  return *p;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Floats of scratch memory that mn_run needs for a H×W input with this many threads.
+int64_t mn_scratch_floats(const Layer* layers, int n_layers, int H, int W, int threads) {
+  return threads * group_floats(make_plan(layers, n_layers, H, W), 1) +
+         group_floats(make_plan(layers, n_layers, H, W), threads);
+}
+
+// Run N images (NCHW, fp32) through the program; out gets N rows of out_stride floats. With at least as many
+// images as threads each thread runs whole images alone (no barriers); the rest are shared by all threads.
+int mn_run(const Layer* layers, int n_layers, const float* input, int N, int C, int H, int W, float* out,
+           int out_stride, int threads, float* scratch) {
+  if (threads < 1 || N < 0) return 1;
+  const Plan plan = make_plan(layers, n_layers, H, W);
+  const int64_t image = static_cast<int64_t>(C) * H * W;
+  const int alone = N / threads * threads;  // images run one per thread
+  std::vector<Scratch> solo;
+  float* base = scratch;
+  for (int t = 0; t < threads; ++t) {
+    solo.push_back(carve(plan, 1, base));
+    base += group_floats(plan, 1);
+  }
+  const Scratch shared = carve(plan, threads, base);
+  Barrier shared_bar;
+  shared_bar.threads = threads;
+  auto work = [&](int t) {
+    Barrier own;
+    for (int n = t; n < alone; n += threads)
+      run_image(layers, n_layers, input + n * image, H, W, out + static_cast<int64_t>(n) * out_stride, solo[t], 0,
+                1, own);
+    for (int n = alone; n < N; ++n)
+      run_image(layers, n_layers, input + n * image, H, W, out + static_cast<int64_t>(n) * out_stride, shared, t,
+                threads, shared_bar);
+  };
+  pool().run(threads, work);
+  return 0;
+}
+
+}  // extern "C"
