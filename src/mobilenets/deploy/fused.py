@@ -43,7 +43,7 @@ class EngineUnavailable(MobilenetsError):
 
 class _Layer(ctypes.Structure):
     # Mirrors ``struct Layer`` in fused_engine.cpp field by field.
-    _fields_ = [  # noqa: RUF012 (ctypes reads this class attribute)
+    _fields_ = [
         *[(n, ctypes.c_int32) for n in ("kind", "cin", "cmid", "cout", "stride", "act_mid", "act_out")],
         *[(n, ctypes.c_int32) for n in ("has_expand", "residual", "stem_in_chans")],
         *[(n, ctypes.c_void_p) for n in ("w_expand", "b_expand", "w_dw", "b_dw", "w_out", "b_out")],
@@ -54,13 +54,8 @@ def cpu_supported() -> str | None:
     """None if this CPU can run the engine, else why not."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"the fused engine needs an x86-64 CPU, not {platform.machine()}"
-    flags = ""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        pass
-    capability = torch.backends.cpu.get_cpu_capability()
-    if capability not in ("AVX2", "AVX512") and not (" avx2 " in flags and " fma " in flags):
+    capability = torch.backends.cpu.get_cpu_capability()  # "AVX2" means AVX2 and FMA
+    if capability not in ("AVX2", "AVX512"):
         return f"the fused engine needs AVX2 and FMA (this CPU: {capability})"
     return None
 
