@@ -149,6 +149,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )  # fmt: skip
     for note in report["notes"]:
         log(f"note: {note}")
+    for key, goal in report["goals"].items():
+        shown = "n/a" if goal["ratio"] is None else f"{goal['ratio']:.2f}"
+        log(f"goal {key}: {goal['ours']} / {goal['peer']} = {shown} (goal <= {goal['goal']})")
     if args.json_out:
         text = json.dumps(report, indent=2)
         atomic_write(args.json_out, lambda tmp: Path(tmp).write_text(text))

@@ -57,25 +57,25 @@ inline void tile(int K, const float* A, int lda, const float* B, const float* bi
 #pragma GCC unroll 2
   for (int j = 0; j < NV; ++j) {
     const __m256 b = _mm256_loadu_ps(bias + 8 * j);
-#pragma GCC unroll 6
+#pragma GCC unroll 12
     for (int i = 0; i < MR; ++i) acc[i][j] = b;
   }
   const float* a[MR];
-#pragma GCC unroll 6
+#pragma GCC unroll 12
   for (int i = 0; i < MR; ++i) a[i] = A + static_cast<int64_t>(i) * lda;
 #pragma GCC unroll 2
   for (int k = 0; k < K; ++k) {
     __m256 b[NV];
 #pragma GCC unroll 2
     for (int j = 0; j < NV; ++j) b[j] = _mm256_loadu_ps(B + k * NR + 8 * j);
-#pragma GCC unroll 6
+#pragma GCC unroll 12
     for (int i = 0; i < MR; ++i) {
       const __m256 av = _mm256_broadcast_ss(a[i] + k);
 #pragma GCC unroll 2
       for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_fmadd_ps(av, b[j], acc[i][j]);
     }
   }
-#pragma GCC unroll 6
+#pragma GCC unroll 12
   for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 2
     for (int j = 0; j < NV; ++j) {
@@ -90,12 +90,35 @@ template <int NR>
 inline void tile_rows(int mr, int K, const float* A, int lda, const float* B, const float* bias, float* C, int ldc,
                       const float* R, int ldr, int act) {
   switch (mr) {
+    case 12:
+      if constexpr (NR == 8) {
+        tile<12, 8>(K, A, lda, B, bias, C, ldc, R, ldr, act);
+        break;
+      }
+      [[fallthrough]];
     case 6: tile<6, NR>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
     case 5: tile<5, NR>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
     case 4: tile<4, NR>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
     case 3: tile<3, NR>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
     case 2: tile<2, NR>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
     default: tile<1, NR>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
+  }
+}
+
+// Row tiles for M rows: full tiles of `rows`, but a remainder shorter than 4 is merged with the last full tile
+// and the two split evenly (a tile of 1–3 rows has too few accumulators to hide the FMA latency).
+template <typename F>
+inline void row_tiles(int M, int rows, F&& f) {
+  int m = 0;
+  const int rem = M % rows;
+  const int full_end = (rem > 0 && rem < 4 && M > rows) ? M - rem - rows : M - rem;
+  for (; m < full_end; m += rows) f(m, rows);
+  const int left = M - m;
+  if (left > rows) {
+    f(m, (left + 1) / 2);
+    f(m + (left + 1) / 2, left / 2);
+  } else if (left > 0) {
+    f(m, left);
   }
 }
 
@@ -106,16 +129,22 @@ void gemm(int M, int N, int K, const float* A, int lda, const float* Bp, const f
     const int col = 16 * p;
     const int nr = std::min(16, N - col);
     const float* B = Bp + static_cast<int64_t>(col) * K;
-    for (int m = 0; m < M; m += 6) {
-      const int mr = std::min(6, M - m);
+    row_tiles(M, nr == 16 ? 6 : 12, [&](int m, int mr) {
       const float* a = A + static_cast<int64_t>(m) * lda;
       float* c = C + static_cast<int64_t>(m) * ldc + col;
       const float* r = R ? R + static_cast<int64_t>(m) * ldr + col : nullptr;
-      if (nr == 16)
+      if (nr == 16) {
         tile_rows<16>(mr, K, a, lda, B, bias + col, c, ldc, r, ldr, act);
-      else
-        tile_rows<8>(mr, K, a, lda, B, bias + col, c, ldc, r, ldr, act);
-    }
+      } else {
+        // An 8-wide panel takes 12 rows at once; 7..11 rows go in two near-equal tiles.
+        const int first = (mr == 12 || mr <= 6) ? mr : (mr + 1) / 2;
+        tile_rows<8>(first, K, a, lda, B, bias + col, c, ldc, r, ldr, act);
+        if (first < mr)
+          tile_rows<8>(mr - first, K, a + static_cast<int64_t>(first) * lda, lda, B, bias + col,
+                       c + static_cast<int64_t>(first) * ldc, ldc, r ? r + static_cast<int64_t>(first) * ldr : nullptr,
+                       ldr, act);
+      }
+    });
   }
 }
 
@@ -160,12 +189,24 @@ void depthwise_row(const float* const rows[3], int Wi, int Wo, int stride, int C
   }
 }
 
+#ifdef MN_PROFILE
+double g_wait_ns[8];
+thread_local int g_tid = 0;
+#endif
+
 struct Barrier {
   std::atomic<int> count{0};
   std::atomic<int> generation{0};
   int threads = 1;
   void wait() {
     if (threads == 1) return;
+#ifdef MN_PROFILE
+    const auto start = std::chrono::steady_clock::now();
+    struct Done {
+      std::chrono::steady_clock::time_point s;
+      ~Done() { g_wait_ns[g_tid] += std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - s).count(); }
+    } done{start};
+#endif
     const int gen = generation.load(std::memory_order_acquire);
     if (count.fetch_add(1, std::memory_order_acq_rel) == threads - 1) {
       count.store(0, std::memory_order_relaxed);
@@ -183,6 +224,7 @@ struct Plan {
   int64_t ring = 0;       // per thread: three expanded rows + one depthwise row + one zero row
   int64_t row_buf = 0;    // per thread: stem im2col row
   int64_t pooled = 0;
+  int64_t padded = 0;     // the stem's zero-padded NHWC copy of the image
 };
 
 constexpr int kFuseMinWidth = 28;  // maps at least this wide stream rows through the ring; narrower run whole
@@ -195,6 +237,7 @@ Plan make_plan(const Layer* layers, int n_layers, int H, int W) {
     if (L.kind == STEM) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
       p.row_buf = std::max<int64_t>(p.row_buf, static_cast<int64_t>(wo) * L.cin);
+      p.padded = std::max<int64_t>(p.padded, static_cast<int64_t>(h + 2) * (w + 2) * L.stem_in_chans);
       h = ho, w = wo;
       p.act = std::max<int64_t>(p.act, static_cast<int64_t>(h) * w * L.cout);
     } else if (L.kind == BLOCK) {
@@ -218,13 +261,13 @@ Plan make_plan(const Layer* layers, int n_layers, int H, int W) {
 inline int64_t round_up(int64_t n) { return (n + 15) / 16 * 16; }  // 64-byte steps between buffers
 
 struct Scratch {  // one group's views into the caller's scratch memory
-  float *act0, *act1, *wide0, *wide1, *pooled;
+  float *act0, *act1, *wide0, *wide1, *pooled, *padded;
   std::vector<float*> ring;  // per thread of the group
   std::vector<float*> row;
 };
 
 int64_t group_floats(const Plan& p, int threads) {
-  return 2 * round_up(p.act) + 2 * round_up(p.wide) + round_up(p.pooled) +
+  return 2 * round_up(p.act) + 2 * round_up(p.wide) + round_up(p.pooled) + round_up(p.padded) +
          threads * (round_up(p.ring) + round_up(p.row_buf));
 }
 
@@ -233,7 +276,7 @@ Scratch carve(const Plan& p, int threads, float* base) {
   float* q = base;
   auto take = [&](int64_t n) { float* r = q; q += round_up(n); return r; };
   s.act0 = take(p.act), s.act1 = take(p.act), s.wide0 = take(p.wide), s.wide1 = take(p.wide);
-  s.pooled = take(p.pooled);
+  s.pooled = take(p.pooled), s.padded = take(p.padded);
   for (int t = 0; t < threads; ++t) s.ring.push_back(take(p.ring)), s.row.push_back(take(p.row_buf));
   return s;
 }
@@ -243,21 +286,34 @@ inline void split(int n, int t, int threads, int* lo, int* hi) {
   *hi = static_cast<int>(static_cast<int64_t>(n) * (t + 1) / threads);
 }
 
-// Stem: 3×3 convolution, stride s, padding 1, read straight from the NCHW input; rows split between threads.
-void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho, int Wo, float* col, int t, int T) {
-  const int C = L.stem_in_chans;
+// Stem: 3×3 convolution, stride s, padding 1. The threads first copy the NCHW image into a zero-padded NHWC
+// buffer (their share of its rows), so that each output pixel's 3×3×C patch is three contiguous runs.
+void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho, int Wo, float* padded, float* col,
+              int t, int T, Barrier& bar) {
+  const int C = L.stem_in_chans, Wp = W + 2;
   int y0, y1;
+  split(H + 2, t, T, &y0, &y1);
+  for (int y = y0; y < y1; ++y) {
+    float* row = padded + static_cast<int64_t>(y) * Wp * C;
+    if (y == 0 || y == H + 1) {
+      std::memset(row, 0, sizeof(float) * Wp * C);
+      continue;
+    }
+    for (int ci = 0; ci < C; ++ci) row[ci] = row[(W + 1) * C + ci] = 0.0f;
+    for (int ci = 0; ci < C; ++ci) {
+      const float* src = img + (static_cast<int64_t>(ci) * H + (y - 1)) * W;
+      for (int x = 0; x < W; ++x) row[(x + 1) * C + ci] = src[x];
+    }
+  }
+  bar.wait();
   split(Ho, t, T, &y0, &y1);
+  const int run = 3 * C;
   for (int y = y0; y < y1; ++y) {
     for (int x = 0; x < Wo; ++x) {
       float* c = col + static_cast<int64_t>(x) * L.cin;  // (ky, kx, ci) order, as fused.py packs the weights
       for (int ky = 0; ky < 3; ++ky)
-        for (int kx = 0; kx < 3; ++kx)
-          for (int ci = 0; ci < C; ++ci) {
-            const int iy = y * L.stride - 1 + ky, ix = x * L.stride - 1 + kx;
-            const bool inside = iy >= 0 && iy < H && ix >= 0 && ix < W;
-            *c++ = inside ? img[(static_cast<int64_t>(ci) * H + iy) * W + ix] : 0.0f;
-          }
+        std::memcpy(c + ky * run, padded + (static_cast<int64_t>(y * L.stride + ky) * Wp + x * L.stride) * C,
+                    sizeof(float) * run);
     }
     gemm(Wo, L.cout, L.cin, col, L.cin, L.w_out, L.b_out, out + static_cast<int64_t>(y) * Wo * L.cout, L.cout,
          nullptr, 0, L.act_out, 0, panels(L.cout));
@@ -329,17 +385,32 @@ void run_block_whole(const Layer& L, const float* in, int H, int W, float* out, 
        p1);
 }
 
+#ifdef MN_PROFILE
+double g_layer_ns[64];
+thread_local std::chrono::steady_clock::time_point g_last;
+#define MN_MARK(t, i)                                                                                          \
+  if (t == 0) {                                                                                                \
+    auto now = std::chrono::steady_clock::now();                                                               \
+    if (i >= 0) g_layer_ns[i] += std::chrono::duration<double, std::nano>(now - g_last).count();               \
+    g_last = now;                                                                                              \
+  }
+#else
+#define MN_MARK(t, i)
+#endif
+
 // One image through the whole program by the T threads of a group (T = 1: one thread alone).
 void run_image(const Layer* layers, int n_layers, const float* img, int H, int W, float* logits, const Scratch& s,
                int t, int T, Barrier& bar) {
   float* cur = s.act0;
   float* nxt = s.act1;
   int h = H, w = W, c = 0;
+  MN_MARK(t, -1);
   for (int i = 0; i < n_layers; ++i) {
+    MN_MARK(t, i - 1);
     const Layer& L = layers[i];
     if (L.kind == STEM) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
-      run_stem(L, img, h, w, cur, ho, wo, s.row[t], t, T);
+      run_stem(L, img, h, w, cur, ho, wo, s.padded, s.row[t], t, T, bar);
       h = ho, w = wo, c = L.cout;
       bar.wait();
       continue;
@@ -380,6 +451,7 @@ void run_image(const Layer* layers, int n_layers, const float* img, int H, int W
         std::memcpy(logits, s.pooled, sizeof(float) * c);
       }
       bar.wait();
+      MN_MARK(t, i);
       return;
     }
     std::swap(cur, nxt);
@@ -452,6 +524,15 @@ Pool& pool() {
 
 extern "C" {
 
+#ifdef MN_PROFILE
+void mn_profile(double* out, int n) {
+  for (int i = 0; i < n && i < 64; ++i) out[i] = g_layer_ns[i], g_layer_ns[i] = 0;
+}
+void mn_waits(double* out) {
+  for (int i = 0; i < 8; ++i) out[i] = g_wait_ns[i], g_wait_ns[i] = 0;
+}
+#endif
+
 // Floats of scratch memory that mn_run needs for a H×W input with this many threads.
 int64_t mn_scratch_floats(const Layer* layers, int n_layers, int H, int W, int threads) {
   return threads * group_floats(make_plan(layers, n_layers, H, W), 1) +
@@ -476,6 +557,9 @@ int mn_run(const Layer* layers, int n_layers, const float* input, int N, int C, 
   Barrier shared_bar;
   shared_bar.threads = threads;
   auto work = [&](int t) {
+#ifdef MN_PROFILE
+    g_tid = t;
+#endif
     Barrier own;
     for (int n = t; n < alone; n += threads)
       run_image(layers, n_layers, input + n * image, H, W, out + static_cast<int64_t>(n) * out_stride, solo[t], 0,
