@@ -331,11 +331,11 @@ void run_block_rows(const Layer& L, const float* in, int H, int W, float* out, i
   std::memset(zero, 0, sizeof(float) * row_e);
   int y0, y1;
   split(Ho, t, T, &y0, &y1);
-  int next = -1;  // next input row to expand
+  int next = 0;  // next input row to expand
   const float* rows[3];
   for (int y = y0; y < y1; ++y) {
     const int lo = y * L.stride - 1;
-    if (next < lo) next = std::max(lo, 0);
+    next = std::max(next, std::max(lo, 0));  // rows above the window are never needed again
     for (; next <= std::min(lo + 2, H - 1); ++next) {
       if (!L.has_expand) continue;
       gemm(W, E, L.cin, in + next * row_in, L.cin, L.w_expand, L.b_expand, slots + (next % 3) * row_e, E, nullptr,

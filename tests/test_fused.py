@@ -1,0 +1,134 @@
+"""The fused C++ engine (``mobilenets.deploy.fused``) against the eager model on the same weights.
+
+Tolerance: max abs difference of the logits ≤ 1e-4 (float rounding in another summation order; measured
+≤ 2e-6 on these models, whose BatchNorm is randomised so that folding matters and logits are O(1)).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mobilenets.analysis.bench import BenchResult, goal_ratios
+from mobilenets.deploy import fused
+from mobilenets.errors import ConfigError, InputError
+from model_util import trained_like
+
+ATOL = 1e-4
+
+try:
+    fused.load_library()
+except fused.EngineUnavailable as e:  # pragma: no cover - machines without a compiler or AVX2
+    pytest.skip(f"fused engine unavailable here: {e}", allow_module_level=True)
+
+
+def _check(model: torch.nn.Module, shapes: list[tuple[int, ...]], threads: int) -> None:
+    engine = fused.FusedEngine(model, threads=threads)
+    for shape in shapes:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            reference = model(x)
+        out = engine(x)
+        assert out.shape == reference.shape
+        assert (out - reference).abs().max() <= ATOL, shape
+
+
+@pytest.mark.parametrize(
+    ("name", "width", "threads"),
+    [("mobilenet_v2", 1.0, 2), ("mobilenet_v2", 0.35, 1), ("mobilenet_v2", 1.4, 3), ("mobilenet_v1", 0.5, 2)],
+)
+def test_fused_engine_equals_eager(name: str, width: float, threads: int) -> None:
+    # Batches below, equal to and above the thread count (shared layers vs one image per thread), square and
+    # not, and sizes whose wide maps stream through the row ring (≥ 28 px) as well as small ones that do not.
+    model = trained_like(name, width=width, num_classes=10)
+    _check(model, [(1, 3, 96, 96), (threads, 3, 64, 160), (threads + 1, 3, 128, 64)], threads)
+
+
+@pytest.mark.parametrize("switch", [{"project_act": "relu6"}, {"shortcut": "none"}, {"num_classes": 0}])
+def test_fused_engine_ablations_and_features(switch: dict[str, object]) -> None:
+    _check(trained_like("mobilenet_v2", width=0.5, **switch), [(2, 3, 64, 64)], threads=2)
+
+
+def test_fused_engine_at_224() -> None:
+    _check(trained_like("mobilenet_v2"), [(1, 3, 224, 224)], threads=2)
+
+
+def test_fused_engine_is_repeatable_across_shapes() -> None:
+    # Scratch buffers are kept per input size and the worker threads persist between calls: nothing of one
+    # call may leak into the next (this order once exposed a write above the first image row).
+    engine = fused.FusedEngine(trained_like("mobilenet_v2", width=0.5, num_classes=10), threads=2)
+    x1, x2 = torch.randn(1, 3, 96, 96), torch.randn(2, 3, 64, 160)
+    kept = x1.clone()
+    first = engine(x1)
+    engine(x2)
+    assert torch.equal(engine(x1), first) and torch.equal(x1, kept)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"name": "mobilenet_v3_small"}, "squeeze-excite"),
+        ({"name": "mobilenet_v2", "output_stride": 16}, "output stride 16"),
+        ({"name": "mobilenet_v2", "padding": "same"}, "same"),
+        ({"name": "mobilenet_v2", "shortcut": "expansion"}, "expansion"),
+    ],
+)
+def test_fused_engine_rejects_what_it_cannot_run(overrides: dict[str, object], message: str) -> None:
+    name = str(overrides.pop("name"))
+    with pytest.raises(ConfigError, match=message):
+        fused.FusedEngine(trained_like(name, **overrides))
+
+
+def test_fused_engine_rejects_other_modules_and_bad_input() -> None:
+    with pytest.raises(ConfigError, match="MobileNet classifiers"):
+        fused.FusedEngine(torch.nn.Conv2d(3, 8, 3))
+    engine = fused.FusedEngine(trained_like("mobilenet_v2", width=0.35, num_classes=4), threads=1)
+    with pytest.raises(InputError, match="input channels"):
+        engine(torch.randn(1, 1, 64, 64))
+    with pytest.raises(InputError, match="divisible by 32"):
+        engine(torch.randn(1, 3, 70, 64))
+
+
+def test_compiler_failure_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MOBILENETS_CACHE", str(tmp_path))
+    fused.load_library.cache_clear()
+    try:
+        monkeypatch.setenv("CXX", "no-such-compiler-here")
+        with pytest.raises(fused.EngineUnavailable, match="needs a C\\+\\+ compiler"):
+            fused.load_library()
+        monkeypatch.setenv("CXX", "false")  # a "compiler" that fails
+        with pytest.raises(fused.EngineUnavailable, match="failed"):
+            fused.load_library()
+        assert not list(tmp_path.glob("*.so"))  # nothing half-written left behind
+    finally:
+        fused.load_library.cache_clear()
+
+
+def test_pack_panels_layout() -> None:
+    w = torch.arange(3 * 24, dtype=torch.float32).reshape(3, 24)  # K = 3, N = 24: a 16-wide and an 8-wide panel
+    packed = fused.pack_panels(w)
+    assert torch.equal(packed[: 3 * 16].reshape(3, 16), w[:, :16])
+    assert torch.equal(packed[3 * 16 :].reshape(3, 8), w[:, 16:])
+    padded = fused.pack_panels(torch.ones(2, 10))  # N = 10 → zero columns up to 16
+    assert padded.numel() == 2 * 16 and padded.reshape(2, 16)[:, 10:].abs().sum() == 0
+
+
+def test_goal_ratios() -> None:
+    def row(name: str, ours: bool, precision: str, ms: float, diff: float | None = 0.0) -> BenchResult:
+        return BenchResult(name, ours, precision, ms, ms, 1.0, diff, None)
+
+    goals = goal_ratios(
+        [
+            row("ours eager", True, "fp32", 20.0),
+            row("ours fast but wrong", True, "fp32", 1.0, diff=1e-2),  # outside the tolerance: not counted
+            row("ours fused engine", True, "fp32", 4.5),
+            row("onnxruntime fp32", False, "fp32", 5.0),
+            row("openvino fp32", False, "fp32", 6.0),
+            row("onnxruntime int8", False, "int8", 3.0),
+            row("timm mobilenetv2_100 eager", False, "fp32", 25.0, diff=None),
+        ]
+    )
+    assert goals["fp32"]["ours"] == "ours fused engine" and goals["fp32"]["peer"] == "onnxruntime fp32"
+    assert goals["fp32"]["ratio"] == pytest.approx(0.9) and goals["fp32"]["met"]
+    assert goals["int8"]["ratio"] is None and not goals["int8"]["met"]  # no int8 path of ours in this list
+    assert goals["eager"]["ratio"] == pytest.approx(0.8) and goals["eager"]["met"]
