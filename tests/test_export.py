@@ -54,12 +54,16 @@ def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     save_weights(model, ckpt)
     out = tmp_path / "m.onnx"
     code = main(["export", "--checkpoint", str(ckpt), "--resolution", "32", "--int8", "--calibration", "embedded",
-                 "--calibration-count", "16", str(out), "--json"])  # fmt: skip
+                 "--calibration-count", "16", "--eval", "embedded", str(out), "--json"])  # fmt: skip
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["fp32_max_abs_diff"] <= ONNX_ATOL
     assert out.is_file() and (tmp_path / "m.fp32.onnx").is_file()
     assert summary["calibration"]["images"] == 16
+    top1 = summary["top1"]  # an untrained model: the paths must agree with each other, not be accurate
+    assert top1["onnx_fp32"] == top1["pytorch"]
+    if "fused_engine" not in summary:  # skipped only where the engine cannot be built (said in the summary)
+        assert top1["fused_fp32"] == top1["pytorch"] and 0.0 <= top1["fused_int8"] <= 1.0
 
 
 def test_export_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -113,6 +113,63 @@ def test_pack_panels_layout() -> None:
     assert padded.numel() == 2 * 16 and padded.reshape(2, 16)[:, 10:].abs().sum() == 0
 
 
+def _fake_quantized(model: torch.nn.Module, calibration: list[torch.Tensor]) -> torch.nn.Module:
+    """What the int8 engine computes, in PyTorch: every 1×1 conv and the classifier see their input rounded to
+    the calibrated uint8 grid and their weights rounded to int8 codes (|q| ≤ 63) per output channel; the rest
+    stays fp32."""
+    folded = fused.fold_batchnorm(model)
+    ranges = fused.calibrate(folded, calibration)
+    for module, (low, high) in ranges.items():
+        scale, zero = fused.activation_quantization(low, high)
+        weight = module.weight.detach().flatten(1).t()
+        q, w_scale = fused.quantize_weights(weight)
+        module.weight.data.copy_((q.float() * w_scale).t().reshape(module.weight.shape))
+
+        def grid(_: torch.nn.Module, inputs: tuple[torch.Tensor, ...], inv=1.0 / scale, zero=zero, scale=scale):
+            codes = torch.clamp(torch.round(inputs[0] * torch.tensor(inv, dtype=torch.float32)) + zero, 0, 255)
+            return ((codes - zero) * scale,)
+
+        module.register_forward_pre_hook(grid)
+    return folded
+
+
+def test_int8_engine_equals_its_fake_quantized_model() -> None:
+    # Same codes, same integer sums: only the fp32 parts' summation order differs (measured 6e-8 on a logit span
+    # of 0.43). That order could move an input across a rounding boundary of the uint8 grid, so the bound is
+    # 0.1 % of the logit span rather than 1e-4.
+    torch.manual_seed(0)
+    model = trained_like("mobilenet_v2", width=0.5, num_classes=10)
+    calibration = list(torch.randn(16, 3, 64, 64).split(8))
+    engine = fused.FusedEngine(model, threads=2, calibration=calibration)
+    assert engine.precision == "int8"
+    reference = _fake_quantized(model, calibration)
+    x = torch.randn(5, 3, 96, 64)
+    with torch.no_grad():
+        want, fp32 = reference(x), model(x)
+    got = engine(x)
+    span = float(want.max() - want.min())
+    assert (got - want).abs().max() <= 1e-3 * span
+    assert (got - fp32).abs().max() > (got - want).abs().max()  # it is the quantised model, not the fp32 one
+    assert (got - fp32).abs().max() <= 0.2 * span
+
+
+def test_int8_engine_needs_calibration_images() -> None:
+    with pytest.raises(ConfigError, match="calibration"):
+        fused.FusedEngine(trained_like("mobilenet_v2", width=0.35), calibration=[])
+
+
+def test_int8_packing_and_grids() -> None:
+    q = torch.arange(8 * 16, dtype=torch.int8).reshape(8, 16) - 64  # K = 8, one 16-wide panel
+    packed = fused.pack_panels_int8(q).reshape(2, 16, 4)  # [K/4][column][4 consecutive k]
+    assert torch.equal(packed[1, 3], q[4:8, 3])
+    weight = torch.tensor([[1.0, -0.5], [-2.0, 0.25]])
+    codes, scale = fused.quantize_weights(weight)
+    assert codes.abs().max() == fused.INT8_WEIGHT_MAX and torch.allclose(codes * scale, weight, atol=0.02)
+    scale, zero = fused.activation_quantization(-1.0, 3.0)
+    assert scale == pytest.approx(4 / 255) and zero == round(1 / scale)
+    assert fused.activation_quantization(0.5, 6.0) == (pytest.approx(6 / 255), 0)  # widened to include 0
+
+
 def test_goal_ratios() -> None:
     def row(name: str, ours: bool, precision: str, ms: float, diff: float | None = 0.0) -> BenchResult:
         return BenchResult(name, ours, precision, ms, ms, 1.0, diff, None)

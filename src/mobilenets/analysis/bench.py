@@ -261,7 +261,7 @@ def run_bench(
             note="BN folded, channels_last, jit.freeze",
         ),
     ]
-    candidates += _fused_candidates(model, threads, notes)
+    candidates += _fused_candidates(model, threads, list(images[32:].split(8)), notes)
     if compile_path:
         compiled = compile_for_inference(model, x1)
         candidates.append(
@@ -314,17 +314,24 @@ def run_bench(
     }
 
 
-def _fused_candidates(model: nn.Module, threads: int, notes: list[str]) -> list[Candidate]:
+def _fused_candidates(
+    model: nn.Module, threads: int, calibration: list[torch.Tensor], notes: list[str]
+) -> list[Candidate]:
     from mobilenets.deploy.fused import FusedEngine
     from mobilenets.errors import MobilenetsError
 
     try:
         engine = FusedEngine(model, threads)
+        engine8 = FusedEngine(model, threads, calibration=calibration)
     except MobilenetsError as e:  # not a V1/V2 classifier, or no compiler / AVX2 here
         notes.append(f"fused engine skipped: {e}")
         return []
     note = "C++ AVX2: BN folded, row-streamed inverted residuals, one parallel region"
-    return [Candidate("ours fused engine", True, "fp32", engine, note=note)]
+    note8 = "int8 1x1 convs (uint8 x 7-bit per-channel weights, calibrated on the photos), fp32 depthwise"
+    return [
+        Candidate("ours fused engine", True, "fp32", engine, note=note),
+        Candidate("ours fused engine int8", True, "int8", engine8, compare=False, note=note8),
+    ]
 
 
 def goal_ratios(results: list[BenchResult], tolerance: float = 1e-4) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import torch
 
 from mobilenets.cli import print_json
 from mobilenets.commands.core import add_model_options, model_overrides
-from mobilenets.errors import ConfigError
+from mobilenets.errors import ConfigError, MobilenetsError
 from mobilenets.registry import create_model
 
 
@@ -92,7 +92,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mobilenets.classification.task import eval_transform_of
-    from mobilenets.deploy.evaluate import onnx_top1, torch_top1
+    from mobilenets.deploy.evaluate import fused_top1, onnx_top1, torch_top1
     from mobilenets.deploy.export import calibration_batches, check_onnx, export_graph, export_onnx, quantize_onnx
     from mobilenets.engine.checkpoints import load_trained
 
@@ -126,6 +126,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         summary["top1"]["onnx_fp32"] = onnx_top1(fp32, args.eval_data, transform, trained.metadata)
         if args.int8:
             summary["top1"]["onnx_int8"] = onnx_top1(out, args.eval_data, transform, trained.metadata)
+        try:  # our own deploy path, where it applies (V1/V2 classifiers on an x86-64 CPU with AVX2)
+            summary["top1"]["fused_fp32"] = fused_top1(trained.model, args.eval_data, transform, trained.metadata)
+            if args.int8:
+                summary["top1"]["fused_int8"] = fused_top1(
+                    trained.model, args.eval_data, transform, trained.metadata, calibration=batches
+                )
+        except MobilenetsError as e:
+            summary["fused_engine"] = f"skipped: {e}"
     if args.json:
         print_json(summary)
     else:

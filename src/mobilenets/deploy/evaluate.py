@@ -44,3 +44,11 @@ def onnx_top1(path: str | Path, data: str, transform: TransformConfig, metadata:
 
     session = ort_session(path)
     return top1(lambda x: run_onnx(session, x), data, transform, metadata)
+
+
+def fused_top1(model: nn.Module, data: str, transform: TransformConfig, metadata: dict[str, Any],
+               calibration: list[torch.Tensor] | None = None) -> float:  # fmt: skip
+    """Top-1 through the fused C++ engine: fp32, or int8 calibrated on ``calibration``."""
+    from mobilenets.deploy.fused import FusedEngine
+
+    return top1(FusedEngine(model, calibration=calibration), data, transform, metadata)

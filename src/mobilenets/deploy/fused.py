@@ -41,12 +41,24 @@ class EngineUnavailable(MobilenetsError):
     """The fused engine cannot run on this machine (no C++ compiler, no AVX2/FMA, not x86-64)."""
 
 
+class _Conv(ctypes.Structure):
+    # Mirrors ``struct Conv`` in fused_engine.cpp field by field.
+    _fields_ = [
+        *[(n, ctypes.c_void_p) for n in ("w", "bias", "q", "scale", "corr")],
+        ("inv_scale", ctypes.c_float),
+        ("zero", ctypes.c_int32),
+    ]
+
+
 class _Layer(ctypes.Structure):
     # Mirrors ``struct Layer`` in fused_engine.cpp field by field.
     _fields_ = [
         *[(n, ctypes.c_int32) for n in ("kind", "cin", "cmid", "cout", "stride", "act_mid", "act_out")],
         *[(n, ctypes.c_int32) for n in ("has_expand", "residual", "stem_in_chans")],
-        *[(n, ctypes.c_void_p) for n in ("w_expand", "b_expand", "w_dw", "b_dw", "w_out", "b_out")],
+        ("expand", _Conv),
+        ("w_dw", ctypes.c_void_p),
+        ("b_dw", ctypes.c_void_p),
+        ("out", _Conv),
     ]
 
 
@@ -102,6 +114,36 @@ def pack_panels(weight_kn: torch.Tensor) -> torch.Tensor:
     return torch.cat([weight_kn[:, col : col + 16].reshape(-1) for col in range(0, n, 16)]).contiguous()
 
 
+def pack_panels_int8(q_kn: torch.Tensor) -> torch.Tensor:
+    """int8 K × N weights (K a multiple of 4) as the int8 kernel reads them: per panel of 16 (or 8) columns,
+    [K/4][panel width][4] — four consecutive k of one column form the int32 lane that vpmaddubsw/vpmaddwd fill."""
+    k, n = q_kn.shape
+    if n % 8:
+        q_kn = torch.cat([q_kn, q_kn.new_zeros(k, 8 - n % 8)], 1)
+        n = q_kn.shape[1]
+    parts = [q_kn[:, c : c + 16].reshape(k // 4, 4, -1).permute(0, 2, 1).reshape(-1) for c in range(0, n, 16)]
+    return torch.cat(parts).contiguous()
+
+
+# int8 weights are kept to ±63: vpmaddubsw adds two uint8·int8 products in int16, and 255·63·2 < 32767.
+INT8_WEIGHT_MAX = 63
+
+
+def quantize_weights(weight_kn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 codes (|q| ≤ 63) and scales of a K × N fp32 weight matrix."""
+    scale = weight_kn.abs().amax(0) / INT8_WEIGHT_MAX
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(weight_kn / scale).clamp(-INT8_WEIGHT_MAX, INT8_WEIGHT_MAX).to(torch.int8)
+    return q, scale
+
+
+def activation_quantization(low: float, high: float) -> tuple[float, int]:
+    """uint8 scale and zero point covering [low, high] (widened to include 0, so that 0 is exact)."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    scale = (high - low) / 255 if high > low else 1.0
+    return scale, int(min(255, max(0, round(-low / scale))))
+
+
 def _pad8(v: torch.Tensor) -> torch.Tensor:
     return torch.cat([v, v.new_zeros(-len(v) % 8)]).contiguous()
 
@@ -110,11 +152,6 @@ def _conv_weights(unit: ConvBNAct) -> tuple[torch.Tensor, torch.Tensor]:
     conv = unit.conv
     bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
     return conv.weight.detach().float(), bias.detach().float()
-
-
-def _pointwise(unit: ConvBNAct) -> tuple[torch.Tensor, torch.Tensor]:
-    w, b = _conv_weights(unit)
-    return pack_panels(w.flatten(1).t()), _pad8(b)
 
 
 def _depthwise(unit: ConvBNAct) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,55 +185,96 @@ def _check_supported(model: MobileNet) -> None:
         raise ConfigError("the fused engine cannot run this model: " + "; ".join(problems))
 
 
-def _program(model: MobileNet) -> tuple[list[_Layer], list[torch.Tensor]]:
-    """The engine's layer list for a BN-folded ``model``, and the tensors its pointers refer to (keep alive)."""
-    keep: list[torch.Tensor] = []
+Ranges = dict[nn.Module, tuple[float, float]]
 
-    def ptr(t: torch.Tensor | None) -> int | None:
-        if t is None:
-            return None
-        keep.append(t)
+
+@torch.no_grad()
+def calibrate(model: MobileNet, batches: list[torch.Tensor]) -> Ranges:
+    """The range (min, max) of the input of every 1×1 convolution and of the classifier over ``batches``."""
+    targets = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1]
+    if isinstance(model.classifier, nn.Linear):
+        targets.append(model.classifier)
+    ranges: Ranges = {}
+
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        lo, hi = float(inputs[0].min()), float(inputs[0].max())
+        old = ranges.get(module, (lo, hi))
+        ranges[module] = (min(old[0], lo), max(old[1], hi))
+
+    handles = [m.register_forward_pre_hook(record) for m in targets]
+    try:
+        for batch in batches:
+            model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return ranges
+
+
+class _Builder:
+    """Turns a BN-folded model into the engine's layer list, keeping alive the tensors its pointers refer to."""
+
+    def __init__(self, ranges: Ranges | None) -> None:
+        self.ranges = ranges  # None: fp32 everywhere
+        self.keep: list[torch.Tensor] = []
+
+    def ptr(self, t: torch.Tensor) -> int:
+        self.keep.append(t)
         return t.data_ptr()
 
-    layers: list[_Layer] = []
-    w, b = _conv_weights(model.stem)
-    stem_in = w.shape[1]
-    stem_w = pack_panels(w.permute(2, 3, 1, 0).reshape(9 * stem_in, -1))  # rows in (ky, kx, ci) order
-    layers.append(
-        _Layer(kind=_STEM, cin=9 * stem_in, cout=w.shape[0], stride=2, act_out=_ACTS[model.spec.stem_act],
-               stem_in_chans=stem_in, w_out=ptr(stem_w), b_out=ptr(_pad8(b)))
-    )  # fmt: skip
-    for block in model.blocks:
-        spec = block.spec
-        layer = _Layer(kind=_BLOCK, cin=spec.in_channels, cmid=spec.mid_channels, cout=spec.out_channels,
-                       stride=spec.stride, act_mid=_ACTS[spec.act])  # fmt: skip
-        if isinstance(block, DepthwiseSeparable):
-            out_unit, layer.act_out = block.pointwise, _ACTS[spec.act]
-        elif isinstance(block, InvertedResidual):
-            out_unit, layer.act_out = block.project, _ACTS[spec.project_act]
-            layer.residual = int(block.bottleneck_shortcut)
-            if block.expand is not None:
-                we, be = _pointwise(block.expand)
-                layer.has_expand, layer.w_expand, layer.b_expand = 1, ptr(we), ptr(be)
-        else:
-            raise ConfigError(f"the fused engine cannot run a {type(block).__name__}")
-        wd, bd = _depthwise(block.depthwise)
-        wo, bo = _pointwise(out_unit)
-        layer.w_dw, layer.b_dw, layer.w_out, layer.b_out = ptr(wd), ptr(bd), ptr(wo), ptr(bo)
-        layers.append(layer)
-    features = model.spec.blocks[-1].out_channels
-    if model.head is not None:
-        wh, bh = _pointwise(model.head)
-        features = model.spec.head_channels
-        layers.append(_Layer(kind=_POINTWISE, cin=model.spec.blocks[-1].out_channels, cout=features,
-                             act_out=_ACTS[model.spec.head_act], w_out=ptr(wh), b_out=ptr(bh)))  # fmt: skip
-    fc = _Layer(kind=_POOL_FC, cin=features, cout=features)
-    if isinstance(model.classifier, nn.Linear):
-        weight = model.classifier.weight.detach().float()
-        fc.cout, fc.w_out = weight.shape[0], ptr(pack_panels(weight.t()))
-        fc.b_out = ptr(_pad8(model.classifier.bias.detach().float()))
-    layers.append(fc)
-    return layers, keep
+    def conv(self, module: nn.Module, weight_kn: torch.Tensor, bias: torch.Tensor, int8: bool = True) -> _Conv:
+        """A K × N matrix product (+ bias), in int8 when calibrated ranges are given for ``module``."""
+        c = _Conv(bias=self.ptr(_pad8(bias)))
+        if not (int8 and self.ranges is not None):
+            c.w = self.ptr(pack_panels(weight_kn))
+            return c
+        scale, zero = activation_quantization(*self.ranges[module])
+        q, w_scale = quantize_weights(weight_kn)
+        c.q = self.ptr(pack_panels_int8(q))
+        c.scale = self.ptr(_pad8(w_scale * scale))
+        c.corr = self.ptr(_pad8(-zero * q.sum(0, dtype=torch.int32)))
+        c.inv_scale, c.zero = 1.0 / scale, zero
+        return c
+
+    def pointwise(self, unit: ConvBNAct) -> _Conv:
+        w, b = _conv_weights(unit)
+        return self.conv(unit.conv, w.flatten(1).t(), b)
+
+    def program(self, model: MobileNet) -> list[_Layer]:
+        layers: list[_Layer] = []
+        w, b = _conv_weights(model.stem)
+        stem_in = w.shape[1]
+        stem = self.conv(model.stem.conv, w.permute(2, 3, 1, 0).reshape(9 * stem_in, -1), b, int8=False)
+        layers.append(_Layer(kind=_STEM, cin=9 * stem_in, cout=w.shape[0], stride=2,
+                             act_out=_ACTS[model.spec.stem_act], stem_in_chans=stem_in, out=stem))  # fmt: skip
+        for block in model.blocks:
+            spec = block.spec
+            layer = _Layer(kind=_BLOCK, cin=spec.in_channels, cmid=spec.mid_channels, cout=spec.out_channels,
+                           stride=spec.stride, act_mid=_ACTS[spec.act])  # fmt: skip
+            if isinstance(block, DepthwiseSeparable):
+                layer.out, layer.act_out = self.pointwise(block.pointwise), _ACTS[spec.act]
+            elif isinstance(block, InvertedResidual):
+                layer.out, layer.act_out = self.pointwise(block.project), _ACTS[spec.project_act]
+                layer.residual = int(block.bottleneck_shortcut)
+                if block.expand is not None:
+                    layer.has_expand, layer.expand = 1, self.pointwise(block.expand)
+            else:
+                raise ConfigError(f"the fused engine cannot run a {type(block).__name__}")
+            wd, bd = _depthwise(block.depthwise)
+            layer.w_dw, layer.b_dw = self.ptr(wd), self.ptr(bd)
+            layers.append(layer)
+        features = model.spec.blocks[-1].out_channels
+        if model.head is not None:
+            layers.append(_Layer(kind=_POINTWISE, cin=features, cout=model.spec.head_channels,
+                                 act_out=_ACTS[model.spec.head_act], out=self.pointwise(model.head)))  # fmt: skip
+            features = model.spec.head_channels
+        fc = _Layer(kind=_POOL_FC, cin=features, cout=features)
+        if isinstance(model.classifier, nn.Linear):
+            weight = model.classifier.weight.detach().float()
+            fc.cout = weight.shape[0]
+            fc.out = self.conv(model.classifier, weight.t(), model.classifier.bias.detach().float())
+        layers.append(fc)
+        return layers
 
 
 class FusedEngine:
@@ -207,14 +285,22 @@ class FusedEngine:
     Batches with at least ``threads`` images run one image per thread; smaller ones share every layer.
     """
 
-    def __init__(self, model: nn.Module, threads: int | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, threads: int | None = None, calibration: list[torch.Tensor] | None = None
+    ) -> None:
         if not isinstance(model, MobileNet):
             raise ConfigError(f"the fused engine runs MobileNet classifiers, not {type(model).__name__}")
         _check_supported(model)
         self.lib = load_library()
         self.in_chans = model.config.in_chans
         self.threads = threads or torch.get_num_threads()
-        layers, self._tensors = _program(fold_batchnorm(model))
+        folded = fold_batchnorm(model)
+        if calibration is not None and not calibration:
+            raise ConfigError("int8 calibration needs at least one batch of images")
+        self.precision = "fp32" if calibration is None else "int8"
+        builder = _Builder(None if calibration is None else calibrate(folded, calibration))
+        layers = builder.program(folded)
+        self._tensors = builder.keep
         self._array = (_Layer * len(layers))(*layers)
         self._layers = ctypes.cast(self._array, ctypes.c_void_p)
         self.outputs = layers[-1].cout

@@ -10,6 +10,12 @@
 // Layout: activations NHWC fp32; 1×1 weights packed K-major in panels of 16 output channels (the last panel
 // may be 8 wide); depthwise weights [9][C]; BatchNorm already folded into every convolution (fused.py).
 // Channel counts of convolutions must be multiples of 8 (V1/V2 round every width to 8).
+//
+// int8 (optional, per 1×1 convolution): the input is quantised on the fly to uint8 (a calibrated scale and zero
+// point per tensor), the weights are int8 per output channel restricted to ±63 so that vpmaddubsw's int16 pair
+// sums cannot saturate (255·63·2 < 32767; this CPU family has AVX2 but no VNNI), products are summed in int32
+// and the epilogue returns to fp32. Depthwise convolutions, the stem, residuals and everything between the
+// 1×1 convolutions stay fp32.
 
 #include <immintrin.h>
 
@@ -29,6 +35,17 @@ namespace {
 enum Act : int { LINEAR = 0, RELU = 1, RELU6 = 2 };
 enum Kind : int { STEM = 1, BLOCK = 2, POINTWISE = 3, POOL_FC = 4 };
 
+// A 1×1 convolution (or the stem's im2col GEMM, or the classifier): fp32 weights, or int8 ones.
+struct Conv {
+  const float* w;        // fp32 weights, packed [K] x [N] in panels; unused when q is set
+  const float* bias;     // [N]
+  const int8_t* q;       // int8 weights, packed per panel as [K/4][panel width][4]; nullptr: run in fp32
+  const float* scale;    // [N]: input scale × weight scale of the channel
+  const int32_t* corr;   // [N]: −(input zero point) · Σ_k q[k][n]
+  float inv_scale;       // 1 / input scale, to quantise the input
+  int32_t zero;          // input zero point
+};
+
 // One layer of the program, filled in by fused.py (ctypes mirrors this struct field by field).
 struct Layer {
   int32_t kind;
@@ -37,9 +54,9 @@ struct Layer {
   int32_t act_mid, act_out;  // activation after expansion+depthwise / after the output conv
   int32_t has_expand, residual;
   int32_t stem_in_chans;
-  const float *w_expand, *b_expand;  // packed [cin] x [cmid]
-  const float *w_dw, *b_dw;          // [9][cmid]
-  const float *w_out, *b_out;        // packed [cmid] x [cout] (STEM: [27] x [cout]; POOL_FC: [cin] x [cout])
+  Conv expand;               // [cin] x [cmid]
+  const float *w_dw, *b_dw;  // [9][cmid]
+  Conv out;                  // [cmid] x [cout] (STEM: [27] x [cout]; POOL_FC: [cin] x [cout])
 };
 
 inline __m256 activate(__m256 v, int act) {
@@ -150,43 +167,172 @@ void gemm(int M, int N, int K, const float* A, int lda, const float* Bp, const f
 
 inline int panels(int n) { return (n + 15) / 16; }
 
+// The int8 tile: C = act(scale · (Σ_k a·q + corr) + bias) (+ R), K in steps of 4 (one int32 lane = 4 products).
+template <int MR, int NR>
+inline void tile_s8(int K, const uint8_t* A, int lda, const int8_t* B, const Conv& cv, int col, float* C, int ldc,
+                    const float* R, int ldr, int act) {
+  constexpr int NV = NR / 8;
+  __m256i acc[MR][NV];
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+    for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_setzero_si256();
+  const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 2
+  for (int k = 0; k < K; k += 4) {
+    __m256i b[NV];
+#pragma GCC unroll 2
+    for (int j = 0; j < NV; ++j) b[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B + k * NR + 32 * j));
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) {
+      int32_t four;
+      std::memcpy(&four, A + static_cast<int64_t>(i) * lda + k, 4);
+      const __m256i a = _mm256_set1_epi32(four);
+#pragma GCC unroll 2
+      for (int j = 0; j < NV; ++j)
+        acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(_mm256_maddubs_epi16(a, b[j]), ones));
+    }
+  }
+#pragma GCC unroll 2
+  for (int j = 0; j < NV; ++j) {
+    const __m256i corr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cv.corr + col + 8 * j));
+    const __m256 scale = _mm256_loadu_ps(cv.scale + col + 8 * j), bias = _mm256_loadu_ps(cv.bias + col + 8 * j);
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) {
+      __m256 v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc[i][j], corr)), scale, bias);
+      v = activate(v, act);
+      if (R) v = _mm256_add_ps(v, _mm256_loadu_ps(R + static_cast<int64_t>(i) * ldr + 8 * j));
+      _mm256_storeu_ps(C + static_cast<int64_t>(i) * ldc + 8 * j, v);
+    }
+  }
+}
+
+template <int NR>
+inline void tile_s8_rows(int mr, int K, const uint8_t* A, int lda, const int8_t* B, const Conv& cv, int col, float* C,
+                         int ldc, const float* R, int ldr, int act) {
+  switch (mr) {
+    case 4: tile_s8<4, NR>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
+    case 3: tile_s8<3, NR>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
+    case 2: tile_s8<2, NR>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
+    default: tile_s8<1, NR>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
+  }
+}
+
+void gemm_s8(int M, int N, int K, const uint8_t* A, int lda, const Conv& cv, float* C, int ldc, const float* R,
+             int ldr, int act, int p0, int p1) {
+  for (int p = p0; p < p1; ++p) {
+    const int col = 16 * p;
+    const int nr = std::min(16, N - col);
+    const int8_t* B = cv.q + static_cast<int64_t>(col) * K;
+    row_tiles(M, 4, [&](int m, int mr) {
+      const uint8_t* a = A + static_cast<int64_t>(m) * lda;
+      float* c = C + static_cast<int64_t>(m) * ldc + col;
+      const float* r = R ? R + static_cast<int64_t>(m) * ldr + col : nullptr;
+      if (nr == 16)
+        tile_s8_rows<16>(mr, K, a, lda, B, cv, col, c, ldc, r, ldr, act);
+      else
+        tile_s8_rows<8>(mr, K, a, lda, B, cv, col, c, ldc, r, ldr, act);
+    });
+  }
+}
+
+// uint8 codes of an M × K block of fp32 (K a multiple of 8): round(x / scale) + zero, clamped to 0..255.
+void quantize_rows(const float* X, int ldx, int M, int K, uint8_t* Q, int ldq, float inv_scale, int zero) {
+  const __m256 inv = _mm256_set1_ps(inv_scale);
+  const __m256i z = _mm256_set1_epi32(zero);
+  for (int m = 0; m < M; ++m) {
+    const float* x = X + static_cast<int64_t>(m) * ldx;
+    uint8_t* q = Q + static_cast<int64_t>(m) * ldq;
+    for (int k = 0; k < K; k += 8) {
+      const __m256i v = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k), inv)), z);
+      const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), _mm_packus_epi16(w16, w16));
+    }
+  }
+}
+
+// A 1×1 convolution over M pixels, fp32 or int8 as the Conv says. An int8 one quantises A into qbuf first,
+// unless the caller passes the codes (Aq) itself.
+void conv1x1(const Conv& cv, int M, int N, int K, const float* A, int lda, const uint8_t* Aq, float* C, int ldc,
+             const float* R, int ldr, int act, int p0, int p1, uint8_t* qbuf) {
+  if (!cv.q) {
+    gemm(M, N, K, A, lda, cv.w, cv.bias, C, ldc, R, ldr, act, p0, p1);
+    return;
+  }
+  if (p0 >= p1) return;
+  if (!Aq) {
+    quantize_rows(A, lda, M, K, qbuf, K, cv.inv_scale, cv.zero);
+    Aq = qbuf;
+  }
+  gemm_s8(M, N, K, Aq, K, cv, C, ldc, R, ldr, act, p0, p1);
+}
+
+// Four neighbouring outputs x .. x+3 of a 3×3 depthwise row for channels [c, c+8), all their inputs inside the
+// row: each input column is loaded once and feeds every output whose window holds it (6 columns at stride 1,
+// 9 at stride 2, for 36 multiply-adds).
+template <int S>
+inline void depthwise_quad(const float* const rows[3], int x, int C, int c, const float* w, __m256 bias, float* out,
+                           int act) {
+  // Two accumulators per output (rows 0 and 2 in one, row 1 in the other) halve the FMA dependency chains.
+  __m256 acc[2][4] = {{bias, bias, bias, bias}, {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                                                 _mm256_setzero_ps()}};
+#pragma GCC unroll 3
+  for (int ky = 0; ky < 3; ++ky) {
+    const int a = ky & 1;
+    const float* r = rows[ky] + static_cast<int64_t>(x * S - 1) * C + c;
+    const __m256 w0 = _mm256_loadu_ps(w + (ky * 3) * C + c), w1 = _mm256_loadu_ps(w + (ky * 3 + 1) * C + c),
+                 w2 = _mm256_loadu_ps(w + (ky * 3 + 2) * C + c);
+#pragma GCC unroll 9
+    for (int col = 0; col < 3 * S + 3; ++col) {
+      const __m256 v = _mm256_loadu_ps(r + static_cast<int64_t>(col) * C);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        const int k = col - j * S;
+        if (k == 0) acc[a][j] = _mm256_fmadd_ps(v, w0, acc[a][j]);
+        if (k == 1) acc[a][j] = _mm256_fmadd_ps(v, w1, acc[a][j]);
+        if (k == 2) acc[a][j] = _mm256_fmadd_ps(v, w2, acc[a][j]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j)
+    _mm256_storeu_ps(out + static_cast<int64_t>(x + j) * C + c, activate(_mm256_add_ps(acc[0][j], acc[1][j]), act));
+}
+
 // One output row of a 3×3 depthwise convolution (padding 1) for channels [c0, c1). rows[0..2] are the input
 // rows y·s−1, y·s, y·s+1 (a zero row where they fall outside the image), each Wi pixels of C channels.
-void depthwise_row(const float* const rows[3], int Wi, int Wo, int stride, int C, const float* w, const float* bias,
-                   float* out, int c0, int c1, int act) {
-  // Output x reads input columns x·s−1 .. x·s+1; only the first and (maybe) the last x touch the padding.
-  const int x_last_inner = (Wi - 2) / stride;  // largest x with x·s+1 <= Wi−1
-  for (int c = c0; c < c1; c += 8) {
-    __m256 wv[9];
-    for (int i = 0; i < 9; ++i) wv[i] = _mm256_loadu_ps(w + i * C + c);
-    const __m256 bv = _mm256_loadu_ps(bias + c);
-    auto edge = [&](int x) {
-      __m256 acc = bv;
+// Pixels outer, channels inner: every cache line of the rows is used whole while it is in L1.
+template <int S>
+void depthwise_row_s(const float* const rows[3], int Wi, int Wo, int C, const float* w, const float* bias,
+                     float* out, int c0, int c1, int act) {
+  // Output x reads input columns x·S−1 .. x·S+1; only x = 0 and (maybe) the last x touch the padding.
+  const int x_end = std::min((Wi - 2) / S, Wo - 1);  // last x whose window is inside the row
+  auto single = [&](int x) {
+    for (int c = c0; c < c1; c += 8) {
+      __m256 acc = _mm256_loadu_ps(bias + c);
       for (int ky = 0; ky < 3; ++ky)
         for (int kx = 0; kx < 3; ++kx) {
-          const int ix = x * stride - 1 + kx;
+          const int ix = x * S - 1 + kx;
           if (ix < 0 || ix >= Wi) continue;
-          acc = _mm256_fmadd_ps(_mm256_loadu_ps(rows[ky] + ix * C + c), wv[ky * 3 + kx], acc);
+          acc = _mm256_fmadd_ps(_mm256_loadu_ps(rows[ky] + static_cast<int64_t>(ix) * C + c),
+                                _mm256_loadu_ps(w + (ky * 3 + kx) * C + c), acc);
         }
-      _mm256_storeu_ps(out + x * C + c, activate(acc, act));
-    };
-    edge(0);
-    const int x_end = std::min(x_last_inner, Wo - 1);
-    for (int x = 1; x <= x_end; ++x) {
-      const int ix = (x * stride - 1) * C + c;
-      __m256 acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[0] + ix), wv[0], bv);
-      __m256 acc1 = _mm256_mul_ps(_mm256_loadu_ps(rows[1] + ix), wv[3]);
-      __m256 acc2 = _mm256_mul_ps(_mm256_loadu_ps(rows[2] + ix), wv[6]);
-      acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[0] + ix + C), wv[1], acc0);
-      acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[1] + ix + C), wv[4], acc1);
-      acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[2] + ix + C), wv[7], acc2);
-      acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[0] + ix + 2 * C), wv[2], acc0);
-      acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[1] + ix + 2 * C), wv[5], acc1);
-      acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[2] + ix + 2 * C), wv[8], acc2);
-      _mm256_storeu_ps(out + x * C + c, activate(_mm256_add_ps(_mm256_add_ps(acc0, acc1), acc2), act));
+      _mm256_storeu_ps(out + static_cast<int64_t>(x) * C + c, activate(acc, act));
     }
-    for (int x = std::max(1, x_end + 1); x < Wo; ++x) edge(x);
-  }
+  };
+  single(0);
+  int x = 1;
+  for (; x + 3 <= x_end; x += 4)
+    for (int c = c0; c < c1; c += 8) depthwise_quad<S>(rows, x, C, c, w, _mm256_loadu_ps(bias + c), out, act);
+  for (; x < Wo; ++x) single(x);
+}
+
+void depthwise_row(const float* const rows[3], int Wi, int Wo, int stride, int C, const float* w, const float* bias,
+                   float* out, int c0, int c1, int act) {
+  if (stride == 1)
+    depthwise_row_s<1>(rows, Wi, Wo, C, w, bias, out, c0, c1, act);
+  else
+    depthwise_row_s<2>(rows, Wi, Wo, C, w, bias, out, c0, c1, act);
 }
 
 #ifdef MN_PROFILE
@@ -225,6 +371,8 @@ struct Plan {
   int64_t row_buf = 0;    // per thread: stem im2col row
   int64_t pooled = 0;
   int64_t padded = 0;     // the stem's zero-padded NHWC copy of the image
+  int64_t qrow = 0;       // per thread, bytes: the uint8 codes of one int8 GEMM's input
+  int64_t qwide = 0;      // bytes: the codes of a small-map block's depthwise output
 };
 
 constexpr int kFuseMinWidth = 28;  // maps at least this wide stream rows through the ring; narrower run whole
@@ -242,17 +390,23 @@ Plan make_plan(const Layer* layers, int n_layers, int H, int W) {
       p.act = std::max<int64_t>(p.act, static_cast<int64_t>(h) * w * L.cout);
     } else if (L.kind == BLOCK) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
-      if (w >= kFuseMinWidth)
+      if (w >= kFuseMinWidth) {
         p.ring = std::max<int64_t>(p.ring, static_cast<int64_t>(5) * w * L.cmid);
-      else
+        p.qrow = std::max<int64_t>(p.qrow, static_cast<int64_t>(w) * std::max(L.cin, L.cmid));
+      } else {
         p.wide = std::max<int64_t>(p.wide, static_cast<int64_t>(h) * w * L.cmid);
+        p.qrow = std::max<int64_t>(p.qrow, static_cast<int64_t>(h) * w * L.cin);
+        p.qwide = std::max<int64_t>(p.qwide, static_cast<int64_t>(ho) * wo * L.cmid);
+      }
       p.ring = std::max<int64_t>(p.ring, static_cast<int64_t>(5) * std::min(w, kFuseMinWidth) * L.cmid);
       h = ho, w = wo;
       p.act = std::max<int64_t>(p.act, static_cast<int64_t>(h) * w * L.cout);
     } else if (L.kind == POINTWISE) {
       p.act = std::max<int64_t>(p.act, static_cast<int64_t>(h) * w * L.cout);
+      p.qrow = std::max<int64_t>(p.qrow, static_cast<int64_t>(h) * w * L.cin);
     } else if (L.kind == POOL_FC) {
       p.pooled = std::max<int64_t>(p.pooled, L.cin + ((L.cout + 7) / 8) * 8);
+      p.qrow = std::max<int64_t>(p.qrow, L.cin);
     }
   }
   return p;
@@ -262,13 +416,18 @@ inline int64_t round_up(int64_t n) { return (n + 15) / 16 * 16; }  // 64-byte st
 
 struct Scratch {  // one group's views into the caller's scratch memory
   float *act0, *act1, *wide0, *wide1, *pooled, *padded;
+  uint8_t* qwide;
   std::vector<float*> ring;  // per thread of the group
   std::vector<float*> row;
+  std::vector<uint8_t*> qrow;
 };
+
+inline int64_t bytes_as_floats(int64_t bytes) { return (bytes + 3) / 4; }
 
 int64_t group_floats(const Plan& p, int threads) {
   return 2 * round_up(p.act) + 2 * round_up(p.wide) + round_up(p.pooled) + round_up(p.padded) +
-         threads * (round_up(p.ring) + round_up(p.row_buf));
+         round_up(bytes_as_floats(p.qwide)) +
+         threads * (round_up(p.ring) + round_up(p.row_buf) + round_up(bytes_as_floats(p.qrow)));
 }
 
 Scratch carve(const Plan& p, int threads, float* base) {
@@ -277,7 +436,11 @@ Scratch carve(const Plan& p, int threads, float* base) {
   auto take = [&](int64_t n) { float* r = q; q += round_up(n); return r; };
   s.act0 = take(p.act), s.act1 = take(p.act), s.wide0 = take(p.wide), s.wide1 = take(p.wide);
   s.pooled = take(p.pooled), s.padded = take(p.padded);
-  for (int t = 0; t < threads; ++t) s.ring.push_back(take(p.ring)), s.row.push_back(take(p.row_buf));
+  s.qwide = reinterpret_cast<uint8_t*>(take(bytes_as_floats(p.qwide)));
+  for (int t = 0; t < threads; ++t) {
+    s.ring.push_back(take(p.ring)), s.row.push_back(take(p.row_buf));
+    s.qrow.push_back(reinterpret_cast<uint8_t*>(take(bytes_as_floats(p.qrow))));
+  }
   return s;
 }
 
@@ -315,14 +478,14 @@ void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho
         std::memcpy(c + ky * run, padded + (static_cast<int64_t>(y * L.stride + ky) * Wp + x * L.stride) * C,
                     sizeof(float) * run);
     }
-    gemm(Wo, L.cout, L.cin, col, L.cin, L.w_out, L.b_out, out + static_cast<int64_t>(y) * Wo * L.cout, L.cout,
+    gemm(Wo, L.cout, L.cin, col, L.cin, L.out.w, L.out.bias, out + static_cast<int64_t>(y) * Wo * L.cout, L.cout,
          nullptr, 0, L.act_out, 0, panels(L.cout));
   }
 }
 
 // A block on a wide map: each thread streams its output rows through a ring of three expanded rows.
-void run_block_rows(const Layer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* ring, int t,
-                    int T) {
+void run_block_rows(const Layer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* ring,
+                    uint8_t* qrow, int t, int T) {
   const int E = L.cmid;
   const int64_t row_in = static_cast<int64_t>(W) * L.cin, row_e = static_cast<int64_t>(W) * E;
   float* slots = ring;                 // 3 rows of W × E
@@ -338,8 +501,8 @@ void run_block_rows(const Layer& L, const float* in, int H, int W, float* out, i
     next = std::max(next, std::max(lo, 0));  // rows above the window are never needed again
     for (; next <= std::min(lo + 2, H - 1); ++next) {
       if (!L.has_expand) continue;
-      gemm(W, E, L.cin, in + next * row_in, L.cin, L.w_expand, L.b_expand, slots + (next % 3) * row_e, E, nullptr,
-           0, L.act_mid, 0, panels(E));
+      conv1x1(L.expand, W, E, L.cin, in + next * row_in, L.cin, nullptr, slots + (next % 3) * row_e, E, nullptr, 0,
+              L.act_mid, 0, panels(E), qrow);
     }
     for (int k = 0; k < 3; ++k) {
       const int r = lo + k;
@@ -350,20 +513,21 @@ void run_block_rows(const Layer& L, const float* in, int H, int W, float* out, i
     }
     depthwise_row(rows, W, Wo, L.stride, E, L.w_dw, L.b_dw, dw, 0, E, L.act_mid);
     const float* res = L.residual ? in + static_cast<int64_t>(y) * row_in : nullptr;
-    gemm(Wo, L.cout, E, dw, E, L.w_out, L.b_out, out + static_cast<int64_t>(y) * Wo * L.cout, L.cout, res, L.cout,
-         L.act_out, 0, panels(L.cout));
+    conv1x1(L.out, Wo, L.cout, E, dw, E, nullptr, out + static_cast<int64_t>(y) * Wo * L.cout, L.cout, res, L.cout,
+            L.act_out, 0, panels(L.cout), qrow);
   }
 }
 
 // A block on a small map: whole-map GEMMs, threads splitting channels (no ring needed: it fits in L2).
 void run_block_whole(const Layer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* wide0,
-                     float* wide1, float* zero, int t, int T, Barrier& bar) {
+                     float* wide1, float* zero, uint8_t* qrow, uint8_t* qwide, int t, int T, Barrier& bar) {
   const int E = L.cmid;
   int p0, p1;
   split(panels(E), t, T, &p0, &p1);
   const float* expanded = in;
   if (L.has_expand) {
-    gemm(H * W, E, L.cin, in, L.cin, L.w_expand, L.b_expand, wide0, E, nullptr, 0, L.act_mid, p0, p1);
+    // Each thread quantises the whole (thin) input for itself: cheaper than another barrier.
+    conv1x1(L.expand, H * W, E, L.cin, in, L.cin, nullptr, wide0, E, nullptr, 0, L.act_mid, p0, p1, qrow);
     expanded = wide0;
   }
   const int c0 = 16 * p0, c1 = std::min(E, 16 * p1);
@@ -378,11 +542,13 @@ void run_block_whole(const Layer& L, const float* in, int H, int W, float* out, 
       depthwise_row(rows, W, Wo, L.stride, E, L.w_dw, L.b_dw, wide1 + static_cast<int64_t>(y) * Wo * E, c0, c1,
                     L.act_mid);
     }
+    // int8 projection: each thread quantises its own channels; all of them are read after the barrier.
+    if (L.out.q) quantize_rows(wide1 + c0, E, Ho * Wo, c1 - c0, qwide + c0, E, L.out.inv_scale, L.out.zero);
   }
   bar.wait();
   split(panels(L.cout), t, T, &p0, &p1);
-  gemm(Ho * Wo, L.cout, E, wide1, E, L.w_out, L.b_out, out, L.cout, L.residual ? in : nullptr, L.cout, L.act_out, p0,
-       p1);
+  conv1x1(L.out, Ho * Wo, L.cout, E, wide1, E, L.out.q ? qwide : nullptr, out, L.cout, L.residual ? in : nullptr,
+          L.cout, L.act_out, p0, p1, qrow);
 }
 
 #ifdef MN_PROFILE
@@ -418,18 +584,18 @@ void run_image(const Layer* layers, int n_layers, const float* img, int H, int W
     if (L.kind == BLOCK) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
       if (w >= kFuseMinWidth) {
-        run_block_rows(L, cur, h, w, nxt, ho, wo, s.ring[t], t, T);
+        run_block_rows(L, cur, h, w, nxt, ho, wo, s.ring[t], s.qrow[t], t, T);
       } else {
         // The ring's zero row serves as padding here (sized for the widest small map).
         float* zero = s.ring[t] + 4 * static_cast<int64_t>(std::min(w, kFuseMinWidth)) * L.cmid;
         std::memset(zero, 0, sizeof(float) * static_cast<int64_t>(w) * L.cmid);
-        run_block_whole(L, cur, h, w, nxt, ho, wo, s.wide0, s.wide1, zero, t, T, bar);
+        run_block_whole(L, cur, h, w, nxt, ho, wo, s.wide0, s.wide1, zero, s.qrow[t], s.qwide, t, T, bar);
       }
       h = ho, w = wo, c = L.cout;
     } else if (L.kind == POINTWISE) {
       int p0, p1;
       split(panels(L.cout), t, T, &p0, &p1);
-      gemm(h * w, L.cout, L.cin, cur, L.cin, L.w_out, L.b_out, nxt, L.cout, nullptr, 0, L.act_out, p0, p1);
+      conv1x1(L.out, h * w, L.cout, L.cin, cur, L.cin, nullptr, nxt, L.cout, nullptr, 0, L.act_out, p0, p1, s.qrow[t]);
       c = L.cout;
     } else if (L.kind == POOL_FC) {
       // Global average pool (each thread its channels), then the classifier (each thread its classes).
@@ -443,10 +609,10 @@ void run_image(const Layer* layers, int n_layers, const float* img, int H, int W
       }
       bar.wait();
       const int n_out = (L.cout + 7) / 8 * 8;
-      if (L.w_out) {
+      if (L.out.bias) {
         int p0, p1;
         split(panels(n_out), t, T, &p0, &p1);
-        gemm(1, n_out, L.cin, s.pooled, L.cin, L.w_out, L.b_out, logits, n_out, nullptr, 0, LINEAR, p0, p1);
+        conv1x1(L.out, 1, n_out, L.cin, s.pooled, L.cin, nullptr, logits, n_out, nullptr, 0, LINEAR, p0, p1, s.qrow[t]);
       } else if (t == 0) {
         std::memcpy(logits, s.pooled, sizeof(float) * c);
       }
@@ -560,6 +726,9 @@ int mn_run(const Layer* layers, int n_layers, const float* input, int N, int C, 
 #ifdef MN_PROFILE
     g_tid = t;
 #endif
+    // Denormals flushed to zero in every thread (the caller's setting is restored below): activations of a
+    // random-initialised network decay into them, and CPUs handle them tens of times slower.
+    _mm_setcsr(_mm_getcsr() | 0x8040);
     Barrier own;
     for (int n = t; n < alone; n += threads)
       run_image(layers, n_layers, input + n * image, H, W, out + static_cast<int64_t>(n) * out_stride, solo[t], 0,
@@ -568,7 +737,9 @@ int mn_run(const Layer* layers, int n_layers, const float* input, int N, int C, 
       run_image(layers, n_layers, input + n * image, H, W, out + static_cast<int64_t>(n) * out_stride, shared, t,
                 threads, shared_bar);
   };
+  const unsigned int csr = _mm_getcsr();
   pool().run(threads, work);
+  _mm_setcsr(csr);
   return 0;
 }
 
