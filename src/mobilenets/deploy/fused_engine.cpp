@@ -268,63 +268,55 @@ void conv1x1(const Conv& cv, int M, int N, int K, const float* A, int lda, const
 }
 
 // Four neighbouring outputs x .. x+3 of a 3×3 depthwise row for channels [c, c+8), all their inputs inside the
-// row: each input column is loaded once and feeds every output whose window holds it (6 columns at stride 1,
-// 9 at stride 2, for 36 multiply-adds).
+// row, the nine weights already in registers: each input column is loaded once and feeds every output whose
+// window holds it (6 columns at stride 1, 9 at stride 2, for 36 multiply-adds).
 template <int S>
-inline void depthwise_quad(const float* const rows[3], int x, int C, int c, const float* w, __m256 bias, float* out,
-                           int act) {
-  // Two accumulators per output (rows 0 and 2 in one, row 1 in the other) halve the FMA dependency chains.
-  __m256 acc[2][4] = {{bias, bias, bias, bias}, {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                                                 _mm256_setzero_ps()}};
+inline void depthwise_quad(const float* const rows[3], int x, int C, int c, const __m256 (&wv)[9], __m256 bias,
+                           float* out, int act) {
+  __m256 acc[4] = {bias, bias, bias, bias};
 #pragma GCC unroll 3
   for (int ky = 0; ky < 3; ++ky) {
-    const int a = ky & 1;
     const float* r = rows[ky] + static_cast<int64_t>(x * S - 1) * C + c;
-    const __m256 w0 = _mm256_loadu_ps(w + (ky * 3) * C + c), w1 = _mm256_loadu_ps(w + (ky * 3 + 1) * C + c),
-                 w2 = _mm256_loadu_ps(w + (ky * 3 + 2) * C + c);
 #pragma GCC unroll 9
     for (int col = 0; col < 3 * S + 3; ++col) {
       const __m256 v = _mm256_loadu_ps(r + static_cast<int64_t>(col) * C);
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) {
         const int k = col - j * S;
-        if (k == 0) acc[a][j] = _mm256_fmadd_ps(v, w0, acc[a][j]);
-        if (k == 1) acc[a][j] = _mm256_fmadd_ps(v, w1, acc[a][j]);
-        if (k == 2) acc[a][j] = _mm256_fmadd_ps(v, w2, acc[a][j]);
+        if (k >= 0 && k <= 2) acc[j] = _mm256_fmadd_ps(v, wv[ky * 3 + k], acc[j]);
       }
     }
   }
 #pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j)
-    _mm256_storeu_ps(out + static_cast<int64_t>(x + j) * C + c, activate(_mm256_add_ps(acc[0][j], acc[1][j]), act));
+  for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + static_cast<int64_t>(x + j) * C + c, activate(acc[j], act));
 }
 
 // One output row of a 3×3 depthwise convolution (padding 1) for channels [c0, c1). rows[0..2] are the input
 // rows y·s−1, y·s, y·s+1 (a zero row where they fall outside the image), each Wi pixels of C channels.
-// Pixels outer, channels inner: every cache line of the rows is used whole while it is in L1.
 template <int S>
 void depthwise_row_s(const float* const rows[3], int Wi, int Wo, int C, const float* w, const float* bias,
                      float* out, int c0, int c1, int act) {
   // Output x reads input columns x·S−1 .. x·S+1; only x = 0 and (maybe) the last x touch the padding.
   const int x_end = std::min((Wi - 2) / S, Wo - 1);  // last x whose window is inside the row
-  auto single = [&](int x) {
-    for (int c = c0; c < c1; c += 8) {
-      __m256 acc = _mm256_loadu_ps(bias + c);
+  for (int c = c0; c < c1; c += 8) {
+    __m256 wv[9];
+    for (int i = 0; i < 9; ++i) wv[i] = _mm256_loadu_ps(w + i * C + c);
+    const __m256 bv = _mm256_loadu_ps(bias + c);
+    auto single = [&](int x) {
+      __m256 acc = bv;
       for (int ky = 0; ky < 3; ++ky)
         for (int kx = 0; kx < 3; ++kx) {
           const int ix = x * S - 1 + kx;
           if (ix < 0 || ix >= Wi) continue;
-          acc = _mm256_fmadd_ps(_mm256_loadu_ps(rows[ky] + static_cast<int64_t>(ix) * C + c),
-                                _mm256_loadu_ps(w + (ky * 3 + kx) * C + c), acc);
+          acc = _mm256_fmadd_ps(_mm256_loadu_ps(rows[ky] + static_cast<int64_t>(ix) * C + c), wv[ky * 3 + kx], acc);
         }
       _mm256_storeu_ps(out + static_cast<int64_t>(x) * C + c, activate(acc, act));
-    }
-  };
-  single(0);
-  int x = 1;
-  for (; x + 3 <= x_end; x += 4)
-    for (int c = c0; c < c1; c += 8) depthwise_quad<S>(rows, x, C, c, w, _mm256_loadu_ps(bias + c), out, act);
-  for (; x < Wo; ++x) single(x);
+    };
+    single(0);
+    int x = 1;
+    for (; x + 3 <= x_end; x += 4) depthwise_quad<S>(rows, x, C, c, wv, bv, out, act);
+    for (; x < Wo; ++x) single(x);
+  }
 }
 
 void depthwise_row(const float* const rows[3], int Wi, int Wo, int stride, int C, const float* w, const float* bias,
