@@ -267,12 +267,31 @@ void conv1x1(const Conv& cv, int M, int N, int K, const float* A, int lda, const
   gemm_s8(M, N, K, Aq, K, cv, C, ldc, R, ldr, act, p0, p1);
 }
 
+// Where a depthwise row goes: fp32 (f), or straight to the uint8 codes an int8 projection reads (q), which
+// spares a store, a reload and a quantisation pass. Offsets count elements (pixel · C + channel) in both.
+struct Sink {
+  float* f;
+  uint8_t* q;
+  float inv_scale;
+  int zero;
+  inline void put(int64_t at, __m256 v) const {
+    if (!q) {
+      _mm256_storeu_ps(f + at, v);
+      return;
+    }
+    const __m256i i = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, _mm256_set1_ps(inv_scale))),
+                                       _mm256_set1_epi32(zero));
+    const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q + at), _mm_packus_epi16(w16, w16));
+  }
+};
+
 // Four neighbouring outputs x .. x+3 of a 3×3 depthwise row for channels [c, c+8), all their inputs inside the
 // row, the nine weights already in registers: each input column is loaded once and feeds every output whose
 // window holds it (6 columns at stride 1, 9 at stride 2, for 36 multiply-adds).
 template <int S>
 inline void depthwise_quad(const float* const rows[3], int x, int C, int c, const __m256 (&wv)[9], __m256 bias,
-                           float* out, int act) {
+                           const Sink& out, int act) {
   __m256 acc[4] = {bias, bias, bias, bias};
 #pragma GCC unroll 3
   for (int ky = 0; ky < 3; ++ky) {
@@ -288,14 +307,14 @@ inline void depthwise_quad(const float* const rows[3], int x, int C, int c, cons
     }
   }
 #pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + static_cast<int64_t>(x + j) * C + c, activate(acc[j], act));
+  for (int j = 0; j < 4; ++j) out.put(static_cast<int64_t>(x + j) * C + c, activate(acc[j], act));
 }
 
 // One output row of a 3×3 depthwise convolution (padding 1) for channels [c0, c1). rows[0..2] are the input
 // rows y·s−1, y·s, y·s+1 (a zero row where they fall outside the image), each Wi pixels of C channels.
 template <int S>
 void depthwise_row_s(const float* const rows[3], int Wi, int Wo, int C, const float* w, const float* bias,
-                     float* out, int c0, int c1, int act) {
+                     const Sink& out, int c0, int c1, int act) {
   // Output x reads input columns x·S−1 .. x·S+1; only x = 0 and (maybe) the last x touch the padding.
   const int x_end = std::min((Wi - 2) / S, Wo - 1);  // last x whose window is inside the row
   for (int c = c0; c < c1; c += 8) {
@@ -310,7 +329,7 @@ void depthwise_row_s(const float* const rows[3], int Wi, int Wo, int C, const fl
           if (ix < 0 || ix >= Wi) continue;
           acc = _mm256_fmadd_ps(_mm256_loadu_ps(rows[ky] + static_cast<int64_t>(ix) * C + c), wv[ky * 3 + kx], acc);
         }
-      _mm256_storeu_ps(out + static_cast<int64_t>(x) * C + c, activate(acc, act));
+      out.put(static_cast<int64_t>(x) * C + c, activate(acc, act));
     };
     single(0);
     int x = 1;
@@ -320,7 +339,7 @@ void depthwise_row_s(const float* const rows[3], int Wi, int Wo, int C, const fl
 }
 
 void depthwise_row(const float* const rows[3], int Wi, int Wo, int stride, int C, const float* w, const float* bias,
-                   float* out, int c0, int c1, int act) {
+                   const Sink& out, int c0, int c1, int act) {
   if (stride == 1)
     depthwise_row_s<1>(rows, Wi, Wo, C, w, bias, out, c0, c1, act);
   else
@@ -509,9 +528,11 @@ void run_block_rows(const Layer& L, const float* in, int H, int W, float* out, i
       else
         rows[k] = L.has_expand ? slots + (r % 3) * row_e : in + r * row_in;
     }
-    depthwise_row(rows, W, Wo, L.stride, E, L.w_dw, L.b_dw, dw, 0, E, L.act_mid);
+    // An int8 projection gets the depthwise row as uint8 codes straight away.
+    const Sink sink{dw, L.out.q ? qrow : nullptr, L.out.inv_scale, L.out.zero};
+    depthwise_row(rows, W, Wo, L.stride, E, L.w_dw, L.b_dw, sink, 0, E, L.act_mid);
     const float* res = L.residual ? in + static_cast<int64_t>(y) * row_in : nullptr;
-    conv1x1(L.out, Wo, L.cout, E, dw, E, nullptr, out + static_cast<int64_t>(y) * Wo * L.cout, L.cout, res, L.cout,
+    conv1x1(L.out, Wo, L.cout, E, dw, E, sink.q, out + static_cast<int64_t>(y) * Wo * L.cout, L.cout, res, L.cout,
             L.act_out, 0, panels(L.cout), qrow);
   }
 }
@@ -537,11 +558,11 @@ void run_block_whole(const Layer& L, const float* in, int H, int W, float* out, 
         const int r = y * L.stride - 1 + k;
         rows[k] = (r < 0 || r >= H) ? zero : expanded + r * row_e;
       }
-      depthwise_row(rows, W, Wo, L.stride, E, L.w_dw, L.b_dw, wide1 + static_cast<int64_t>(y) * Wo * E, c0, c1,
-                    L.act_mid);
+      // An int8 projection reads uint8 codes: each thread writes those of its own channels.
+      const int64_t at = static_cast<int64_t>(y) * Wo * E;
+      const Sink sink{wide1 + at, L.out.q ? qwide + at : nullptr, L.out.inv_scale, L.out.zero};
+      depthwise_row(rows, W, Wo, L.stride, E, L.w_dw, L.b_dw, sink, c0, c1, L.act_mid);
     }
-    // int8 projection: each thread quantises its own channels; all of them are read after the barrier.
-    if (L.out.q) quantize_rows(wide1 + c0, E, Ho * Wo, c1 - c0, qwide + c0, E, L.out.inv_scale, L.out.zero);
   }
   bar.wait();
   split(panels(L.cout), t, T, &p0, &p1);
