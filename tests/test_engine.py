@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -100,7 +101,10 @@ def test_resume_after_exception_continues_exactly(folder: Path, tmp_path: Path, 
     lines = (tmp_path / "cut" / "metrics.csv").read_text().splitlines()
     assert len(lines) == 3 and lines[1].startswith("1,") and lines[2].startswith("2,")
     assert (tmp_path / "cut" / "curves.png").stat().st_size > 1000
-    assert any((tmp_path / "cut" / "tb").iterdir())
+    if importlib.util.find_spec("tensorboard") is not None:  # optional: TensorBoard logs only where it is installed
+        assert any((tmp_path / "cut" / "tb").iterdir())
+    else:
+        assert not (tmp_path / "cut" / "tb").exists()
     # best.safetensors is a create_model-loadable file
     model = create_model("mobilenet_v2", weights=tmp_path / "cut" / "best.safetensors")
     assert model.config.num_classes == 3 and model.config.width == 0.35
