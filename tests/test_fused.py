@@ -89,6 +89,27 @@ def test_fused_engine_rejects_other_modules_and_bad_input() -> None:
         engine(torch.randn(1, 3, 70, 64))
 
 
+def _logits_in_child(engine: fused.FusedEngine, x: torch.Tensor, queue) -> None:  # type: ignore[no-untyped-def]
+    queue.put(engine(x).tolist())  # plain floats: a tensor would travel through shared memory
+
+
+def test_fused_engine_works_in_a_forked_child() -> None:
+    # The worker threads live on between calls; a fork()ed child (a DataLoader worker, say) has none of them and
+    # must start its own instead of waiting for them forever.
+    import multiprocessing
+
+    engine = fused.FusedEngine(trained_like("mobilenet_v2", width=0.35, num_classes=4), threads=2)
+    x = torch.randn(1, 3, 64, 64)
+    want = engine(x)  # the parent's pool exists now
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_logits_in_child, args=(engine, x, queue))
+    child.start()
+    got = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0 and got == want.tolist()
+
+
 def test_compiler_failure_is_a_clear_error(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MOBILENETS_CACHE", str(tmp_path))
     fused.load_library.cache_clear()

@@ -27,6 +27,7 @@
 #include <cstring>
 #include <functional>
 #include <mutex>
+#include <pthread.h>
 #include <thread>
 #include <vector>
 
@@ -700,9 +701,17 @@ class Pool {
   std::vector<std::thread> workers_;
 };
 
+// Never destroyed: its threads may be asleep when the process exits. A fork()ed child has none of its parent's
+// worker threads (only the forking thread is copied), so the child starts a fresh pool of its own.
+Pool* g_pool = nullptr;
+std::once_flag g_pool_once;
+
 Pool& pool() {
-  static Pool* p = new Pool;  // never destroyed: its threads may be asleep when the process exits
-  return *p;
+  std::call_once(g_pool_once, [] {
+    g_pool = new Pool;
+    pthread_atfork(nullptr, nullptr, [] { g_pool = new Pool; });  // the parent's Pool is left untouched (leaked)
+  });
+  return *g_pool;
 }
 
 }  // namespace
