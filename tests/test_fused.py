@@ -89,6 +89,18 @@ def test_fused_engine_rejects_other_modules_and_bad_input() -> None:
         engine(torch.randn(1, 3, 70, 64))
 
 
+def test_fused_engine_holds_less_than_eager() -> None:
+    # Every activation the engine holds lives in its scratch, and wide blocks stream their expansion through a
+    # three-row ring (V2 §5.1): the whole scratch is smaller than eager PyTorch's peak of live activations.
+    from mobilenets.analysis.memtrace import peak_activation_bytes
+
+    model = trained_like("mobilenet_v2", width=0.5)
+    engine = fused.FusedEngine(model, threads=2)
+    eager_peak = peak_activation_bytes(model, torch.randn(1, 3, 128, 128))  # 1.9 MB
+    assert engine.activation_bytes(128, 128) < 0.7 * eager_peak  # 1.1 MB
+    assert engine.activation_bytes(64, 64) < engine.activation_bytes(128, 128)
+
+
 def _logits_in_child(engine: fused.FusedEngine, x: torch.Tensor, queue) -> None:  # type: ignore[no-untyped-def]
     queue.put(engine(x).tolist())  # plain floats: a tensor would travel through shared memory
 

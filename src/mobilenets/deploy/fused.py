@@ -97,8 +97,9 @@ def load_library() -> ctypes.CDLL:
                 raise EngineUnavailable(f"compiling {SOURCE.name} failed:\n{result.stderr.strip()[-2000:]}")
             os.replace(built, target)  # atomic: a concurrent process sees the whole library or none
     lib = ctypes.CDLL(str(target))
-    lib.mn_scratch_floats.restype = ctypes.c_int64
-    lib.mn_scratch_floats.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    for name in ("mn_scratch_floats", "mn_image_floats"):
+        getattr(lib, name).restype = ctypes.c_int64
+        getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
     lib.mn_run.restype = ctypes.c_int
     lib.mn_run.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, *[ctypes.c_int] * 4, ctypes.c_void_p]
     lib.mn_run.argtypes += [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
@@ -305,6 +306,11 @@ class FusedEngine:
         self._layers = ctypes.cast(self._array, ctypes.c_void_p)
         self.outputs = layers[-1].cout
         self._scratch: dict[tuple[int, int], torch.Tensor] = {}
+
+    def activation_bytes(self, h: int, w: int) -> int:
+        """Bytes of scratch one h × w image uses when all threads share it: every activation the engine holds
+        lives there (buffers are reused from layer to layer), so this bounds its live activation memory."""
+        return 4 * int(self.lib.mn_image_floats(self._layers, len(self._array), h, w, self.threads))
 
     def _scratch_for(self, h: int, w: int) -> torch.Tensor:
         if (h, w) not in self._scratch:

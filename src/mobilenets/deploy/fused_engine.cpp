@@ -727,6 +727,12 @@ void mn_waits(double* out) {
 }
 #endif
 
+// Floats of scratch memory one image run by `threads` threads together uses: every activation the engine
+// holds lives in it (buffers are reused layer after layer), so this bounds its live activation memory.
+int64_t mn_image_floats(const Layer* layers, int n_layers, int H, int W, int threads) {
+  return group_floats(make_plan(layers, n_layers, H, W), threads);
+}
+
 // Floats of scratch memory that mn_run needs for a H×W input with this many threads.
 int64_t mn_scratch_floats(const Layer* layers, int n_layers, int H, int W, int threads) {
   return threads * group_floats(make_plan(layers, n_layers, H, W), 1) +
