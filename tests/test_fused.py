@@ -167,23 +167,25 @@ def _fake_quantized(model: torch.nn.Module, calibration: list[torch.Tensor]) -> 
 
 
 def test_int8_engine_equals_its_fake_quantized_model() -> None:
-    # Same codes, same integer sums: only the fp32 parts' summation order differs (measured 6e-8 on a logit span
-    # of 0.43). That order could move an input across a rounding boundary of the uint8 grid, so the bound is
-    # 0.1 % of the logit span rather than 1e-4.
+    # The engine's int8 error must be the quantisation's, i.e. that of its fake-quantised PyTorch twin: the same
+    # integer sums give logits equal to ~1e-7 for most images, but a value that lies within float rounding of a
+    # uint8 rounding boundary (the fp32 parts sum in another order) can land on the neighbouring code and move an
+    # image's logits by ~1e-3. So the bound is on norms: ‖engine − twin‖ ≤ 0.3 ‖twin − fp32‖ (measured ≤ 0.16
+    # over 16 width/seed cases; a wrong scale or zero point gives ~1 or more).
     torch.manual_seed(0)
     model = trained_like("mobilenet_v2", width=0.5, num_classes=10)
     calibration = list(torch.randn(16, 3, 64, 64).split(8))
     engine = fused.FusedEngine(model, threads=2, calibration=calibration)
     assert engine.precision == "int8"
-    reference = _fake_quantized(model, calibration)
-    x = torch.randn(5, 3, 96, 64)
-    with torch.no_grad():
-        want, fp32 = reference(x), model(x)
-    got = engine(x)
-    span = float(want.max() - want.min())
-    assert (got - want).abs().max() <= 1e-3 * span
-    assert (got - fp32).abs().max() > (got - want).abs().max()  # it is the quantised model, not the fp32 one
-    assert (got - fp32).abs().max() <= 0.2 * span
+    twin = _fake_quantized(model, calibration)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        x = torch.randn(5, 3, 96, 64)
+        with torch.no_grad():
+            want, fp32 = twin(x), model(x)
+        got = engine(x)
+        assert (got - want).norm() <= 0.3 * (want - fp32).norm()
+        assert ((got - want).abs().amax(1) < 1e-5).sum() >= 2  # most images: the same sums exactly
 
 
 def test_int8_engine_needs_calibration_images() -> None:

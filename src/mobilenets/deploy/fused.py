@@ -191,8 +191,10 @@ Ranges = dict[nn.Module, tuple[float, float]]
 
 @torch.no_grad()
 def calibrate(model: MobileNet, batches: list[torch.Tensor]) -> Ranges:
-    """The range (min, max) of the input of every 1×1 convolution and of the classifier over ``batches``."""
+    """The range (min, max) of the input of the stem, of every 1×1 convolution and of the classifier over
+    ``batches``: the convolutions the int8 engine runs in int8."""
     targets = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1]
+    targets.append(model.stem.conv)
     if isinstance(model.classifier, nn.Linear):
         targets.append(model.classifier)
     ranges: Ranges = {}
@@ -245,9 +247,12 @@ class _Builder:
         layers: list[_Layer] = []
         w, b = _conv_weights(model.stem)
         stem_in = w.shape[1]
-        stem = self.conv(model.stem.conv, w.permute(2, 3, 1, 0).reshape(9 * stem_in, -1), b, int8=False)
-        layers.append(_Layer(kind=_STEM, cin=9 * stem_in, cout=w.shape[0], stride=2,
-                             act_out=_ACTS[model.spec.stem_act], stem_in_chans=stem_in, out=stem))  # fmt: skip
+        patch = w.permute(2, 3, 1, 0).reshape(9 * stem_in, -1)  # rows in (ky, kx, ci) order, as im2col gathers them
+        if self.ranges is not None:  # int8 sums run over 4 k at a time: zero rows up to a multiple of 4
+            patch = torch.cat([patch, patch.new_zeros(-patch.shape[0] % 4, patch.shape[1])])
+        layers.append(_Layer(kind=_STEM, cin=patch.shape[0], cout=w.shape[0], stride=2,
+                             act_out=_ACTS[model.spec.stem_act], stem_in_chans=stem_in,
+                             out=self.conv(model.stem.conv, patch, b)))  # fmt: skip
         for block in model.blocks:
             spec = block.spec
             layer = _Layer(kind=_BLOCK, cin=spec.in_channels, cmid=spec.mid_channels, cout=spec.out_channels,

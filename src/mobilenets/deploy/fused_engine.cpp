@@ -501,6 +501,47 @@ void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho
   }
 }
 
+// The stem in int8: the image quantised once into a padded NHWC uint8 copy (padding = the zero point, i.e. 0.0),
+// each output pixel's patch gathered as 3 runs of 3·C bytes (K = 9·C rounded up to 4, the extra bytes meeting zero
+// weights), then the int8 GEMM.
+void run_stem_int8(const Layer& L, const float* img, int H, int W, float* out, int Ho, int Wo, uint8_t* padded,
+                   uint8_t* col, int t, int T, Barrier& bar) {
+  const int C = L.stem_in_chans, Wp = W + 2, K = L.cin;
+  const uint8_t zero = static_cast<uint8_t>(L.out.zero);
+  int y0, y1;
+  split(H + 2, t, T, &y0, &y1);
+  for (int y = y0; y < y1; ++y) {
+    uint8_t* row = padded + static_cast<int64_t>(y) * Wp * C;
+    if (y == 0 || y == H + 1) {
+      std::memset(row, zero, static_cast<size_t>(Wp) * C);
+      continue;
+    }
+    std::memset(row, zero, C), std::memset(row + static_cast<int64_t>(W + 1) * C, zero, C);
+    for (int ci = 0; ci < C; ++ci) {  // one channel's row quantised into `col` (free until the GEMM), then spread
+      quantize_rows(img + (static_cast<int64_t>(ci) * H + (y - 1)) * W, W, 1, W, col, W, L.out.inv_scale, L.out.zero);
+      for (int x = 0; x < W; ++x) row[(x + 1) * C + ci] = col[x];
+    }
+  }
+  bar.wait();
+  split(Ho, t, T, &y0, &y1);
+  const int run = 3 * C;
+  for (int y = y0; y < y1; ++y) {
+    for (int x = 0; x < Wo; ++x) {
+      uint8_t* c = col + static_cast<int64_t>(x) * K;  // (ky, kx, ci) order, as fused.py packs the weights
+      const uint8_t* src = padded + (static_cast<int64_t>(y * L.stride) * Wp + x * L.stride) * C;
+      if (C == 3) {  // RGB: K = 28, fixed-size copies the compiler inlines (a call per run costs more than it)
+        for (int ky = 0; ky < 3; ++ky) std::memcpy(c + ky * 9, src + static_cast<int64_t>(ky) * Wp * 3, 9);
+        c[27] = 0;
+      } else {
+        for (int ky = 0; ky < 3; ++ky) std::memcpy(c + ky * run, src + static_cast<int64_t>(ky) * Wp * C, run);
+        std::memset(c + 3 * run, 0, K - 3 * run);
+      }
+    }
+    gemm_s8(Wo, L.cout, K, col, K, L.out, out + static_cast<int64_t>(y) * Wo * L.cout, L.cout, nullptr, 0,
+            L.act_out, 0, panels(L.cout));
+  }
+}
+
 // A block on a wide map: each thread streams its output rows through a ring of three expanded rows.
 void run_block_rows(const Layer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* ring,
                     uint8_t* qrow, int t, int T) {
@@ -596,7 +637,11 @@ void run_image(const Layer* layers, int n_layers, const float* img, int H, int W
     const Layer& L = layers[i];
     if (L.kind == STEM) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
-      run_stem(L, img, h, w, cur, ho, wo, s.padded, s.row[t], t, T, bar);
+      if (L.out.q)
+        run_stem_int8(L, img, h, w, cur, ho, wo, reinterpret_cast<uint8_t*>(s.padded),
+                      reinterpret_cast<uint8_t*>(s.row[t]), t, T, bar);
+      else
+        run_stem(L, img, h, w, cur, ho, wo, s.padded, s.row[t], t, T, bar);
       h = ho, w = wo, c = L.cout;
       bar.wait();
       continue;
