@@ -219,6 +219,7 @@ def run_bench(
     peers: bool = True,
     log: Callable[[str], None] = print,
     compile_path: bool = False,
+    rounds: int = 5,
 ) -> dict[str, Any]:
     """Benchmark ``model_name`` through every available path; returns the JSON-ready report."""
     from mobilenets.deploy.export import export_onnx, ort_session, quantize_onnx, run_onnx
@@ -292,12 +293,13 @@ def run_bench(
         log(
             f"timing {len(candidates)} paths in interleaved rounds ({runs} batch-1 calls, {batch32_runs} batch-32 each)"
         )
-        results = measure_interleaved(candidates, x1, x32, reference, runs, batch32_runs, log=log)
+        results = measure_interleaved(candidates, x1, x32, reference, runs, batch32_runs, rounds, log=log)
     return {
         "model": model_name,
         "resolution": resolution,
         "threads": threads,
         "runs": runs,
+        "rounds": rounds,
         "batch32_runs": batch32_runs,
         "weights": checkpoint or "random init, BatchNorm re-estimated on real photos",
         "machine": {

@@ -45,6 +45,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=50, help="timed batch-1 calls per path (after warm-up)")
     p.add_argument("--batch32-runs", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved passes over the paths the runs are spread over")
     p.add_argument("--checkpoint", help="trained weights (default: random init, BN re-estimated on real photos)")
     p.add_argument("--no-peers", action="store_true", help="skip timm and OpenVINO")
     p.add_argument("--compile", action="store_true", help="add a torch.compile (Inductor) row; compiles ~1 min")
@@ -153,7 +154,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     log = (lambda line: print(line, file=sys.stderr)) if args.json_out is None else print
     report = run_bench(
         args.model, args.resolution, args.threads, args.runs, args.batch32_runs, args.checkpoint,
-        peers=not args.no_peers, log=log, compile_path=args.compile,
+        peers=not args.no_peers, log=log, compile_path=args.compile, rounds=args.rounds,
     )  # fmt: skip
     for note in report["notes"]:
         log(f"note: {note}")
