@@ -29,6 +29,7 @@
 #include <mutex>
 #include <pthread.h>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -362,7 +363,9 @@ struct Barrier {
     const auto start = std::chrono::steady_clock::now();
     struct Done {
       std::chrono::steady_clock::time_point s;
-      ~Done() { g_wait_ns[g_tid] += std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - s).count(); }
+      ~Done() {
+        g_wait_ns[g_tid] += std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - s).count();
+      }
     } done{start};
 #endif
     const int gen = generation.load(std::memory_order_acquire);
@@ -461,84 +464,55 @@ inline void split(int n, int t, int threads, int* lo, int* hi) {
   *hi = static_cast<int>(static_cast<int64_t>(n) * (t + 1) / threads);
 }
 
-// Stem: 3×3 convolution, stride s, padding 1. The threads first copy the NCHW image into a zero-padded NHWC
-// buffer (their share of its rows), so that each output pixel's 3×3×C patch is three contiguous runs.
-void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho, int Wo, float* padded, float* col,
-              int t, int T, Barrier& bar) {
-  const int C = L.stem_in_chans, Wp = W + 2;
+// Stem: 3×3 convolution, stride s, padding 1, as a GEMM over gathered patches. The threads first copy the NCHW
+// image into a padded NHWC buffer (their share of its rows), so that each output pixel's 3×3×C patch is three
+// contiguous runs of 3·C values. T = float: fp32. T = uint8_t: the image quantised to the int8 GEMM's codes (the
+// padding is the zero point, i.e. 0.0) and K = 9·C rounded up to 4, the extra values meeting zero weights.
+template <typename T>
+void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho, int Wo, T* padded, T* col, int t,
+              int threads, Barrier& bar) {
+  constexpr bool kInt8 = std::is_same_v<T, uint8_t>;
+  const int C = L.stem_in_chans, Wp = W + 2, K = L.cin, run = 3 * C;
+  const T pad = kInt8 ? static_cast<T>(L.out.zero) : T(0);
   int y0, y1;
-  split(H + 2, t, T, &y0, &y1);
+  split(H + 2, t, threads, &y0, &y1);
   for (int y = y0; y < y1; ++y) {
-    float* row = padded + static_cast<int64_t>(y) * Wp * C;
+    T* row = padded + static_cast<int64_t>(y) * Wp * C;
     if (y == 0 || y == H + 1) {
-      std::memset(row, 0, sizeof(float) * Wp * C);
+      std::fill(row, row + static_cast<int64_t>(Wp) * C, pad);
       continue;
     }
-    for (int ci = 0; ci < C; ++ci) row[ci] = row[(W + 1) * C + ci] = 0.0f;
+    std::fill(row, row + C, pad);
+    std::fill(row + static_cast<int64_t>(W + 1) * C, row + static_cast<int64_t>(Wp) * C, pad);
     for (int ci = 0; ci < C; ++ci) {
       const float* src = img + (static_cast<int64_t>(ci) * H + (y - 1)) * W;
-      for (int x = 0; x < W; ++x) row[(x + 1) * C + ci] = src[x];
-    }
-  }
-  bar.wait();
-  split(Ho, t, T, &y0, &y1);
-  const int run = 3 * C;
-  for (int y = y0; y < y1; ++y) {
-    for (int x = 0; x < Wo; ++x) {
-      float* c = col + static_cast<int64_t>(x) * L.cin;  // (ky, kx, ci) order, as fused.py packs the weights
-      for (int ky = 0; ky < 3; ++ky) {
-        const float* src = padded + (static_cast<int64_t>(y * L.stride + ky) * Wp + x * L.stride) * C;
-        if (C == 3) {  // RGB: a run of 9 floats, copied inline (a memcpy call per run costs more than the copy)
-          _mm256_storeu_ps(c + ky * 9, _mm256_loadu_ps(src));
-          c[ky * 9 + 8] = src[8];
-        } else {
-          std::memcpy(c + ky * run, src, sizeof(float) * run);
-        }
-      }
-    }
-    gemm(Wo, L.cout, L.cin, col, L.cin, L.out.w, L.out.bias, out + static_cast<int64_t>(y) * Wo * L.cout, L.cout,
-         nullptr, 0, L.act_out, 0, panels(L.cout));
-  }
-}
-
-// The stem in int8: the image quantised once into a padded NHWC uint8 copy (padding = the zero point, i.e. 0.0),
-// each output pixel's patch gathered as 3 runs of 3·C bytes (K = 9·C rounded up to 4, the extra bytes meeting zero
-// weights), then the int8 GEMM.
-void run_stem_int8(const Layer& L, const float* img, int H, int W, float* out, int Ho, int Wo, uint8_t* padded,
-                   uint8_t* col, int t, int T, Barrier& bar) {
-  const int C = L.stem_in_chans, Wp = W + 2, K = L.cin;
-  const uint8_t zero = static_cast<uint8_t>(L.out.zero);
-  int y0, y1;
-  split(H + 2, t, T, &y0, &y1);
-  for (int y = y0; y < y1; ++y) {
-    uint8_t* row = padded + static_cast<int64_t>(y) * Wp * C;
-    if (y == 0 || y == H + 1) {
-      std::memset(row, zero, static_cast<size_t>(Wp) * C);
-      continue;
-    }
-    std::memset(row, zero, C), std::memset(row + static_cast<int64_t>(W + 1) * C, zero, C);
-    for (int ci = 0; ci < C; ++ci) {  // one channel's row quantised into `col` (free until the GEMM), then spread
-      quantize_rows(img + (static_cast<int64_t>(ci) * H + (y - 1)) * W, W, 1, W, col, W, L.out.inv_scale, L.out.zero);
-      for (int x = 0; x < W; ++x) row[(x + 1) * C + ci] = col[x];
-    }
-  }
-  bar.wait();
-  split(Ho, t, T, &y0, &y1);
-  const int run = 3 * C;
-  for (int y = y0; y < y1; ++y) {
-    for (int x = 0; x < Wo; ++x) {
-      uint8_t* c = col + static_cast<int64_t>(x) * K;  // (ky, kx, ci) order, as fused.py packs the weights
-      const uint8_t* src = padded + (static_cast<int64_t>(y * L.stride) * Wp + x * L.stride) * C;
-      if (C == 3) {  // RGB: K = 28, fixed-size copies the compiler inlines (a call per run costs more than it)
-        for (int ky = 0; ky < 3; ++ky) std::memcpy(c + ky * 9, src + static_cast<int64_t>(ky) * Wp * 3, 9);
-        c[27] = 0;
+      if constexpr (kInt8) {  // the channel's row quantised into `col` (free until the GEMM), then spread
+        quantize_rows(src, W, 1, W, col, W, L.out.inv_scale, L.out.zero);
+        for (int x = 0; x < W; ++x) row[(x + 1) * C + ci] = col[x];
       } else {
-        for (int ky = 0; ky < 3; ++ky) std::memcpy(c + ky * run, src + static_cast<int64_t>(ky) * Wp * C, run);
-        std::memset(c + 3 * run, 0, K - 3 * run);
+        for (int x = 0; x < W; ++x) row[(x + 1) * C + ci] = src[x];
       }
     }
-    gemm_s8(Wo, L.cout, K, col, K, L.out, out + static_cast<int64_t>(y) * Wo * L.cout, L.cout, nullptr, 0,
-            L.act_out, 0, panels(L.cout));
+  }
+  bar.wait();
+  split(Ho, t, threads, &y0, &y1);
+  for (int y = y0; y < y1; ++y) {
+    for (int x = 0; x < Wo; ++x) {
+      T* c = col + static_cast<int64_t>(x) * K;  // (ky, kx, ci) order, as fused.py packs the weights
+      const T* src = padded + (static_cast<int64_t>(y * L.stride) * Wp + x * L.stride) * C;
+      if (C == 3) {  // RGB: fixed-size copies the compiler inlines (a call per run costs more than the copy)
+        for (int ky = 0; ky < 3; ++ky) std::memcpy(c + ky * 9, src + static_cast<int64_t>(ky) * Wp * 3, 9 * sizeof(T));
+      } else {
+        for (int ky = 0; ky < 3; ++ky)
+          std::memcpy(c + ky * run, src + static_cast<int64_t>(ky) * Wp * C, run * sizeof(T));
+      }
+      std::fill(c + 3 * run, c + K, T(0));
+    }
+    float* dst = out + static_cast<int64_t>(y) * Wo * L.cout;
+    if constexpr (kInt8)
+      gemm_s8(Wo, L.cout, K, col, K, L.out, dst, L.cout, nullptr, 0, L.act_out, 0, panels(L.cout));
+    else
+      gemm(Wo, L.cout, K, col, K, L.out.w, L.out.bias, dst, L.cout, nullptr, 0, L.act_out, 0, panels(L.cout));
   }
 }
 
@@ -638,8 +612,8 @@ void run_image(const Layer* layers, int n_layers, const float* img, int H, int W
     if (L.kind == STEM) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
       if (L.out.q)
-        run_stem_int8(L, img, h, w, cur, ho, wo, reinterpret_cast<uint8_t*>(s.padded),
-                      reinterpret_cast<uint8_t*>(s.row[t]), t, T, bar);
+        run_stem(L, img, h, w, cur, ho, wo, reinterpret_cast<uint8_t*>(s.padded), reinterpret_cast<uint8_t*>(s.row[t]),
+                 t, T, bar);
       else
         run_stem(L, img, h, w, cur, ho, wo, s.padded, s.row[t], t, T, bar);
       h = ho, w = wo, c = L.cout;
@@ -669,7 +643,8 @@ void run_image(const Layer* layers, int n_layers, const float* img, int H, int W
       const float inv = 1.0f / static_cast<float>(h * w);
       for (int ch = 8 * c0; ch < 8 * c1; ch += 8) {
         __m256 acc = _mm256_setzero_ps();
-        for (int q = 0; q < h * w; ++q) acc = _mm256_add_ps(acc, _mm256_loadu_ps(cur + static_cast<int64_t>(q) * c + ch));
+        for (int q = 0; q < h * w; ++q)
+          acc = _mm256_add_ps(acc, _mm256_loadu_ps(cur + static_cast<int64_t>(q) * c + ch));
         _mm256_storeu_ps(s.pooled + ch, _mm256_mul_ps(acc, _mm256_set1_ps(inv)));
       }
       bar.wait();
