@@ -1,7 +1,9 @@
-"""The fused engine: MobileNetV1 / V2 classifiers run by ``fused_engine.cpp`` (fp32, AVX2 + FMA, CPU only).
+"""The fused engine: MobileNetV1 / V2 classifiers run by ``fused_engine.cpp`` (fp32 or int8, AVX2 + FMA, CPU).
 
 ``FusedEngine(model)`` folds BatchNorm, packs the weights for the C++ kernels and runs NCHW batches; its logits
-equal the eager model's within float rounding (``tests/test_fused.py``: ≤ 1e-4). What it does that a graph
+equal the eager model's within float rounding (``tests/test_fused.py``: ≤ 1e-4). ``FusedEngine(model,
+calibration=batches)`` runs the stem, the 1×1 convolutions and the classifier in int8, calibrated on real images
+(its error is that of its fake-quantised twin, ``tests/test_fused.py``). What it does that a graph
 runtime does not (V2 §5.1's hardware argument): inverted residual blocks on wide maps never materialise their
 expansion — each thread streams its rows through a ring of three expanded rows and projects every depthwise
 output row at once — and the whole network runs in one parallel region with a spin barrier per block.
@@ -289,6 +291,8 @@ class FusedEngine:
     ``engine(x)`` takes an NCHW float batch (any batch size; the sides the model accepts) and returns the
     logits (or the pooled features when the model has no classifier). ``threads`` defaults to PyTorch's.
     Batches with at least ``threads`` images run one image per thread; smaller ones share every layer.
+    ``calibration``: batches of real images in the model's input transform; given, the engine runs in int8.
+    The weights are copied at construction: later changes to ``model`` are not seen.
     """
 
     def __init__(
