@@ -89,5 +89,7 @@ def test_tradeoff_command(tmp_path: Path) -> None:
     assert code == 0
     points = json.loads(js.read_text())["points"]
     assert len(points) == 4 and png.stat().st_size > 0
+    assert {p["path"] for p in points} <= {"fused engine", "frozen TorchScript"}
+    assert all(p["latency_ms"] > 0 for p in points)
     by = {(p["width"], p["resolution"]): p for p in points}
     assert by[(0.5, 96)]["madds"] > by[(0.5, 64)]["madds"] and by[(0.5, 96)]["params"] == by[(0.5, 64)]["params"]

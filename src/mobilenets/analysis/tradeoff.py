@@ -1,7 +1,8 @@
 """A trade-off figure in the spirit of V2 Figure 5, from our own counts and timings.
 
 Every width multiplier × resolution of a model: multiply-adds against parameters (from ``profile``), and the
-measured batch-1 CPU latency of our fastest PyTorch path against multiply-adds. The paper plots ImageNet top-1
+measured batch-1 CPU latency of our fastest fp32 path (the fused engine for V1/V2, else frozen TorchScript)
+against multiply-adds. The paper plots ImageNet top-1
 against MAdds; no ImageNet weights exist here, so the second panel shows what can be measured: latency.
 """
 
@@ -28,7 +29,8 @@ class TradeoffPoint:
     resolution: int
     params: int
     madds: int
-    latency_ms: float | None  # batch-1 median of the frozen TorchScript path
+    latency_ms: float | None  # batch-1 median of `path`
+    path: str | None = None  # "fused engine" or "frozen TorchScript"
 
 
 def tradeoff_points(
@@ -40,7 +42,6 @@ def tradeoff_points(
     log: Callable[[str], None] = print,
 ) -> list[TradeoffPoint]:
     """Params, MAdds and (``runs`` > 0) measured latency for every width × resolution."""
-    from mobilenets.deploy.fold import optimize_for_inference
     from mobilenets.registry import create_model
 
     torch.set_num_threads(threads)
@@ -51,20 +52,34 @@ def tradeoff_points(
         model = create_model(model_name, width=width).eval()
         for resolution in resolutions:
             counts = profile(model, resolution)
-            latency = None
+            latency, path = None, None
             if runs > 0:
                 images = real_images(resolution, 8)
                 recalibrate_batchnorm(model, images)
-                fast = optimize_for_inference(model, images[:1])
+                fast, path = fastest_fp32_path(model, images[:1], threads)
                 with torch.no_grad():
                     latency = statistics.median(time_calls(lambda f=fast, x=images[:1]: f(x), runs, warmup=3))
-            points.append(TradeoffPoint(width, resolution, counts.params, counts.madds, latency))
-            shown = "-" if latency is None else f"{latency:.2f}"
+            points.append(TradeoffPoint(width, resolution, counts.params, counts.madds, latency, path))
+            shown = "-" if latency is None else f"{latency:.2f} ms ({path})"
             log(
                 f"  width {width:<5} {resolution:>4d}px {counts.params / 1e6:6.2f}M params "
-                f"{counts.madds / 1e6:7.1f}M MAdds {shown} ms"
+                f"{counts.madds / 1e6:7.1f}M MAdds {shown}"
             )
     return points
+
+
+def fastest_fp32_path(
+    model: torch.nn.Module, example: torch.Tensor, threads: int
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+    """Our fastest fp32 path for ``model`` here: the fused engine where it can run, else frozen TorchScript."""
+    from mobilenets.deploy.fold import optimize_for_inference
+    from mobilenets.deploy.fused import FusedEngine
+    from mobilenets.errors import MobilenetsError
+
+    try:
+        return FusedEngine(model, threads), "fused engine"
+    except MobilenetsError:  # V3, or no compiler / AVX2 here
+        return optimize_for_inference(model, example), "frozen TorchScript"
 
 
 def plot_tradeoff(points: Sequence[TradeoffPoint], path: str | Path, title: str) -> None:
@@ -88,8 +103,9 @@ def plot_tradeoff(points: Sequence[TradeoffPoint], path: str | Path, title: str)
     axes[0][0].set(xscale="log", xlabel="multiply-adds (M)", ylabel="parameters (M)", title=f"{title}: cost")
     axes[0][0].legend()
     if timed:
+        paths = sorted({p.path for p in points if p.path})
         axes[0][1].set(xscale="log", xlabel="multiply-adds (M)", ylabel="batch-1 latency, median (ms)",
-                       title=f"{title}: measured CPU latency")  # fmt: skip
+                       title=f"{title}: measured CPU latency ({', '.join(paths)})")  # fmt: skip
         axes[0][1].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
