@@ -133,6 +133,11 @@ def test_compiler_failure_is_a_clear_error(tmp_path, monkeypatch) -> None:
         with pytest.raises(fused.EngineUnavailable, match="failed"):
             fused.load_library()
         assert not list(tmp_path.glob("*.so"))  # nothing half-written left behind
+        monkeypatch.setenv("CXX", "g++")
+        (tmp_path / "a file").write_text("")
+        monkeypatch.setenv("MOBILENETS_CACHE", str(tmp_path / "a file" / "cache"))  # cannot be created
+        with pytest.raises(fused.EngineUnavailable, match="MOBILENETS_CACHE"):
+            fused.load_library()
     finally:
         fused.load_library.cache_clear()
 

@@ -89,15 +89,21 @@ def load_library() -> ctypes.CDLL:
     if not target.exists():
         if shutil.which(cxx) is None:
             raise EngineUnavailable(f"the fused engine is compiled on first use and needs a C++ compiler ({cxx!r})")
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-            built = Path(tmp) / target.name
-            result = subprocess.run(
-                [cxx, *flags, str(SOURCE), "-o", str(built)], capture_output=True, text=True, check=False
-            )
-            if result.returncode != 0:
-                raise EngineUnavailable(f"compiling {SOURCE.name} failed:\n{result.stderr.strip()[-2000:]}")
-            os.replace(built, target)  # atomic: a concurrent process sees the whole library or none
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+                built = Path(tmp) / target.name
+                result = subprocess.run(
+                    [cxx, *flags, str(SOURCE), "-o", str(built)], capture_output=True, text=True, check=False
+                )
+                if result.returncode != 0:
+                    raise EngineUnavailable(f"compiling {SOURCE.name} failed:\n{result.stderr.strip()[-2000:]}")
+                os.replace(built, target)  # atomic: a concurrent process sees the whole library or none
+        except OSError as e:
+            raise EngineUnavailable(
+                f"cannot build the fused engine in {cache_dir} ({e.strerror or e}); set MOBILENETS_CACHE to a "
+                "writable folder"
+            ) from None
     lib = ctypes.CDLL(str(target))
     for name in ("mn_scratch_floats", "mn_image_floats"):
         getattr(lib, name).restype = ctypes.c_int64
