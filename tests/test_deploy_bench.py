@@ -75,6 +75,9 @@ def test_bench_command_json(tmp_path: Path) -> None:
     assert report["threads"] == 1 and "torch" in report["versions"] and "machine" in report
     names = {r["name"] for r in report["results"]}
     assert {"ours eager", "ours frozen TorchScript", "onnxruntime fp32", "onnxruntime int8"} <= names
+    # V3 is not one the fused engine runs: its rows are skipped with the reason in the notes
+    assert "ours fused engine" not in names and any("fused engine skipped" in n for n in report["notes"])
+    assert set(report["goals"]) == {"fp32", "int8", "eager"}
     for r in report["results"]:
         assert {"name", "ours", "precision", "batch1_ms_median", "batch32_img_s"} <= set(r)
         if r["ours"]:
