@@ -85,6 +85,25 @@ def test_bench_command_json(tmp_path: Path) -> None:
     assert png.stat().st_size > 0
 
 
+def test_bench_has_the_fused_engine_for_v2(tmp_path: Path) -> None:
+    from mobilenets.deploy.fused import EngineUnavailable, load_library
+
+    try:
+        load_library()
+    except EngineUnavailable as e:  # pragma: no cover - no compiler / AVX2 here
+        pytest.skip(str(e))
+    out = tmp_path / "bench.json"
+    code = main(["bench", "mobilenet_v2", "--resolution", "64", "--threads", "2", "--runs", "2", "--rounds", "2",
+                 "--batch32-runs", "1", "--no-peers", "--json", str(out)])  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    rows = {r["name"]: r for r in report["results"]}
+    fp32, int8 = rows["ours fused engine"], rows["ours fused engine int8"]
+    assert fp32["precision"] == "fp32" and fp32["max_abs_diff"] <= 1e-4 and fp32["peak_activation_bytes"] > 0
+    assert int8["precision"] == "int8" and int8["ours"] and int8["batch1_ms_median"] > 0
+    assert report["goals"]["int8"]["ours"] == "ours fused engine int8" and report["rounds"] == 2
+
+
 def test_tradeoff_command(tmp_path: Path) -> None:
     png, js = tmp_path / "f.png", tmp_path / "f.json"
     code = main(["tradeoff", "--out", str(png), "--json", str(js), "--runs", "1", "--widths", "0.35", "0.5",
