@@ -35,7 +35,14 @@ def _check(model: torch.nn.Module, shapes: list[tuple[int, ...]], threads: int) 
 
 @pytest.mark.parametrize(
     ("name", "width", "threads"),
-    [("mobilenet_v2", 1.0, 2), ("mobilenet_v2", 0.35, 1), ("mobilenet_v2", 1.4, 3), ("mobilenet_v1", 0.5, 2)],
+    [
+        ("mobilenet_v2", 1.0, 2),
+        ("mobilenet_v2", 0.35, 1),
+        ("mobilenet_v2", 1.4, 3),
+        ("mobilenet_v1", 0.5, 2),
+        ("mobilenet_v3_large_minimal", 1.0, 2),  # V3 without squeeze-excite: a pre-logits layer after the pool
+        ("mobilenet_v3_small_minimal", 0.75, 1),
+    ],
 )
 def test_fused_engine_equals_eager(name: str, width: float, threads: int) -> None:
     # Batches below, equal to and above the thread count (shared layers vs one image per thread), square and
@@ -44,9 +51,17 @@ def test_fused_engine_equals_eager(name: str, width: float, threads: int) -> Non
     _check(model, [(1, 3, 96, 96), (threads, 3, 64, 160), (threads + 1, 3, 128, 64)], threads)
 
 
-@pytest.mark.parametrize("switch", [{"project_act": "relu6"}, {"shortcut": "none"}, {"num_classes": 0}])
-def test_fused_engine_ablations_and_features(switch: dict[str, object]) -> None:
-    _check(trained_like("mobilenet_v2", width=0.5, **switch), [(2, 3, 64, 64)], threads=2)
+@pytest.mark.parametrize(
+    ("name", "switch"),
+    [
+        ("mobilenet_v2", {"project_act": "relu6"}),
+        ("mobilenet_v2", {"shortcut": "none"}),
+        ("mobilenet_v2", {"num_classes": 0}),
+        ("mobilenet_v3_small_minimal", {"num_classes": 0}),  # the pre-logits features
+    ],
+)
+def test_fused_engine_ablations_and_features(name: str, switch: dict[str, object]) -> None:
+    _check(trained_like(name, width=0.5, **switch), [(2, 3, 64, 64)], threads=2)
 
 
 def test_fused_engine_at_224() -> None:
@@ -171,14 +186,15 @@ def _fake_quantized(model: torch.nn.Module, calibration: list[torch.Tensor]) -> 
     return folded
 
 
-def test_int8_engine_equals_its_fake_quantized_model() -> None:
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small_minimal"])
+def test_int8_engine_equals_its_fake_quantized_model(name: str) -> None:
     # The engine's int8 error must be the quantisation's, i.e. that of its fake-quantised PyTorch twin: the same
     # integer sums give logits equal to ~1e-7 for most images, but a value that lies within float rounding of a
     # uint8 rounding boundary (the fp32 parts sum in another order) can land on the neighbouring code and move an
     # image's logits by ~1e-3. So the bound is on norms: ‖engine − twin‖ ≤ 0.3 ‖twin − fp32‖ (measured ≤ 0.16
     # over 16 width/seed cases; a wrong scale or zero point gives ~1 or more).
     torch.manual_seed(0)
-    model = trained_like("mobilenet_v2", width=0.5, num_classes=10)
+    model = trained_like(name, width=0.5, num_classes=10)
     calibration = list(torch.randn(16, 3, 64, 64).split(8))
     engine = fused.FusedEngine(model, threads=2, calibration=calibration)
     assert engine.precision == "int8"

@@ -326,7 +326,7 @@ def _fused_candidates(
     try:
         engine = FusedEngine(model, threads)
         engine8 = FusedEngine(model, threads, calibration=calibration)
-    except MobilenetsError as e:  # not a V1/V2 classifier, or no compiler / AVX2 here
+    except MobilenetsError as e:  # not a V1/V2/minimal-V3 classifier, or no compiler / AVX2
         notes.append(f"fused engine skipped: {e}")
         return []
     note = "C++ AVX2: BN folded, row-streamed inverted residuals, one parallel region"

@@ -1,9 +1,9 @@
 """A trade-off figure in the spirit of V2 Figure 5, from our own counts and timings.
 
 Every width multiplier × resolution of a model: multiply-adds against parameters (from ``profile``), and the
-measured batch-1 CPU latency of our fastest fp32 path (the fused engine for V1/V2, else frozen TorchScript)
-against multiply-adds. The paper plots ImageNet top-1
-against MAdds; no ImageNet weights exist here, so the second panel shows what can be measured: latency.
+measured batch-1 CPU latency of our fastest fp32 path (the fused engine where it runs, else frozen TorchScript)
+against multiply-adds. The paper plots ImageNet top-1 against MAdds; no ImageNet weights exist here, so the
+second panel shows what can be measured: latency.
 """
 
 from __future__ import annotations

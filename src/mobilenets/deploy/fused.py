@@ -1,4 +1,5 @@
-"""The fused engine: MobileNetV1 / V2 classifiers run by ``fused_engine.cpp`` (fp32 or int8, AVX2 + FMA, CPU).
+"""The fused engine: MobileNetV1 / V2 / minimalistic V3 classifiers run by ``fused_engine.cpp`` (fp32 or int8;
+AVX2 + FMA, CPU).
 
 ``FusedEngine(model)`` folds BatchNorm, packs the weights for the C++ kernels and runs NCHW batches; its logits
 equal the eager model's within float rounding (``tests/test_fused.py``: ≤ 1e-4). ``FusedEngine(model,
@@ -169,27 +170,36 @@ def _depthwise(unit: ConvBNAct) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _check_supported(model: MobileNet) -> None:
+    """V1, V2 and the minimalistic V3 (3×3 depthwise, ReLU, no squeeze-excite); anything else is named."""
     config, spec = model.config, model.spec
-    problems = []
-    if config.arch not in ("v1", "v2"):
-        problems.append(f"architecture {config.arch} (V3's squeeze-excite and h-swish are not implemented)")
+    problems: list[str] = []
+
+    def note(problem: str) -> None:
+        if problem not in problems:
+            problems.append(problem)
+
     if config.padding != "symmetric":
-        problems.append("TensorFlow 'same' padding")
+        note("TensorFlow 'same' padding")
     if config.output_stride != 32:
-        problems.append(f"output stride {config.output_stride} (dilated convolutions)")
-    for i, b in enumerate(spec.blocks):
-        if b.kernel != 3 or b.dilation != 1 or b.se_channels or b.stride not in (1, 2):
-            problems.append(f"block {i}: only 3×3 depthwise, stride 1 or 2, no dilation or squeeze-excite")
+        note(f"output stride {config.output_stride} (dilated convolutions)")
+    acts = {spec.stem_act, spec.head_act if spec.head_channels else "relu"}
+    acts |= {spec.pre_logits_act} if spec.pre_logits_channels else set()
+    for b in spec.blocks:
+        acts |= {b.act, b.project_act}
+        if b.se_channels:
+            note("squeeze-excite (V3; its minimalistic variants have none)")
+        if b.kernel != 3:
+            note(f"{b.kernel}×{b.kernel} depthwise (only 3×3)")
+        if b.dilation != 1 or b.stride not in (1, 2):
+            note("dilation, or a stride other than 1 and 2")
         if b.has_residual and b.shortcut == "expansion":
-            problems.append(f"block {i}: the 'expansion' shortcut ablation")
-        if {b.act, b.project_act} - set(_ACTS):
-            problems.append(f"block {i}: activation {b.act}/{b.project_act}")
+            note("the 'expansion' shortcut ablation")
         if any(c % 8 for c in (b.in_channels, b.mid_channels, b.out_channels)):
-            problems.append(f"block {i}: channels not multiples of 8")
-    if spec.stem_act not in _ACTS or (spec.head_channels and spec.head_act not in _ACTS):
-        problems.append("stem/head activation")
-    if spec.stem_channels % 8 or spec.head_channels % 8 or model.pre_logits is not None:
-        problems.append("stem/head channels not multiples of 8, or a pre-logits layer")
+            note("channels not multiples of 8")
+    if acts - set(_ACTS):
+        note(f"activation {', '.join(sorted(acts - set(_ACTS)))}")
+    if spec.stem_channels % 8 or spec.head_channels % 8 or spec.pre_logits_channels % 8:
+        note("stem / head / pre-logits channels not multiples of 8")
     if problems:
         raise ConfigError("the fused engine cannot run this model: " + "; ".join(problems))
 
@@ -199,12 +209,10 @@ Ranges = dict[nn.Module, tuple[float, float]]
 
 @torch.no_grad()
 def calibrate(model: MobileNet, batches: list[torch.Tensor]) -> Ranges:
-    """The range (min, max) of the input of the stem, of every 1×1 convolution and of the classifier over
-    ``batches``: the convolutions the int8 engine runs in int8."""
+    """The range (min, max) of the input of the stem, of every 1×1 convolution and of every linear layer
+    (pre-logits, classifier) over ``batches``: the layers the int8 engine runs in int8."""
     targets = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1]
-    targets.append(model.stem.conv)
-    if isinstance(model.classifier, nn.Linear):
-        targets.append(model.classifier)
+    targets += [model.stem.conv, *(m for m in model.modules() if isinstance(m, nn.Linear))]
     ranges: Ranges = {}
 
     def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -283,6 +291,11 @@ class _Builder:
                                  act_out=_ACTS[model.spec.head_act], out=self.pointwise(model.head)))  # fmt: skip
             features = model.spec.head_channels
         fc = _Layer(kind=_POOL_FC, cin=features, cout=features)
+        if model.pre_logits is not None:  # V3: a 1×1 layer without BN after the pool
+            linear = model.pre_logits[0]
+            fc.has_expand, fc.cmid, fc.cout = 1, linear.out_features, linear.out_features
+            fc.act_mid = _ACTS[model.spec.pre_logits_act]
+            fc.expand = self.conv(linear, linear.weight.detach().float().t(), linear.bias.detach().float())
         if isinstance(model.classifier, nn.Linear):
             weight = model.classifier.weight.detach().float()
             fc.cout = weight.shape[0]
@@ -292,7 +305,7 @@ class _Builder:
 
 
 class FusedEngine:
-    """A MobileNetV1/V2 classifier (``MobileNet``, output stride 32) as the fused engine runs it.
+    """A MobileNetV1/V2 or minimalistic V3 classifier (``MobileNet``, output stride 32) as the fused engine runs it.
 
     ``engine(x)`` takes an NCHW float batch (any batch size; the sides the model accepts) and returns the
     logits (or the pooled features when the model has no classifier). ``threads`` defaults to PyTorch's.

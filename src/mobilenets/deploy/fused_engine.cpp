@@ -420,8 +420,8 @@ Plan make_plan(const Layer* layers, int n_layers, int H, int W) {
       p.act = std::max<int64_t>(p.act, static_cast<int64_t>(h) * w * L.cout);
       p.qrow = std::max<int64_t>(p.qrow, static_cast<int64_t>(h) * w * L.cin);
     } else if (L.kind == POOL_FC) {
-      p.pooled = std::max<int64_t>(p.pooled, L.cin + ((L.cout + 7) / 8) * 8);
-      p.qrow = std::max<int64_t>(p.qrow, L.cin);
+      p.pooled = std::max<int64_t>(p.pooled, L.cin + L.cmid);  // the pooled features, then the pre-logits
+      p.qrow = std::max<int64_t>(p.qrow, std::max(L.cin, L.cmid));
     }
   }
   return p;
@@ -637,7 +637,8 @@ void run_image(const Layer* layers, int n_layers, const float* img, int H, int W
       conv1x1(L.out, h * w, L.cout, L.cin, cur, L.cin, nullptr, nxt, L.cout, nullptr, 0, L.act_out, p0, p1, s.qrow[t]);
       c = L.cout;
     } else if (L.kind == POOL_FC) {
-      // Global average pool (each thread its channels), then the classifier (each thread its classes).
+      // Global average pool (each thread its channels), [V3's pre-logits 1×1 layer,] then the classifier (each
+      // thread its output panels).
       int c0, c1;
       split(c / 8, t, T, &c0, &c1);
       const float inv = 1.0f / static_cast<float>(h * w);
@@ -648,13 +649,24 @@ void run_image(const Layer* layers, int n_layers, const float* img, int H, int W
         _mm256_storeu_ps(s.pooled + ch, _mm256_mul_ps(acc, _mm256_set1_ps(inv)));
       }
       bar.wait();
+      const float* features = s.pooled;
+      int n_features = L.cin;
+      int p0, p1;
+      if (L.has_expand) {
+        float* pre = s.pooled + L.cin;
+        split(panels(L.cmid), t, T, &p0, &p1);
+        conv1x1(L.expand, 1, L.cmid, L.cin, s.pooled, L.cin, nullptr, pre, L.cmid, nullptr, 0, L.act_mid, p0, p1,
+                s.qrow[t]);
+        bar.wait();
+        features = pre, n_features = L.cmid;
+      }
       const int n_out = (L.cout + 7) / 8 * 8;
       if (L.out.bias) {
-        int p0, p1;
         split(panels(n_out), t, T, &p0, &p1);
-        conv1x1(L.out, 1, n_out, L.cin, s.pooled, L.cin, nullptr, logits, n_out, nullptr, 0, LINEAR, p0, p1, s.qrow[t]);
+        conv1x1(L.out, 1, n_out, n_features, features, n_features, nullptr, logits, n_out, nullptr, 0, LINEAR, p0, p1,
+                s.qrow[t]);
       } else if (t == 0) {
-        std::memcpy(logits, s.pooled, sizeof(float) * c);
+        std::memcpy(logits, features, sizeof(float) * n_features);
       }
       bar.wait();
       MN_MARK(t, i);
