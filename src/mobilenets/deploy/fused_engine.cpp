@@ -1,4 +1,4 @@
-// A MobileNet-specific fp32 inference engine for x86-64 with AVX2 + FMA (see fused.py for the Python side).
+// A MobileNet-specific inference engine, fp32 or int8, for x86-64 with AVX2 + FMA (fused.py is the Python side).
 //
 // Why it exists (V2 §5.1, the hardware argument): an inverted residual block's wide expansion never has to be
 // materialised whole. For large feature maps each thread keeps a ring of three expanded rows, computes one
@@ -11,11 +11,11 @@
 // may be 8 wide); depthwise weights [9][C]; BatchNorm already folded into every convolution (fused.py).
 // Channel counts of convolutions must be multiples of 8 (V1/V2 round every width to 8).
 //
-// int8 (optional, per 1×1 convolution): the input is quantised on the fly to uint8 (a calibrated scale and zero
-// point per tensor), the weights are int8 per output channel restricted to ±63 so that vpmaddubsw's int16 pair
-// sums cannot saturate (255·63·2 < 32767; this CPU family has AVX2 but no VNNI), products are summed in int32
-// and the epilogue returns to fp32. Depthwise convolutions, the stem, residuals and everything between the
-// 1×1 convolutions stay fp32.
+// int8 (optional, per GEMM: the stem, the 1×1 convolutions, the linear layers): the input is quantised on the fly
+// to uint8 (a calibrated scale and zero point per tensor), the weights are int8 per output channel restricted to
+// ±63 so that vpmaddubsw's int16 pair sums cannot saturate (255·63·2 < 32767; this CPU family has AVX2 but no
+// VNNI), products are summed in int32 and the epilogue returns to fp32. Depthwise convolutions, residuals and
+// the activations between layers stay fp32.
 
 #include <immintrin.h>
 
