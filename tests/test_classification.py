@@ -146,3 +146,34 @@ def test_ablation_runs_every_variant_and_seed(tmp_path: Path, monkeypatch: pytes
     assert summary["std"]["design"] == pytest.approx(statistics.stdev([0.9, 0.91, 0.92]))
     assert "| relu6_projection | relu6 | bottleneck | 0.8100 ± 0.0100 |" in (tmp_path / "ablation.md").read_text()
     assert (tmp_path / "ablation.png").stat().st_size > 1000
+
+
+def test_eval_and_predict_through_the_fused_engine(run: Path, capsys, tmp_path: Path):
+    from mobilenets.deploy.fused import EngineUnavailable, load_library
+
+    try:
+        load_library()
+    except EngineUnavailable as e:  # pragma: no cover - no compiler / AVX2 here
+        pytest.skip(str(e))
+    common = ["eval", "--checkpoint", str(run), "--workers", "0", "--json", "--out", str(tmp_path), "--device", "cpu"]
+    results = {}
+    for engine in ("pytorch", "fused", "fused-int8"):
+        extra = ["--calibration", "embedded", "--calibration-count", "16"] if engine == "fused-int8" else []
+        assert main([*common, "--engine", engine, *extra]) == 0
+        results[engine] = json.loads(capsys.readouterr().out)
+    assert results["fused"]["engine"] == "fused"
+    assert results["fused"]["confusion"] == results["pytorch"]["confusion"]  # fp32: the same answers
+    assert results["fused"]["loss"] == pytest.approx(results["pytorch"]["loss"], abs=1e-4)
+    assert results["fused-int8"]["n"] == 31 and abs(results["fused-int8"]["loss"] - results["pytorch"]["loss"]) < 0.1
+    assert main(["eval", "--checkpoint", str(run), "--engine", "fused-int8", "--device", "cpu"]) == 2
+    assert "--calibration" in capsys.readouterr().err
+
+    import matplotlib.cbook
+
+    hopper = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    tops = []
+    for engine in ("pytorch", "fused"):
+        assert main(["predict", "--checkpoint", str(run), str(hopper), "--engine", engine, "--json"]) == 0
+        tops.append(json.loads(capsys.readouterr().out)[0]["top"])
+    assert [t["class"] for t in tops[0]] == [t["class"] for t in tops[1]]
+    assert [t["prob"] for t in tops[0]] == pytest.approx([t["prob"] for t in tops[1]], abs=1e-4)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ class FlipAverage(nn.Module):
     Returns log-probabilities, so arg-max, top-k and cross-entropy read them like logits.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor]) -> None:  # a module or the fused engine
         super().__init__()
         self.model = model
 

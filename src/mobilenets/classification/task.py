@@ -63,8 +63,33 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument(
             "--flip", action="store_true", help="test-time augmentation: average the probabilities of image and mirror"
         )
-    elif command == "predict":
-        pass
+    if command in ("eval", "predict"):
+        e = parser.add_argument_group("inference path")
+        e.add_argument("--engine", choices=ENGINES, default="pytorch",
+                       help="pytorch, or our fused C++ engine in fp32 or int8 (CPU; V1/V2/minimal V3)")  # fmt: skip
+        e.add_argument("--calibration", help="fused-int8: calibration images ('embedded', an IDX or image folder)")
+        e.add_argument("--calibration-count", type=int, default=512)
+
+
+ENGINES = ("pytorch", "fused", "fused-int8")
+
+
+def inference_path(args: argparse.Namespace, model: nn.Module, transform: TransformConfig, device: torch.device) -> Any:
+    """The model itself, or the fused engine built from it (``--engine``), as a callable on image batches."""
+    engine = getattr(args, "engine", "pytorch")
+    if engine == "pytorch":
+        return model
+    from mobilenets.deploy.export import calibration_batches
+    from mobilenets.deploy.fused import FusedEngine
+
+    if device.type != "cpu":
+        raise ConfigError(f"--engine {engine} runs on the CPU; add --device cpu")
+    calibration = None
+    if engine == "fused-int8":
+        if not args.calibration:
+            raise ConfigError("--engine fused-int8 needs --calibration DATA (real images for the activation ranges)")
+        calibration = calibration_batches(args.calibration, transform, args.calibration_count)
+    return FusedEngine(model, args.threads or None, calibration=calibration)
 
 
 class ClassifyTask:
@@ -158,10 +183,12 @@ def evaluate_main(args: argparse.Namespace) -> int:
         dataset, batch_sampler=EvalBatchSampler(len(dataset), args.batch_size), collate_fn=collate,
         num_workers=args.workers,
     )  # fmt: skip
-    model = FlipAverage(trained.model) if args.flip else trained.model
+    path = inference_path(args, trained.model, cfg, d.device)
+    model = FlipAverage(path) if args.flip else path
     with torch.no_grad():
         counts = accumulate(model, ({k: v.to(d.device) for k, v in b.items()} for b in loader), len(classes))
     result: dict[str, Any] = {"checkpoint": str(trained.path), "data": str(data), "flip": bool(args.flip)}
+    result["engine"] = args.engine
     result.update(summarise(counts))
     result["per_class"] = dict(zip(classes, per_class_accuracy(counts.confusion), strict=True))
     result["confusion"] = counts.confusion.tolist()
@@ -209,6 +236,7 @@ def predict_main(args: argparse.Namespace) -> int:
     classes = list(trained.metadata.get("classes") or [str(i) for i in range(trained.model.config.num_classes)])
     cfg = eval_transform_of(trained.metadata, int(trained.args.get("resolution", 224)))
     k = max(1, min(args.top_k, len(classes)))
+    model = inference_path(args, trained.model, cfg, device)
     results: list[dict[str, Any]] = []
     for path in expand_inputs(args.inputs):
         try:
@@ -217,7 +245,7 @@ def predict_main(args: argparse.Namespace) -> int:
             results.append({"image": str(path), "error": str(e)})
             continue
         with torch.no_grad():
-            probs = trained.model(x).float().softmax(1)[0]
+            probs = model(x).float().softmax(1)[0]
         top = probs.topk(k)
         results.append({
             "image": str(path),
