@@ -115,24 +115,24 @@ def load_library() -> ctypes.CDLL:
     return lib
 
 
+def _column_panels(matrix_kn: torch.Tensor) -> list[torch.Tensor]:
+    """A K × N matrix's columns, zero-padded to a multiple of 8, cut into panels of 16 (the last may be 8)."""
+    k, n = matrix_kn.shape
+    padded = torch.cat([matrix_kn, matrix_kn.new_zeros(k, -n % 8)], 1)
+    return [padded[:, col : col + 16] for col in range(0, padded.shape[1], 16)]
+
+
 def pack_panels(weight_kn: torch.Tensor) -> torch.Tensor:
     """A K × N weight matrix as the GEMM kernel reads it: panels of 16 columns (the last may be 8), each K-major."""
-    k, n = weight_kn.shape
-    if n % 8:
-        weight_kn = torch.cat([weight_kn, weight_kn.new_zeros(k, 8 - n % 8)], 1)
-        n = weight_kn.shape[1]
-    return torch.cat([weight_kn[:, col : col + 16].reshape(-1) for col in range(0, n, 16)]).contiguous()
+    return torch.cat([panel.reshape(-1) for panel in _column_panels(weight_kn)]).contiguous()
 
 
 def pack_panels_int8(q_kn: torch.Tensor) -> torch.Tensor:
     """int8 K × N weights (K a multiple of 4) as the int8 kernel reads them: per panel of 16 (or 8) columns,
     [K/4][panel width][4] — four consecutive k of one column form the int32 lane that vpmaddubsw/vpmaddwd fill."""
-    k, n = q_kn.shape
-    if n % 8:
-        q_kn = torch.cat([q_kn, q_kn.new_zeros(k, 8 - n % 8)], 1)
-        n = q_kn.shape[1]
-    parts = [q_kn[:, c : c + 16].reshape(k // 4, 4, -1).permute(0, 2, 1).reshape(-1) for c in range(0, n, 16)]
-    return torch.cat(parts).contiguous()
+    k = q_kn.shape[0]
+    panels = _column_panels(q_kn)
+    return torch.cat([panel.reshape(k // 4, 4, -1).permute(0, 2, 1).reshape(-1) for panel in panels]).contiguous()
 
 
 # int8 weights are kept to ±63: vpmaddubsw adds two uint8·int8 products in int16, and 255·63·2 < 32767.
