@@ -348,26 +348,12 @@ void depthwise_row(const float* const rows[3], int Wi, int Wo, int stride, int C
     depthwise_row_s<2>(rows, Wi, Wo, C, w, bias, out, c0, c1, act);
 }
 
-#ifdef MN_PROFILE
-double g_wait_ns[8];
-thread_local int g_tid = 0;
-#endif
-
 struct Barrier {
   std::atomic<int> count{0};
   std::atomic<int> generation{0};
   int threads = 1;
   void wait() {
     if (threads == 1) return;
-#ifdef MN_PROFILE
-    const auto start = std::chrono::steady_clock::now();
-    struct Done {
-      std::chrono::steady_clock::time_point s;
-      ~Done() {
-        g_wait_ns[g_tid] += std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - s).count();
-      }
-    } done{start};
-#endif
     const int gen = generation.load(std::memory_order_acquire);
     if (count.fetch_add(1, std::memory_order_acq_rel) == threads - 1) {
       count.store(0, std::memory_order_relaxed);
@@ -586,28 +572,13 @@ void run_block_whole(const Layer& L, const float* in, int H, int W, float* out, 
           L.cout, L.act_out, p0, p1, qrow);
 }
 
-#ifdef MN_PROFILE
-double g_layer_ns[64];
-thread_local std::chrono::steady_clock::time_point g_last;
-#define MN_MARK(t, i)                                                                                          \
-  if (t == 0) {                                                                                                \
-    auto now = std::chrono::steady_clock::now();                                                               \
-    if (i >= 0) g_layer_ns[i] += std::chrono::duration<double, std::nano>(now - g_last).count();               \
-    g_last = now;                                                                                              \
-  }
-#else
-#define MN_MARK(t, i)
-#endif
-
 // One image through the whole program by the T threads of a group (T = 1: one thread alone).
 void run_image(const Layer* layers, int n_layers, const float* img, int H, int W, float* logits, const Scratch& s,
                int t, int T, Barrier& bar) {
   float* cur = s.act0;
   float* nxt = s.act1;
   int h = H, w = W, c = 0;
-  MN_MARK(t, -1);
   for (int i = 0; i < n_layers; ++i) {
-    MN_MARK(t, i - 1);
     const Layer& L = layers[i];
     if (L.kind == STEM) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
@@ -669,14 +640,12 @@ void run_image(const Layer* layers, int n_layers, const float* img, int H, int W
         std::memcpy(logits, features, sizeof(float) * n_features);
       }
       bar.wait();
-      MN_MARK(t, i);
       return;
     }
     std::swap(cur, nxt);
     bar.wait();
   }
 }
-
 
 // Worker threads that live as long as the process: starting threads costs ~90 µs per call here, more than a
 // barrier per layer. After a job they spin for kSpin (back-to-back calls find them awake, as ONNX Runtime's
@@ -750,15 +719,6 @@ Pool& pool() {
 
 extern "C" {
 
-#ifdef MN_PROFILE
-void mn_profile(double* out, int n) {
-  for (int i = 0; i < n && i < 64; ++i) out[i] = g_layer_ns[i], g_layer_ns[i] = 0;
-}
-void mn_waits(double* out) {
-  for (int i = 0; i < 8; ++i) out[i] = g_wait_ns[i], g_wait_ns[i] = 0;
-}
-#endif
-
 // Floats of scratch memory one image run by `threads` threads together uses: every activation the engine
 // holds lives in it (buffers are reused layer after layer), so this bounds its live activation memory.
 int64_t mn_image_floats(const Layer* layers, int n_layers, int H, int W, int threads) {
@@ -789,9 +749,6 @@ int mn_run(const Layer* layers, int n_layers, const float* input, int N, int C, 
   Barrier shared_bar;
   shared_bar.threads = threads;
   auto work = [&](int t) {
-#ifdef MN_PROFILE
-    g_tid = t;
-#endif
     // Denormals flushed to zero in every thread (the caller's setting is restored below): activations of a
     // random-initialised network decay into them, and CPUs handle them tens of times slower.
     _mm_setcsr(_mm_getcsr() | 0x8040);
