@@ -263,7 +263,7 @@ def run_bench(
             note="BN folded, channels_last, jit.freeze",
         ),
     ]
-    candidates += _fused_candidates(model, threads, list(images[32:].split(8)), notes)
+    candidates += _fused_candidates(model, threads, resolution, list(images[32:].split(8)), notes)
     if compile_path:
         compiled = compile_for_inference(model, x1)
         candidates.append(
@@ -318,7 +318,7 @@ def run_bench(
 
 
 def _fused_candidates(
-    model: nn.Module, threads: int, calibration: list[torch.Tensor], notes: list[str]
+    model: nn.Module, threads: int, resolution: int, calibration: list[torch.Tensor], notes: list[str]
 ) -> list[Candidate]:
     from mobilenets.deploy.fused import FusedEngine
     from mobilenets.errors import MobilenetsError
@@ -331,11 +331,11 @@ def _fused_candidates(
         return []
     note = "C++ AVX2: BN folded, row-streamed inverted residuals, one parallel region"
     note8 = "int8 1x1 convs (uint8 x 7-bit per-channel weights, calibrated on the photos), fp32 depthwise"
-    h, w = calibration[0].shape[-2:]
     return [
-        Candidate("ours fused engine", True, "fp32", engine, note=note, activation_bytes=engine.activation_bytes(h, w)),
+        Candidate("ours fused engine", True, "fp32", engine, note=note,
+                  activation_bytes=engine.activation_bytes(resolution, resolution)),
         Candidate("ours fused engine int8", True, "int8", engine8, compare=False, note=note8,
-                  activation_bytes=engine8.activation_bytes(h, w)),
+                  activation_bytes=engine8.activation_bytes(resolution, resolution)),
     ]  # fmt: skip
 
 
