@@ -166,26 +166,6 @@ def test_pack_panels_layout() -> None:
     assert padded.numel() == 2 * 16 and padded.reshape(2, 16)[:, 10:].abs().sum() == 0
 
 
-def _fake_quantized(model: torch.nn.Module, calibration: list[torch.Tensor]) -> torch.nn.Module:
-    """What the int8 engine computes, in PyTorch: every 1×1 conv and the classifier see their input rounded to
-    the calibrated uint8 grid and their weights rounded to int8 codes (|q| ≤ 63) per output channel; the rest
-    stays fp32."""
-    folded = fused.fold_batchnorm(model)
-    ranges = fused.calibrate(folded, calibration)
-    for module, (low, high) in ranges.items():
-        scale, zero = fused.activation_quantization(low, high)
-        weight = module.weight.detach().flatten(1).t()
-        q, w_scale = fused.quantize_weights(weight)
-        module.weight.data.copy_((q.float() * w_scale).t().reshape(module.weight.shape))
-
-        def grid(_: torch.nn.Module, inputs: tuple[torch.Tensor, ...], inv=1.0 / scale, zero=zero, scale=scale):
-            codes = torch.clamp(torch.round(inputs[0] * torch.tensor(inv, dtype=torch.float32)) + zero, 0, 255)
-            return ((codes - zero) * scale,)
-
-        module.register_forward_pre_hook(grid)
-    return folded
-
-
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small_minimal"])
 def test_int8_engine_equals_its_fake_quantized_model(name: str) -> None:
     # The engine's int8 error must be the quantisation's, i.e. that of its fake-quantised PyTorch twin: the same
@@ -198,7 +178,7 @@ def test_int8_engine_equals_its_fake_quantized_model(name: str) -> None:
     calibration = list(torch.randn(16, 3, 64, 64).split(8))
     engine = fused.FusedEngine(model, threads=2, calibration=calibration)
     assert engine.precision == "int8"
-    twin = _fake_quantized(model, calibration)
+    twin = fused.fake_quantized(model, calibration)
     for seed in range(3):
         torch.manual_seed(seed)
         x = torch.randn(5, 3, 96, 64)

@@ -230,6 +230,32 @@ def calibrate(model: MobileNet, batches: list[torch.Tensor]) -> Ranges:
     return ranges
 
 
+@torch.no_grad()
+def fake_quantized(model: MobileNet, calibration: list[torch.Tensor]) -> nn.Module:
+    """What the int8 engine computes, in PyTorch (its reference in tests and ``scripts/fused_checks.py``): a
+    BN-folded copy in which every layer the engine runs in int8 (``calibrate``) sees its input rounded to the
+    calibrated uint8 grid and its weights rounded to int8 codes (|q| ≤ 63) per output channel; the rest is fp32."""
+    folded = fold_batchnorm(model)
+    for module, (low, high) in calibrate(folded, calibration).items():
+        scale, zero = activation_quantization(low, high)
+        q, w_scale = quantize_weights(module.weight.detach().flatten(1).t())
+        module.weight.copy_((q.float() * w_scale).t().reshape(module.weight.shape))
+        inv = torch.tensor(1.0 / scale, dtype=torch.float32)  # the engine multiplies by a float32 1/scale
+
+        def grid(
+            _: nn.Module,
+            inputs: tuple[torch.Tensor, ...],
+            inv: torch.Tensor = inv,
+            zero: int = zero,
+            scale: float = scale,
+        ) -> tuple[torch.Tensor]:
+            codes = torch.clamp(torch.round(inputs[0] * inv) + zero, 0, 255)
+            return ((codes - zero) * scale,)
+
+        module.register_forward_pre_hook(grid)
+    return folded
+
+
 class _Builder:
     """Turns a BN-folded model into the engine's layer list, keeping alive the tensors its pointers refer to."""
 
