@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 
@@ -22,19 +24,8 @@ from mobilenets import create_model
 from mobilenets.analysis.bench import real_images, recalibrate_batchnorm, time_calls
 from mobilenets.deploy import fused
 
-
-def randomised(name: str, width: float, seed: int = 1) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = create_model(name, width=width, num_classes=10)
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-    return model.eval()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from model_util import trained_like  # the tests' models with randomised BatchNorm, as they are tested
 
 
 @torch.no_grad()
@@ -43,7 +34,7 @@ def equality() -> None:
              ("mobilenet_v3_large_minimal", 1.0), ("mobilenet_v3_small_minimal", 1.0)]  # fmt: skip
     worst = 0.0
     for name, width in cases:
-        model = randomised(name, width)
+        model = trained_like(name, width=width, num_classes=10)
         x = torch.randn(2, 3, 96, 128)
         diff = float((fused.FusedEngine(model, threads=2)(x) - model(x)).abs().max())
         worst = max(worst, diff)
@@ -56,7 +47,7 @@ def int8_twin() -> None:
     worst = 0.0
     for width in (0.5, 1.0):
         torch.manual_seed(0)
-        model = randomised("mobilenet_v2", width)
+        model = trained_like("mobilenet_v2", width=width, num_classes=10)
         calibration = list(torch.randn(16, 3, 64, 64).split(8))
         engine = fused.FusedEngine(model, threads=2, calibration=calibration)
         twin = fused.fake_quantized(model, calibration)
