@@ -288,55 +288,77 @@ struct Sink {
   }
 };
 
-// Four neighbouring outputs x .. x+3 of a 3×3 depthwise row for channels [c, c+8), all their inputs inside the
-// row, the nine weights already in registers: each input column is loaded once and feeds every output whose
-// window holds it (6 columns at stride 1, 9 at stride 2, for 36 multiply-adds).
-template <int S>
-inline void depthwise_quad(const float* const rows[3], int x, int C, int c, const __m256 (&wv)[9], __m256 bias,
-                           const Sink& out, int act) {
-  __m256 acc[4] = {bias, bias, bias, bias};
+// NO neighbouring outputs x0 .. x0+NO−1 of a 3×3 depthwise row for channels [c0, c1) (pixels outside, channels
+// inside: the group's input columns stay in L1 while it runs). Per 8 channels: NO independent accumulators
+// (eight keep both FMA pipes busy despite the FMA latency), the three weights of a kernel row in registers,
+// each input column loaded once and fed to every output whose window holds it. LEFT / RIGHT: the first / last
+// input column is the zero padding (x0 = 0 / the row's end), skipped at compile time.
+template <int S, int NO, bool LEFT, bool RIGHT>
+void depthwise_run(const float* const rows[3], int x0, int C, int c0, int c1, const float* w, const float* bias,
+                   const Sink& out, int act) {
+  constexpr int NI = (NO - 1) * S + 3;  // input columns the NO outputs read
+  const int64_t first = static_cast<int64_t>(x0 * S - 1) * C;
+  for (int c = c0; c < c1; c += 8) {
+    __m256 acc[NO];
+    const __m256 bv = _mm256_loadu_ps(bias + c);
+#pragma GCC unroll 8
+    for (int j = 0; j < NO; ++j) acc[j] = bv;
 #pragma GCC unroll 3
-  for (int ky = 0; ky < 3; ++ky) {
-    const float* r = rows[ky] + static_cast<int64_t>(x * S - 1) * C + c;
-#pragma GCC unroll 9
-    for (int col = 0; col < 3 * S + 3; ++col) {
-      const __m256 v = _mm256_loadu_ps(r + static_cast<int64_t>(col) * C);
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        const int k = col - j * S;
-        if (k >= 0 && k <= 2) acc[j] = _mm256_fmadd_ps(v, wv[ky * 3 + k], acc[j]);
+    for (int ky = 0; ky < 3; ++ky) {
+      const __m256 wk[3] = {_mm256_loadu_ps(w + (3 * ky) * C + c), _mm256_loadu_ps(w + (3 * ky + 1) * C + c),
+                            _mm256_loadu_ps(w + (3 * ky + 2) * C + c)};
+      // One pointer stepped column by column (the empty asm keeps the compiler from turning the steps back into
+      // 17 precomputed offsets, which it would spill: two scalar loads per vector load).
+      const float* r = rows[ky] + first + c + (LEFT ? C : 0);
+#pragma GCC unroll 17
+      for (int col = LEFT ? 1 : 0; col < (RIGHT ? NI - 1 : NI); ++col) {
+        const __m256 v = _mm256_loadu_ps(r);
+        r += C;
+        asm("" : "+r"(r));
+#pragma GCC unroll 8
+        for (int j = 0; j < NO; ++j) {
+          const int k = col - j * S;
+          if (k >= 0 && k <= 2) acc[j] = _mm256_fmadd_ps(v, wk[k], acc[j]);
+        }
       }
     }
+#pragma GCC unroll 8
+    for (int j = 0; j < NO; ++j) out.put(static_cast<int64_t>(x0 + j) * C + c, activate(acc[j], act));
   }
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) out.put(static_cast<int64_t>(x + j) * C + c, activate(acc[j], act));
+}
+
+// The right padding, when a group needs it, is always its last input column.
+template <int S, int NO>
+void depthwise_group(const float* const rows[3], int Wi, int x0, int C, int c0, int c1, const float* w,
+                     const float* bias, const Sink& out, int act) {
+  const bool left = x0 == 0, right = (x0 + NO - 1) * S + 1 >= Wi;
+  if (!left && !right)
+    depthwise_run<S, NO, false, false>(rows, x0, C, c0, c1, w, bias, out, act);
+  else if (left && !right)
+    depthwise_run<S, NO, true, false>(rows, x0, C, c0, c1, w, bias, out, act);
+  else if (!left)
+    depthwise_run<S, NO, false, true>(rows, x0, C, c0, c1, w, bias, out, act);
+  else
+    depthwise_run<S, NO, true, true>(rows, x0, C, c0, c1, w, bias, out, act);
 }
 
 // One output row of a 3×3 depthwise convolution (padding 1) for channels [c0, c1). rows[0..2] are the input
-// rows y·s−1, y·s, y·s+1 (a zero row where they fall outside the image), each Wi pixels of C channels.
+// rows y·s−1, y·s, y·s+1 (a zero row where they fall outside the image), each Wi pixels of C channels. The row
+// goes in groups of eight outputs, the remainder as one shorter group.
 template <int S>
 void depthwise_row_s(const float* const rows[3], int Wi, int Wo, int C, const float* w, const float* bias,
                      const Sink& out, int c0, int c1, int act) {
-  // Output x reads input columns x·S−1 .. x·S+1; only x = 0 and (maybe) the last x touch the padding.
-  const int x_end = std::min((Wi - 2) / S, Wo - 1);  // last x whose window is inside the row
-  for (int c = c0; c < c1; c += 8) {
-    __m256 wv[9];
-    for (int i = 0; i < 9; ++i) wv[i] = _mm256_loadu_ps(w + i * C + c);
-    const __m256 bv = _mm256_loadu_ps(bias + c);
-    auto single = [&](int x) {
-      __m256 acc = bv;
-      for (int ky = 0; ky < 3; ++ky)
-        for (int kx = 0; kx < 3; ++kx) {
-          const int ix = x * S - 1 + kx;
-          if (ix < 0 || ix >= Wi) continue;
-          acc = _mm256_fmadd_ps(_mm256_loadu_ps(rows[ky] + static_cast<int64_t>(ix) * C + c), wv[ky * 3 + kx], acc);
-        }
-      out.put(static_cast<int64_t>(x) * C + c, activate(acc, act));
-    };
-    single(0);
-    int x = 1;
-    for (; x + 3 <= x_end; x += 4) depthwise_quad<S>(rows, x, C, c, wv, bv, out, act);
-    for (; x < Wo; ++x) single(x);
+  int x = 0;
+  for (; x + 8 <= Wo; x += 8) depthwise_group<S, 8>(rows, Wi, x, C, c0, c1, w, bias, out, act);
+  switch (Wo - x) {
+    case 7: depthwise_group<S, 7>(rows, Wi, x, C, c0, c1, w, bias, out, act); break;
+    case 6: depthwise_group<S, 6>(rows, Wi, x, C, c0, c1, w, bias, out, act); break;
+    case 5: depthwise_group<S, 5>(rows, Wi, x, C, c0, c1, w, bias, out, act); break;
+    case 4: depthwise_group<S, 4>(rows, Wi, x, C, c0, c1, w, bias, out, act); break;
+    case 3: depthwise_group<S, 3>(rows, Wi, x, C, c0, c1, w, bias, out, act); break;
+    case 2: depthwise_group<S, 2>(rows, Wi, x, C, c0, c1, w, bias, out, act); break;
+    case 1: depthwise_group<S, 1>(rows, Wi, x, C, c0, c1, w, bias, out, act); break;
+    default: break;
   }
 }
 
