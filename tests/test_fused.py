@@ -202,8 +202,8 @@ def test_int8_packing_and_grids() -> None:
     codes, scale = fused.quantize_weights(weight)
     assert codes.abs().max() == fused.INT8_WEIGHT_MAX and torch.allclose(codes * scale, weight, atol=0.02)
     scale, zero = fused.activation_quantization(-1.0, 3.0)
-    assert scale == pytest.approx(4 / 255) and zero == round(1 / scale)
-    assert fused.activation_quantization(0.5, 6.0) == (pytest.approx(6 / 255), 0)  # widened to include 0
+    assert scale == pytest.approx(4 / 127) and zero == round(1 / scale)
+    assert fused.activation_quantization(0.5, 6.0) == (pytest.approx(6 / 127), 0)  # widened to include 0
 
 
 def test_goal_ratios() -> None:

@@ -3,7 +3,8 @@ AVX2 + FMA, CPU).
 
 ``FusedEngine(model)`` folds BatchNorm, packs the weights for the C++ kernels and runs NCHW batches; its logits
 equal the eager model's within float rounding (``tests/test_fused.py``: ≤ 1e-4). ``FusedEngine(model,
-calibration=batches)`` runs the stem, the 1×1 convolutions and the classifier in int8, calibrated on real images
+calibration=batches)`` runs the stem, the 1×1 convolutions and the classifier in int8 (7-bit activation codes ×
+int8 weights within ±63), calibrated on real images
 (its error is that of its fake-quantised twin, ``tests/test_fused.py``). What it does that a graph
 runtime does not (V2 §5.1's hardware argument): inverted residual blocks on wide maps never materialise their
 expansion — each thread streams its rows through a ring of three expanded rows and projects every depthwise
@@ -135,7 +136,9 @@ def pack_panels_int8(q_kn: torch.Tensor) -> torch.Tensor:
     return torch.cat([panel.reshape(k // 4, 4, -1).permute(0, 2, 1).reshape(-1) for panel in panels]).contiguous()
 
 
-# int8 weights are kept to ±63: vpmaddubsw adds two uint8·int8 products in int16, and 255·63·2 < 32767.
+# Codes the int8 kernel multiplies: activations 0..127 (7 bits), weights ±63. AVX2 without VNNI sums products in
+# int16 before int32, and the kernel adds four products there: 4 · 127 · 63 = 32004 < 32767 cannot overflow.
+ACTIVATION_LEVELS = 127
 INT8_WEIGHT_MAX = 63
 
 
@@ -148,10 +151,11 @@ def quantize_weights(weight_kn: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def activation_quantization(low: float, high: float) -> tuple[float, int]:
-    """uint8 scale and zero point covering [low, high] (widened to include 0, so that 0 is exact)."""
+    """Scale and zero point of the 7-bit activation codes covering [low, high] (widened to include 0, so that 0 is
+    exact)."""
     low, high = min(low, 0.0), max(high, 0.0)
-    scale = (high - low) / 255 if high > low else 1.0
-    return scale, int(min(255, max(0, round(-low / scale))))
+    scale = (high - low) / ACTIVATION_LEVELS if high > low else 1.0
+    return scale, int(min(ACTIVATION_LEVELS, max(0, round(-low / scale))))
 
 
 def _pad8(v: torch.Tensor) -> torch.Tensor:
@@ -234,7 +238,7 @@ def calibrate(model: MobileNet, batches: list[torch.Tensor]) -> Ranges:
 def fake_quantized(model: MobileNet, calibration: list[torch.Tensor]) -> nn.Module:
     """What the int8 engine computes, in PyTorch (its reference in tests and ``scripts/fused_checks.py``): a
     BN-folded copy in which every layer the engine runs in int8 (``calibrate``) sees its input rounded to the
-    calibrated uint8 grid and its weights rounded to int8 codes (|q| ≤ 63) per output channel; the rest is fp32."""
+    calibrated 7-bit grid (codes 0..127) and its weights rounded to int8 codes (|q| ≤ 63) per output channel; the rest is fp32."""
     folded = fold_batchnorm(model)
     for module, (low, high) in calibrate(folded, calibration).items():
         scale, zero = activation_quantization(low, high)
@@ -249,7 +253,7 @@ def fake_quantized(model: MobileNet, calibration: list[torch.Tensor]) -> nn.Modu
             zero: int = zero,
             scale: float = scale,
         ) -> tuple[torch.Tensor]:
-            codes = torch.clamp(torch.round(inputs[0] * inv) + zero, 0, 255)
+            codes = torch.clamp(torch.round(inputs[0] * inv) + zero, 0, ACTIVATION_LEVELS)
             return ((codes - zero) * scale,)
 
         module.register_forward_pre_hook(grid)
@@ -290,8 +294,8 @@ class _Builder:
         w, b = _conv_weights(model.stem)
         stem_in = w.shape[1]
         patch = w.permute(2, 3, 1, 0).reshape(9 * stem_in, -1)  # rows in (ky, kx, ci) order, as im2col gathers them
-        if self.ranges is not None:  # int8 sums run over 4 k at a time: zero rows up to a multiple of 4
-            patch = torch.cat([patch, patch.new_zeros(-patch.shape[0] % 4, patch.shape[1])])
+        if self.ranges is not None:  # int8 sums run over 8 k at a time: zero rows up to a multiple of 8
+            patch = torch.cat([patch, patch.new_zeros(-patch.shape[0] % 8, patch.shape[1])])
         layers.append(_Layer(kind=_STEM, cin=patch.shape[0], cout=w.shape[0], stride=2,
                              act_out=_ACTS[model.spec.stem_act], stem_in_chans=stem_in,
                              out=self.conv(model.stem.conv, patch, b)))  # fmt: skip

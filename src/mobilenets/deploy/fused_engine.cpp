@@ -12,14 +12,17 @@
 // Channel counts of convolutions must be multiples of 8 (V1/V2 round every width to 8).
 //
 // int8 (optional, per GEMM: the stem, the 1×1 convolutions, the linear layers): the input is quantised on the fly
-// to uint8 (a calibrated scale and zero point per tensor), the weights are int8 per output channel restricted to
-// ±63 so that vpmaddubsw's int16 pair sums cannot saturate (255·63·2 < 32767; this CPU family has AVX2 but no
-// VNNI), products are summed in int32 and the epilogue returns to fp32. Depthwise convolutions, residuals and
-// the activations between layers stay fp32.
+// to 7-bit codes 0..127 (a calibrated scale and zero point per tensor) and the weights to int8 per output channel
+// within ±63. Without VNNI (this CPU family has AVX2 only) a product costs vpmaddubsw (pairs of products summed
+// in int16) and vpmaddwd (to int32); with these ranges two vpmaddubsw results, i.e. four products, still fit in
+// int16 (4·127·63 = 32004 < 32767), so one vpaddw lets one vpmaddwd serve eight products instead of four: a
+// quarter fewer multiply-unit instructions per product. Sums are int32; the epilogue returns to fp32. Depthwise
+// convolutions, residuals and the activations between layers stay fp32.
 
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -41,7 +44,7 @@ enum Kind : int { STEM = 1, BLOCK = 2, POINTWISE = 3, POOL_FC = 4 };
 struct Conv {
   const float* w;        // fp32 weights, packed [K] x [N] in panels; unused when q is set
   const float* bias;     // [N]
-  const int8_t* q;       // int8 weights, packed per panel as [K/4][panel width][4]; nullptr: run in fp32
+  const int8_t* q;       // int8 weights (±63), packed per panel as [K/4][panel width][4]; nullptr: run in fp32
   const float* scale;    // [N]: input scale × weight scale of the channel
   const int32_t* corr;   // [N]: −(input zero point) · Σ_k q[k][n]
   float inv_scale;       // 1 / input scale, to quantise the input
@@ -169,7 +172,8 @@ void gemm(int M, int N, int K, const float* A, int lda, const float* Bp, const f
 
 inline int panels(int n) { return (n + 15) / 16; }
 
-// The int8 tile: C = act(scale · (Σ_k a·q + corr) + bias) (+ R), K in steps of 4 (one int32 lane = 4 products).
+// The int8 tile: C = act(scale · (Σ_k a·q + corr) + bias) (+ R), K in steps of 8 (one int32 lane = 4 products;
+// two such steps share one vpmaddwd, see the top of the file). K must be a multiple of 8.
 template <int MR, int NR>
 inline void tile_s8(int K, const uint8_t* A, int lda, const int8_t* B, const Conv& cv, int col, float* C, int ldc,
                     const float* R, int ldr, int act) {
@@ -180,19 +184,24 @@ inline void tile_s8(int K, const uint8_t* A, int lda, const int8_t* B, const Con
 #pragma GCC unroll 2
     for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_setzero_si256();
   const __m256i ones = _mm256_set1_epi16(1);
+  for (int k = 0; k < K; k += 8) {
+    __m256i b0[NV], b1[NV];
 #pragma GCC unroll 2
-  for (int k = 0; k < K; k += 4) {
-    __m256i b[NV];
-#pragma GCC unroll 2
-    for (int j = 0; j < NV; ++j) b[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B + k * NR + 32 * j));
+    for (int j = 0; j < NV; ++j) {
+      b0[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B + k * NR + 32 * j));
+      b1[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B + (k + 4) * NR + 32 * j));
+    }
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i) {
-      int32_t four;
-      std::memcpy(&four, A + static_cast<int64_t>(i) * lda + k, 4);
-      const __m256i a = _mm256_set1_epi32(four);
+      int32_t lo, hi;
+      std::memcpy(&lo, A + static_cast<int64_t>(i) * lda + k, 4);
+      std::memcpy(&hi, A + static_cast<int64_t>(i) * lda + k + 4, 4);
+      const __m256i a0 = _mm256_set1_epi32(lo), a1 = _mm256_set1_epi32(hi);
 #pragma GCC unroll 2
-      for (int j = 0; j < NV; ++j)
-        acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(_mm256_maddubs_epi16(a, b[j]), ones));
+      for (int j = 0; j < NV; ++j) {
+        const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(a0, b0[j]), _mm256_maddubs_epi16(a1, b1[j]));
+        acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(pairs, ones));
+      }
     }
   }
 #pragma GCC unroll 2
@@ -238,18 +247,24 @@ void gemm_s8(int M, int N, int K, const uint8_t* A, int lda, const Conv& cv, flo
   }
 }
 
-// uint8 codes of an M × K block of fp32 (K a multiple of 8): round(x / scale) + zero, clamped to 0..255.
+// The 7-bit codes of eight values: round(x / scale) + zero, clamped to 0..127, stored as 8 bytes at q.
+inline void store_codes(uint8_t* q, __m256 x, __m256 inv_scale, __m256i zero) {
+  const __m256i v = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x, inv_scale)), zero);
+  const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(q), _mm_min_epu8(_mm_packus_epi16(w16, w16), _mm_set1_epi8(127)));
+}
+
+// The codes of an M × K block of fp32.
 void quantize_rows(const float* X, int ldx, int M, int K, uint8_t* Q, int ldq, float inv_scale, int zero) {
   const __m256 inv = _mm256_set1_ps(inv_scale);
   const __m256i z = _mm256_set1_epi32(zero);
   for (int m = 0; m < M; ++m) {
     const float* x = X + static_cast<int64_t>(m) * ldx;
     uint8_t* q = Q + static_cast<int64_t>(m) * ldq;
-    for (int k = 0; k < K; k += 8) {
-      const __m256i v = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k), inv)), z);
-      const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), _mm_packus_epi16(w16, w16));
-    }
+    int k = 0;
+    for (; k + 8 <= K; k += 8) store_codes(q + k, _mm256_loadu_ps(x + k), inv, z);
+    for (; k < K; ++k)  // the same rounding (to nearest even) as the vector conversion
+      q[k] = static_cast<uint8_t>(std::clamp(static_cast<int>(std::nearbyint(x[k] * inv_scale)) + zero, 0, 127));
   }
 }
 
@@ -269,7 +284,7 @@ void conv1x1(const Conv& cv, int M, int N, int K, const float* A, int lda, const
   gemm_s8(M, N, K, Aq, K, cv, C, ldc, R, ldr, act, p0, p1);
 }
 
-// Where a depthwise row goes: fp32 (f), or straight to the uint8 codes an int8 projection reads (q), which
+// Where a depthwise row goes: fp32 (f), or straight to the 7-bit codes an int8 projection reads (q), which
 // spares a store, a reload and a quantisation pass. Offsets count elements (pixel · C + channel) in both.
 struct Sink {
   float* f;
@@ -281,10 +296,7 @@ struct Sink {
       _mm256_storeu_ps(f + at, v);
       return;
     }
-    const __m256i i = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, _mm256_set1_ps(inv_scale))),
-                                       _mm256_set1_epi32(zero));
-    const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(q + at), _mm_packus_epi16(w16, w16));
+    store_codes(q + at, v, _mm256_set1_ps(inv_scale), _mm256_set1_epi32(zero));
   }
 };
 
@@ -394,7 +406,7 @@ struct Plan {
   int64_t row_buf = 0;    // per thread: stem im2col row
   int64_t pooled = 0;
   int64_t padded = 0;     // the stem's zero-padded NHWC copy of the image
-  int64_t qrow = 0;       // per thread, bytes: the uint8 codes of one int8 GEMM's input
+  int64_t qrow = 0;       // per thread, bytes: the 7-bit codes of one int8 GEMM's input
   int64_t qwide = 0;      // bytes: the codes of a small-map block's depthwise output
 };
 
@@ -475,7 +487,7 @@ inline void split(int n, int t, int threads, int* lo, int* hi) {
 // Stem: 3×3 convolution, stride s, padding 1, as a GEMM over gathered patches. The threads first copy the NCHW
 // image into a padded NHWC buffer (their share of its rows), so that each output pixel's 3×3×C patch is three
 // contiguous runs of 3·C values. T = float: fp32. T = uint8_t: the image quantised to the int8 GEMM's codes (the
-// padding is the zero point, i.e. 0.0) and K = 9·C rounded up to 4, the extra values meeting zero weights.
+// padding is the zero point, i.e. 0.0) and K = 9·C rounded up to 8, the extra values meeting zero weights.
 template <typename T>
 void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho, int Wo, T* padded, T* col, int t,
               int threads, Barrier& bar) {
@@ -552,7 +564,7 @@ void run_block_rows(const Layer& L, const float* in, int H, int W, float* out, i
       else
         rows[k] = L.has_expand ? slots + (r % 3) * row_e : in + r * row_in;
     }
-    // An int8 projection gets the depthwise row as uint8 codes straight away.
+    // An int8 projection gets the depthwise row as 7-bit codes straight away.
     const Sink sink{dw, L.out.q ? qrow : nullptr, L.out.inv_scale, L.out.zero};
     depthwise_row(rows, W, Wo, L.stride, E, L.w_dw, L.b_dw, sink, 0, E, L.act_mid);
     const float* res = L.residual ? in + static_cast<int64_t>(y) * row_in : nullptr;
@@ -582,7 +594,7 @@ void run_block_whole(const Layer& L, const float* in, int H, int W, float* out, 
         const int r = y * L.stride - 1 + k;
         rows[k] = (r < 0 || r >= H) ? zero : expanded + r * row_e;
       }
-      // An int8 projection reads uint8 codes: each thread writes those of its own channels.
+      // An int8 projection reads 7-bit codes: each thread writes those of its own channels.
       const int64_t at = static_cast<int64_t>(y) * Wo * E;
       const Sink sink{wide1 + at, L.out.q ? qwide + at : nullptr, L.out.inv_scale, L.out.zero};
       depthwise_row(rows, W, Wo, L.stride, E, L.w_dw, L.b_dw, sink, c0, c1, L.act_mid);
