@@ -238,7 +238,8 @@ def calibrate(model: MobileNet, batches: list[torch.Tensor]) -> Ranges:
 def fake_quantized(model: MobileNet, calibration: list[torch.Tensor]) -> nn.Module:
     """What the int8 engine computes, in PyTorch (its reference in tests and ``scripts/fused_checks.py``): a
     BN-folded copy in which every layer the engine runs in int8 (``calibrate``) sees its input rounded to the
-    calibrated 7-bit grid (codes 0..127) and its weights rounded to int8 codes (|q| ≤ 63) per output channel; the rest is fp32."""
+    calibrated 7-bit grid (codes 0..127) and its weights rounded to int8 codes (|q| ≤ 63) per output channel; the
+    rest is fp32."""
     folded = fold_batchnorm(model)
     for module, (low, high) in calibrate(folded, calibration).items():
         scale, zero = activation_quantization(low, high)
