@@ -170,18 +170,18 @@ def test_pack_panels_layout() -> None:
 def test_int8_engine_equals_its_fake_quantized_model(name: str) -> None:
     # The engine's int8 error must be the quantisation's, i.e. that of its fake-quantised PyTorch twin: the same
     # integer sums give logits equal to ~1e-7 for most images, but a value that lies within float rounding of a
-    # uint8 rounding boundary (the fp32 parts sum in another order) can land on the neighbouring code and move an
-    # image's logits by ~1e-3. So the bound is on norms: ‖engine − twin‖ ≤ 0.3 ‖twin − fp32‖ (measured ≤ 0.16
-    # over 16 width/seed cases; a wrong scale or zero point gives ~1 or more).
+    # rounding boundary of the activation codes (the fp32 parts sum in another order) can land on the neighbouring
+    # code and move an image's logits by ~1e-3. So the bound is on norms: ‖engine − twin‖ ≤ 0.3 ‖twin − fp32‖
+    # (measured ≤ 0.16 over 16 width/seed cases; a wrong scale or zero point gives ~1 or more).
     torch.manual_seed(0)
     model = trained_like(name, width=0.5, num_classes=10)
     calibration = list(torch.randn(16, 3, 64, 64).split(8))
     engine = fused.FusedEngine(model, threads=2, calibration=calibration)
     assert engine.precision == "int8"
     twin = fused.fake_quantized(model, calibration)
-    for seed in range(3):
+    for seed, (h, w) in enumerate([(96, 64), (64, 96), (32, 160)]):
         torch.manual_seed(seed)
-        x = torch.randn(5, 3, 96, 64)
+        x = torch.randn(5, 3, h, w)
         with torch.no_grad():
             want, fp32 = twin(x), model(x)
         got = engine(x)

@@ -256,10 +256,31 @@ void gemm_s8(int M, int N, int K, const uint8_t* A, int lda, const Conv& cv, flo
 }
 
 // The 7-bit codes of eight values: round(x / scale) + zero, clamped to 0..127, stored as 8 bytes at q.
+inline __m128i codes8(__m256 x, __m256 inv_scale, __m256i zero);
 inline void store_codes(uint8_t* q, __m256 x, __m256 inv_scale, __m256i zero) {
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(q), codes8(x, inv_scale, zero));
+}
+
+// The codes of eight values in the low 8 bytes.
+inline __m128i codes8(__m256 x, __m256 inv_scale, __m256i zero) {
   const __m256i v = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x, inv_scale)), zero);
   const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  _mm_storel_epi64(reinterpret_cast<__m128i*>(q), _mm_min_epu8(_mm_packus_epi16(w16, w16), _mm_set1_epi8(127)));
+  return _mm_min_epu8(_mm_packus_epi16(w16, w16), _mm_set1_epi8(127));
+}
+
+// The codes of eight pixels of three channel rows, interleaved as 24 bytes r0 g0 b0 r1 g1 b1 … at q.
+inline void store_rgb_codes(uint8_t* q, const float* r, const float* g, const float* b, __m256 inv, __m256i zero) {
+  const __m128i rg = _mm_unpacklo_epi64(codes8(_mm256_loadu_ps(r), inv, zero), codes8(_mm256_loadu_ps(g), inv, zero));
+  const __m128i bb = codes8(_mm256_loadu_ps(b), inv, zero);
+  // Output byte p takes pixel p / 3 of channel p % 3: red and green from rg (bytes 0–7, 8–15), blue from bb.
+  const __m128i lo = _mm_or_si128(
+      _mm_shuffle_epi8(rg, _mm_setr_epi8(0, 8, -1, 1, 9, -1, 2, 10, -1, 3, 11, -1, 4, 12, -1, 5)),
+      _mm_shuffle_epi8(bb, _mm_setr_epi8(-1, -1, 0, -1, -1, 1, -1, -1, 2, -1, -1, 3, -1, -1, 4, -1)));
+  const __m128i hi = _mm_or_si128(
+      _mm_shuffle_epi8(rg, _mm_setr_epi8(13, -1, 6, 14, -1, 7, 15, -1, -1, -1, -1, -1, -1, -1, -1, -1)),
+      _mm_shuffle_epi8(bb, _mm_setr_epi8(-1, 5, -1, -1, 6, -1, -1, 7, -1, -1, -1, -1, -1, -1, -1, -1)));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), lo);
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(q + 16), hi);
 }
 
 // The codes of an M × K block of fp32.
@@ -512,13 +533,25 @@ void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho
     }
     std::fill(row, row + C, pad);
     std::fill(row + static_cast<int64_t>(W + 1) * C, row + static_cast<int64_t>(Wp) * C, pad);
-    for (int ci = 0; ci < C; ++ci) {
-      const float* src = img + (static_cast<int64_t>(ci) * H + (y - 1)) * W;
+    int x0 = 0;
+    if constexpr (kInt8) {
+      if (C == 3) {  // RGB: eight pixels at a time quantised and interleaved in registers
+        const float* src = img + static_cast<int64_t>(y - 1) * W;
+        const int64_t plane = static_cast<int64_t>(H) * W;
+        const __m256 inv = _mm256_set1_ps(L.out.inv_scale);
+        const __m256i zero = _mm256_set1_epi32(L.out.zero);
+        for (; x0 + 8 <= W; x0 += 8)
+          store_rgb_codes(row + (x0 + 1) * 3, src + x0, src + plane + x0, src + 2 * plane + x0, inv, zero);
+      }
+    }
+    for (int ci = 0; ci < C && x0 < W; ++ci) {
+      const float* src = img + (static_cast<int64_t>(ci) * H + (y - 1)) * W + x0;
+      const int n = W - x0;
       if constexpr (kInt8) {  // the channel's row quantised into `col` (free until the GEMM), then spread
-        quantize_rows(src, W, 1, W, col, W, L.out.inv_scale, L.out.zero);
-        for (int x = 0; x < W; ++x) row[(x + 1) * C + ci] = col[x];
+        quantize_rows(src, n, 1, n, col, n, L.out.inv_scale, L.out.zero);
+        for (int x = 0; x < n; ++x) row[(x0 + x + 1) * C + ci] = col[x];
       } else {
-        for (int x = 0; x < W; ++x) row[(x + 1) * C + ci] = src[x];
+        for (int x = 0; x < n; ++x) row[(x0 + x + 1) * C + ci] = src[x];
       }
     }
   }
@@ -528,6 +561,15 @@ void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho
     for (int x = 0; x < Wo; ++x) {
       T* c = col + static_cast<int64_t>(x) * K;  // (ky, kx, ci) order, as fused.py packs the weights
       const T* src = padded + (static_cast<int64_t>(y * L.stride) * Wp + x * L.stride) * C;
+      if (kInt8 && C == 3) {
+        // Three 16-byte copies at offsets 0, 9, 18, each overwriting the previous one's surplus; the last one's
+        // runs 2 bytes into the next patch (written after this one; the buffers have room past the end), and
+        // bytes 27..31 keep codes that meet zero weights.
+        for (int ky = 0; ky < 3; ++ky)
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(c + ky * 9),
+                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + static_cast<int64_t>(ky) * Wp * 3)));
+        continue;
+      }
       if (C == 3) {  // RGB: fixed-size copies the compiler inlines (a call per run costs more than the copy)
         for (int ky = 0; ky < 3; ++ky) std::memcpy(c + ky * 9, src + static_cast<int64_t>(ky) * Wp * 3, 9 * sizeof(T));
       } else {
