@@ -64,6 +64,14 @@ def test_fused_engine_ablations_and_features(name: str, switch: dict[str, object
     _check(trained_like(name, width=0.5, **switch), [(2, 3, 64, 64)], threads=2)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_engine_depthwise_rows_of_every_length(threads: int) -> None:
+    # The depthwise kernel runs a row in groups of eight outputs plus one group of the remaining 1–7, with the left
+    # / right padding columns skipped at compile time: widths 288 and 32 give maps 144, 72, 36, 18, 9 and 16, 8, 4,
+    # 2, 1 wide (remainders 0, 1, 2, 4; the other tests cover 3, 5, 6, 7), at strides 1 and 2.
+    _check(trained_like("mobilenet_v2", width=0.35, num_classes=10), [(1, 3, 32, 288), (1, 3, 288, 32)], threads)
+
+
 def test_fused_engine_at_224() -> None:
     _check(trained_like("mobilenet_v2"), [(1, 3, 224, 224)], threads=2)
 
