@@ -22,9 +22,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cmath>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -255,17 +255,15 @@ void gemm_s8(int M, int N, int K, const uint8_t* A, int lda, const Conv& cv, flo
   }
 }
 
-// The 7-bit codes of eight values: round(x / scale) + zero, clamped to 0..127, stored as 8 bytes at q.
-inline __m128i codes8(__m256 x, __m256 inv_scale, __m256i zero);
-inline void store_codes(uint8_t* q, __m256 x, __m256 inv_scale, __m256i zero) {
-  _mm_storel_epi64(reinterpret_cast<__m128i*>(q), codes8(x, inv_scale, zero));
-}
-
-// The codes of eight values in the low 8 bytes.
+// The 7-bit codes of eight values, round(x / scale) + zero clamped to 0..127, in the low 8 bytes.
 inline __m128i codes8(__m256 x, __m256 inv_scale, __m256i zero) {
   const __m256i v = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x, inv_scale)), zero);
   const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   return _mm_min_epu8(_mm_packus_epi16(w16, w16), _mm_set1_epi8(127));
+}
+
+inline void store_codes(uint8_t* q, __m256 x, __m256 inv_scale, __m256i zero) {
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(q), codes8(x, inv_scale, zero));
 }
 
 // The codes of eight pixels of three channel rows, interleaved as 24 bytes r0 g0 b0 r1 g1 b1 … at q.
@@ -561,7 +559,7 @@ void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho
     for (int x = 0; x < Wo; ++x) {
       T* c = col + static_cast<int64_t>(x) * K;  // (ky, kx, ci) order, as fused.py packs the weights
       const T* src = padded + (static_cast<int64_t>(y * L.stride) * Wp + x * L.stride) * C;
-      if (kInt8 && C == 3) {
+      if (kInt8 && C == 3 && K == 32) {
         // Three 16-byte copies at offsets 0, 9, 18, each overwriting the previous one's surplus; the last one's
         // runs 2 bytes into the next patch (written after this one; the buffers have room past the end), and
         // bytes 27..31 keep codes that meet zero weights.
