@@ -63,6 +63,7 @@ class _Layer(ctypes.Structure):
         ("w_dw", ctypes.c_void_p),
         ("b_dw", ctypes.c_void_p),
         ("out", _Conv),
+        ("dw_codes", ctypes.c_int32),
     ]
 
 
@@ -314,6 +315,12 @@ class _Builder:
             else:
                 raise ConfigError(f"the fused engine cannot run a {type(block).__name__}")
             wd, bd = _depthwise(block.depthwise)
+            if self.ranges is not None and spec.act in ("relu", "relu6"):
+                projection = block.pointwise if isinstance(block, DepthwiseSeparable) else block.project
+                scale, zero = activation_quantization(*self.ranges[projection.conv])
+                if zero == 0:  # the depthwise sums become the projection's codes before rounding (see Sink)
+                    wd, bd = (wd / scale).contiguous(), (bd / scale).contiguous()
+                    layer.dw_codes = 1
             layer.w_dw, layer.b_dw = self.ptr(wd), self.ptr(bd)
             layers.append(layer)
         features = model.spec.blocks[-1].out_channels
