@@ -235,18 +235,40 @@ def calibrate(model: MobileNet, batches: list[torch.Tensor]) -> Ranges:
     return ranges
 
 
+def _codes_scale(block: nn.Module, ranges: Ranges) -> float | None:
+    """The scale of the projection's input codes when the int8 engine makes them in the depthwise epilogue from
+    weights pre-divided by it: a ReLU / ReLU6 output (zero point 0; the clamp to 127 stands in for the activation).
+    None for a block whose depthwise output is quantised the ordinary way."""
+    if block.spec.act not in ("relu", "relu6"):
+        return None
+    projection = block.pointwise if isinstance(block, DepthwiseSeparable) else block.project
+    scale, zero = activation_quantization(*ranges[projection.conv])
+    return scale if zero == 0 else None
+
+
 @torch.no_grad()
 def fake_quantized(model: MobileNet, calibration: list[torch.Tensor]) -> nn.Module:
     """What the int8 engine computes, in PyTorch (its reference in tests and ``scripts/fused_checks.py``): a
     BN-folded copy in which every layer the engine runs in int8 (``calibrate``) sees its input rounded to the
     calibrated 7-bit grid (codes 0..127) and its weights rounded to int8 codes (|q| ≤ 63) per output channel; the
-    rest is fp32."""
+    rest is fp32. Where the engine divides the depthwise weights by the codes' scale (``_codes_scale``), so does the
+    copy, with the activation left to the codes' clamp, so that both round the same sums."""
     folded = fold_batchnorm(model)
-    for module, (low, high) in calibrate(folded, calibration).items():
+    ranges = calibrate(folded, calibration)
+    prescaled: set[nn.Module] = set()
+    for block in folded.blocks:
+        scale = _codes_scale(block, ranges)
+        if scale is not None:
+            block.depthwise.conv.weight.copy_(block.depthwise.conv.weight / scale)
+            block.depthwise.conv.bias.copy_(block.depthwise.conv.bias / scale)
+            block.depthwise.act = nn.Identity()
+            prescaled.add((block.pointwise if isinstance(block, DepthwiseSeparable) else block.project).conv)
+    for module, (low, high) in ranges.items():
         scale, zero = activation_quantization(low, high)
         q, w_scale = quantize_weights(module.weight.detach().flatten(1).t())
         module.weight.copy_((q.float() * w_scale).t().reshape(module.weight.shape))
-        inv = torch.tensor(1.0 / scale, dtype=torch.float32)  # the engine multiplies by a float32 1/scale
+        # The engine multiplies by a float32 1/scale (by 1 where the depthwise made the codes' sums already).
+        inv = torch.tensor(1.0 if module in prescaled else 1.0 / scale, dtype=torch.float32)
 
         def grid(
             _: nn.Module,
@@ -315,12 +337,10 @@ class _Builder:
             else:
                 raise ConfigError(f"the fused engine cannot run a {type(block).__name__}")
             wd, bd = _depthwise(block.depthwise)
-            if self.ranges is not None and spec.act in ("relu", "relu6"):
-                projection = block.pointwise if isinstance(block, DepthwiseSeparable) else block.project
-                scale, zero = activation_quantization(*self.ranges[projection.conv])
-                if zero == 0:  # the depthwise sums become the projection's codes before rounding (see Sink)
-                    wd, bd = (wd / scale).contiguous(), (bd / scale).contiguous()
-                    layer.dw_codes = 1
+            codes_scale = None if self.ranges is None else _codes_scale(block, self.ranges)
+            if codes_scale is not None:  # the depthwise sums become the projection's codes before rounding (Sink)
+                wd, bd = (wd / codes_scale).contiguous(), (bd / codes_scale).contiguous()
+                layer.dw_codes = 1
             layer.w_dw, layer.b_dw = self.ptr(wd), self.ptr(bd)
             layers.append(layer)
         features = model.spec.blocks[-1].out_channels
