@@ -316,7 +316,7 @@ void conv1x1(const Conv& cv, int M, int N, int K, const float* A, int lda, const
 // spares a store, a reload and a quantisation pass. Offsets count elements (pixel · C + channel) in both.
 // Scaled: the depthwise weights were divided by the codes' scale and the zero point is 0 (a ReLU / ReLU6 output),
 // so the sums are the codes before rounding and clamping; the activation is left to the clamp to 0..127 (ReLU6's
-// 6 lies at or above code 127, the calibrated maximum being at most 6). Three instructions fewer per vector.
+// 6 lies at or above code 127, the calibrated maximum being at most 6). Four instructions fewer per vector.
 struct Sink {
   float* f;
   uint8_t* q;
