@@ -52,7 +52,7 @@ def int8_twin() -> None:
         calibration = list(torch.randn(16, 3, 64, 64).split(8))
         engine = fused.FusedEngine(model, threads=2, calibration=calibration)
         twin = fused.fake_quantized(model, calibration)
-        exact = largest = 0.0
+        exact, largest = 0, 0.0
         for seed in range(8):
             torch.manual_seed(seed)
             x = torch.randn(5, 3, 96, 64)
@@ -64,7 +64,7 @@ def int8_twin() -> None:
             largest = max(largest, float(per_image.max()))
         print(
             f"int8  mobilenet_v2 α {width}: worst so far of ‖engine − twin‖ / ‖twin − fp32‖, 8 seeds: {worst:.3f}; "
-            f"{exact:.0f} of 40 images within 1e-6 of the twin, largest difference {largest:.1e}"
+            f"{exact} of 40 images within 1e-6 of the twin, largest difference {largest:.1e}"
         )
 
 

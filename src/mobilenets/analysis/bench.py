@@ -330,7 +330,7 @@ def _fused_candidates(
         notes.append(f"fused engine skipped: {e}")
         return []
     note = "C++ AVX2: BN folded, row-streamed inverted residuals, one parallel region"
-    note8 = "int8 1x1 convs (uint8 x 7-bit per-channel weights, calibrated on the photos), fp32 depthwise"
+    note8 = "int8 1x1 convs (7-bit codes x 7-bit per-channel weights, calibrated on the photos), fp32 depthwise"
     return [
         Candidate("ours fused engine", True, "fp32", engine, note=note,
                   activation_bytes=engine.activation_bytes(resolution, resolution)),

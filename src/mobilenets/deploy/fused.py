@@ -235,14 +235,18 @@ def calibrate(model: MobileNet, batches: list[torch.Tensor]) -> Ranges:
     return ranges
 
 
+def _projection(block: nn.Module) -> ConvBNAct:
+    """The 1×1 convolution after a block's depthwise one (V1's pointwise, V2/V3's projection)."""
+    return block.pointwise if isinstance(block, DepthwiseSeparable) else block.project
+
+
 def _codes_scale(block: nn.Module, ranges: Ranges) -> float | None:
     """The scale of the projection's input codes when the int8 engine makes them in the depthwise epilogue from
     weights pre-divided by it: a ReLU / ReLU6 output (zero point 0; the clamp to 127 stands in for the activation).
     None for a block whose depthwise output is quantised the ordinary way."""
     if block.spec.act not in ("relu", "relu6"):
         return None
-    projection = block.pointwise if isinstance(block, DepthwiseSeparable) else block.project
-    scale, zero = activation_quantization(*ranges[projection.conv])
+    scale, zero = activation_quantization(*ranges[_projection(block).conv])
     return scale if zero == 0 else None
 
 
@@ -262,7 +266,7 @@ def fake_quantized(model: MobileNet, calibration: list[torch.Tensor]) -> nn.Modu
             block.depthwise.conv.weight.copy_(block.depthwise.conv.weight / scale)
             block.depthwise.conv.bias.copy_(block.depthwise.conv.bias / scale)
             block.depthwise.act = nn.Identity()
-            prescaled.add((block.pointwise if isinstance(block, DepthwiseSeparable) else block.project).conv)
+            prescaled.add(_projection(block).conv)
     for module, (low, high) in ranges.items():
         scale, zero = activation_quantization(low, high)
         q, w_scale = quantize_weights(module.weight.detach().flatten(1).t())
@@ -295,10 +299,10 @@ class _Builder:
         self.keep.append(t)
         return t.data_ptr()
 
-    def conv(self, module: nn.Module, weight_kn: torch.Tensor, bias: torch.Tensor, int8: bool = True) -> _Conv:
-        """A K × N matrix product (+ bias), in int8 when calibrated ranges are given for ``module``."""
+    def conv(self, module: nn.Module, weight_kn: torch.Tensor, bias: torch.Tensor) -> _Conv:
+        """A K × N matrix product (+ bias), in int8 when calibrated ranges are given."""
         c = _Conv(bias=self.ptr(_pad8(bias)))
-        if not (int8 and self.ranges is not None):
+        if self.ranges is None:
             c.w = self.ptr(pack_panels(weight_kn))
             return c
         scale, zero = activation_quantization(*self.ranges[module])

@@ -256,11 +256,15 @@ void gemm_s8(int M, int N, int K, const uint8_t* A, int lda, const Conv& cv, flo
   }
 }
 
-// The 7-bit codes of eight values, round(x / scale) + zero clamped to 0..127, in the low 8 bytes.
-inline __m128i codes8(__m256 x, __m256 inv_scale, __m256i zero) {
-  const __m256i v = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x, inv_scale)), zero);
+// Eight int32 values clamped to 0..127, as bytes in the low 8 bytes.
+inline __m128i pack_codes(__m256i v) {
   const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   return _mm_min_epu8(_mm_packus_epi16(w16, w16), _mm_set1_epi8(127));
+}
+
+// The 7-bit codes of eight values, round(x / scale) + zero clamped to 0..127, in the low 8 bytes.
+inline __m128i codes8(__m256 x, __m256 inv_scale, __m256i zero) {
+  return pack_codes(_mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x, inv_scale)), zero));
 }
 
 inline void store_codes(uint8_t* q, __m256 x, __m256 inv_scale, __m256i zero) {
@@ -327,10 +331,7 @@ struct Sink {
     if (!q) {
       _mm256_storeu_ps(f + at, v);
     } else if (scaled) {
-      const __m256i i = _mm256_cvtps_epi32(v);
-      const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(q + at),
-                       _mm_min_epu8(_mm_packus_epi16(w16, w16), _mm_set1_epi8(127)));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(q + at), pack_codes(_mm256_cvtps_epi32(v)));
     } else {
       store_codes(q + at, v, _mm256_set1_ps(inv_scale), _mm256_set1_epi32(zero));
     }
