@@ -116,5 +116,104 @@ def test_export_command_detector(tmp_path: Path, capsys: pytest.CaptureFixture[s
     summary = json.loads(capsys.readouterr().out)
     assert summary["task"] == "detect" and summary["outputs"] == ["boxes", "scores"]
     assert summary["fp32_max_abs_diff"] <= ONNX_ATOL and out.is_file()
+    # Calibration data of another class count: a clear error, not a quantised model of the wrong data.
     assert main(["export", "--checkpoint", str(ckpt), "--int8", "--calibration", "embedded", str(out)]) == 2
-    assert "classifiers" in capsys.readouterr().err
+    assert "trained for 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "resolution"),
+    [
+        ("lraspp_mobilenet_v2", {"width": 0.35, "num_classes": 5, "naming_pool": 3}, 64),
+        ("ssdlite_mobilenet_v3_small", {"width": 0.5, "num_classes": 3}, 128),
+    ],
+)
+def test_dense_int8_quantises_the_modules_and_keeps_the_glue_fp32(
+    name: str, overrides: dict, resolution: int, tmp_path: Path
+) -> None:
+    import onnx
+
+    from mobilenets.deploy.export import export_graph, glue_nodes, run_onnx_all
+
+    model = trained_like(name, **overrides)
+    fp32 = export_onnx(model, tmp_path / "m.onnx", resolution)
+    calib = [torch.randn(4, 3, resolution, resolution) for _ in range(3)]
+    glue = set(glue_nodes(fp32))
+    assert any(n.startswith(("/Exp", "/Softmax", "/Resize")) for n in glue)  # decoding / upsampling at top level
+
+    def glue_quantised(path: Path) -> int:
+        """Tensors passed from one glue node to another through a QuantizeLinear → DequantizeLinear pair."""
+        nodes = onnx.load(str(path)).graph.node
+        producer = {out: n for n in nodes for out in n.output}
+        consumers: dict[str, list] = {}
+        for n in nodes:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        return sum(
+            1
+            for q in nodes
+            if q.op_type == "QuantizeLinear" and q.input[0] in producer and producer[q.input[0]].name in glue
+            for dq in consumers[q.output[0]]
+            for c in consumers.get(dq.output[0], [])
+            if c.name in glue
+        )
+
+    assert glue_quantised(quantize_onnx(fp32, tmp_path / "all.int8.onnx", calib)) > 0  # what the flag prevents
+    int8 = quantize_onnx(fp32, tmp_path / "m.int8.onnx", calib, glue_fp32=True)
+    assert glue_quantised(int8) == 0
+    nodes = onnx.load(str(int8)).graph.node
+    producer = {out: n for n in nodes for out in n.output}
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    assert len(convs) > 10 and all(producer[n.input[1]].op_type == "DequantizeLinear" for n in convs)
+    x = torch.randn(2, 3, resolution, resolution)
+    graph, _ = export_graph(model)
+    with torch.no_grad():
+        ref = graph(x)
+    refs = list(ref) if isinstance(ref, tuple) else [ref]
+    for out, r in zip(run_onnx_all(ort_session(int8, threads=1), x), refs, strict=True):
+        assert out.shape == r.shape
+        assert torch.corrcoef(torch.stack([out.flatten(), r.flatten()]))[0, 1] > 0.9
+
+
+def test_export_command_segmenter_int8_with_miou(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert main([
+        "train", "--task", "segment", "--model", "lraspp_mobilenet_v3_small", "--width", "0.35", "--data", "embedded",
+        "--scenes", "4", "2", "--scene-size", "48", "--resolution", "32", "--epochs", "1", "--batch-size", "2",
+        "--out", str(run), "--workers", "0", "--threads", "1", "--no-progress",
+    ]) == 0  # fmt: skip
+    capsys.readouterr()
+    out = tmp_path / "seg.onnx"
+    assert main(["export", "--checkpoint", str(run), "--int8", "--calibration", "embedded", "--eval", "embedded",
+                 str(out), "--json"]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["task"] == "segment" and summary["fp32_max_abs_diff"] <= ONNX_ATOL
+    assert summary["calibration"]["images"] == 4  # the 4 training scenes the run was trained on
+    metrics = summary["metrics"]
+    assert set(metrics) == {"pytorch", "onnx_fp32", "onnx_int8"}
+    assert metrics["onnx_fp32"]["mIoU"] == pytest.approx(metrics["pytorch"]["mIoU"], abs=1e-3)
+    assert 0.0 <= metrics["onnx_int8"]["mIoU"] <= 1.0
+    # Exported with a dynamic height and width: the 48-px validation scenes ran on a graph traced at 32 px.
+    session = ort_session(out.with_suffix(".fp32.onnx"), threads=1)
+    assert run_onnx(session, torch.randn(1, 3, 40, 56)).shape == (1, 11, 40, 56)
+
+
+def test_export_command_detector_int8_with_map(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    from mobilenets.data.scenes import SceneConfig, write_split
+
+    scenes = tmp_path / "scenes"
+    objects = (np.tile(np.linspace(0, 255, 28, dtype=np.uint8), (10, 28, 1)), np.arange(10, dtype=np.uint8))
+    for split, n in (("train", 6), ("val", 3)):
+        write_split(scenes, split, n, SceneConfig(size=64, seed=2), objects=objects)
+    ckpt = tmp_path / "det.safetensors"
+    save_weights(trained_like("ssdlite_mobilenet_v3_small", width=0.5, num_classes=10), ckpt)
+    out = tmp_path / "det.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--resolution", "64", "--int8", "--calibration", str(scenes),
+                 "--eval", str(scenes), str(out), "--json"]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["calibration"]["images"] == 6
+    metrics = summary["metrics"]
+    assert set(metrics["onnx_int8"]) == {"mAP", "AP50", "AP75"}
+    assert metrics["onnx_fp32"] == pytest.approx(metrics["pytorch"], abs=1e-3)

@@ -32,10 +32,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=int, help="export resolution (default: the one the model was trained at)")
     p.add_argument("--int8", action="store_true", help="int8 static quantization, per-channel weights")
     p.add_argument(
-        "--calibration", help="calibration images: 'embedded', a Fashion-MNIST IDX folder or an image folder"
+        "--calibration",
+        help="calibration images: 'embedded', a Fashion-MNIST IDX folder or an image folder (classifiers); "
+        "'embedded' or the model's kind of data folder, training split (detectors, segmenters)",
     )
     p.add_argument("--calibration-count", type=int, default=512)
-    p.add_argument("--eval", dest="eval_data", help="also measure top-1 of PyTorch and the ONNX file(s) on this data")
+    p.add_argument(
+        "--eval", dest="eval_data",
+        help="also measure PyTorch and the ONNX file(s) on this data: top-1, or a detector's COCO mAP / a "
+        "segmenter's mIoU on its validation split ('embedded': the scenes the model was trained on)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
 
@@ -93,6 +99,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mobilenets.classification.task import eval_transform_of
+    from mobilenets.deploy.dense import calibration_batches as dense_calibration
+    from mobilenets.deploy.dense import task_metrics
     from mobilenets.deploy.evaluate import fused_top1, onnx_top1, torch_top1
     from mobilenets.deploy.export import calibration_batches, check_onnx, export_graph, export_onnx, quantize_onnx
     from mobilenets.engine.checkpoints import load_trained
@@ -100,8 +108,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.int8 and not args.calibration:
         raise ConfigError("--int8 needs --calibration DATA (real images to calibrate the activation ranges)")
     trained = load_trained(args.checkpoint)
-    if trained.task != "classify" and (args.int8 or args.eval_data):
-        raise ConfigError(f"--int8 and --eval support classifiers; {args.checkpoint} is a {trained.task!r} model")
     transform = eval_transform_of(trained.metadata, int(trained.args.get("resolution", 224)))
     if args.resolution:
         transform = dataclasses.replace(transform, resolution=args.resolution)
@@ -117,12 +123,22 @@ def cmd_export(args: argparse.Namespace) -> int:
         "resolution": resolution,
         "fp32_max_abs_diff": check_onnx(fp32, trained.model, x),
     }
+    dense = trained.task != "classify"
     if args.int8:
-        batches = calibration_batches(args.calibration, transform, args.calibration_count)
-        quantize_onnx(fp32, out, batches)
+        if dense:
+            batches = dense_calibration(trained, args.calibration, args.calibration_count, resolution)
+        else:
+            batches = calibration_batches(args.calibration, transform, args.calibration_count)
+        quantize_onnx(fp32, out, batches, glue_fp32=dense)
         summary["int8"] = str(out)
         summary["calibration"] = {"data": args.calibration, "images": sum(len(b) for b in batches)}
-    if args.eval_data:
+    if args.eval_data and dense:
+        data = args.eval_data
+        summary["metrics"] = {"pytorch": task_metrics(trained, data, resolution)}
+        summary["metrics"]["onnx_fp32"] = task_metrics(trained, data, resolution, fp32)
+        if args.int8:
+            summary["metrics"]["onnx_int8"] = task_metrics(trained, data, resolution, out)
+    elif args.eval_data:
         summary["top1"] = {"pytorch": torch_top1(trained.model, args.eval_data, transform, trained.metadata)}
         summary["top1"]["onnx_fp32"] = onnx_top1(fp32, args.eval_data, transform, trained.metadata)
         if args.int8:

@@ -57,13 +57,17 @@ def export_graph(model: nn.Module) -> tuple[nn.Module, tuple[str, ...]]:
 
 def export_onnx(model: nn.Module, path: str | Path, resolution: int, fold: bool = True) -> Path:
     """Write ``model`` (a classifier, segmenter or detector; see :func:`export_graph`) as ONNX with a dynamic
-    batch dimension at a fixed ``resolution``; BN folded first when ``fold``."""
+    batch dimension, traced at ``resolution``; BN folded first when ``fold``. A segmenter's height and width are
+    dynamic too (it takes any size, as in PyTorch); a classifier's and a detector's are fixed (a detector's
+    anchors are laid out for its input size)."""
     require("onnx")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph, outputs = export_graph(fold_batchnorm(model) if fold else model)
     in_chans = getattr(getattr(model, "config", None), "in_chans", 3)
     x = torch.randn(1, in_chans, resolution, resolution)
+    dense = getattr(model, "task", "classify") == "segment"
+    axes = {0: "batch", 2: "height", 3: "width"} if dense else {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about the Python-side input check
         torch.onnx.export(
@@ -72,7 +76,7 @@ def export_onnx(model: nn.Module, path: str | Path, resolution: int, fold: bool 
             str(path),
             input_names=[INPUT_NAME],
             output_names=list(outputs),
-            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *outputs)},
+            dynamic_axes={name: axes for name in (INPUT_NAME, *outputs)},
             opset_version=OPSET,
             dynamo=False,
         )
@@ -123,8 +127,20 @@ class _Reader:
         return None if batch is None else {INPUT_NAME: batch.numpy()}
 
 
-def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: Iterable[torch.Tensor]) -> Path:
-    """int8 static quantization of an fp32 export, calibrated on ``calibration`` (batches of N×C×H×W images)."""
+def glue_nodes(path: str | Path) -> list[str]:
+    """Names of the nodes of an exported graph that belong to no module: the exporter names a module's nodes
+    ``/module/.../Op`` and the top-level forward's own ones ``/Op`` (a detector's anchors, box decoding and
+    softmax; a segmenter's sum of branches and upsampling to the input size)."""
+    import onnx
+
+    return [n.name for n in onnx.load(str(path)).graph.node if n.name.count("/") < 2]
+
+
+def quantize_onnx(
+    fp32_path: str | Path, out_path: str | Path, calibration: Iterable[torch.Tensor], glue_fp32: bool = False
+) -> Path:
+    """int8 static quantization of an fp32 export, calibrated on ``calibration`` (batches of N×C×H×W images);
+    with ``glue_fp32`` the :func:`glue_nodes` stay fp32 (detectors and segmenters)."""
     require("onnxruntime")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -143,6 +159,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: Iter
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=glue_nodes(prepared) if glue_fp32 else [],
         )
     finally:
         prepared.unlink(missing_ok=True)

@@ -265,23 +265,33 @@ def _load(args: argparse.Namespace) -> Any:
     return trained, classes, int(trained.args.get("resolution", 320))
 
 
-def evaluate_main(args: argparse.Namespace) -> int:
-    """``mobilenets eval``: COCO AP, AP50, AP75, AP small/medium/large; ``--json``."""
-    trained, _, resolution = _load(args)
-    data = args.data or trained.args.get("val_data")
-    if data:
-        val = Path(data) / "annotations.json" if Path(data).is_dir() else Path(data)
-        if Path(data).is_dir() and not val.is_file():
-            val = Path(data) / "val" / "annotations.json"
+def split_of(trained: Any, data: str | None, resolution: int, split: str = "val") -> CocoDetection:
+    """A trained detector's ``split`` at ``resolution`` in the eval transform: ``data`` (default: what it was
+    trained on; for "val" its ``--val-data`` first) is 'embedded', a COCO annotations file or a folder holding
+    one (or ``train/`` and ``val/`` ones)."""
+    data = data or (trained.args.get("val_data") if split == "val" else None)
+    if data and data != EMBEDDED:
+        path = Path(data) / "annotations.json" if Path(data).is_dir() else Path(data)
+        if Path(data).is_dir() and not path.is_file():
+            path = Path(data) / split / "annotations.json"
     else:
-        _, val = resolve_data(trained.args.get("data", EMBEDDED), None)
-    dataset = CocoDetection(val, transform=EvalTransform(_size(resolution)))
+        train, val = resolve_data(data or trained.args.get("data", EMBEDDED), None)
+        path = val if split == "val" else train
+    dataset = CocoDetection(path, transform=EvalTransform(_size(resolution)))
     _report_problems(dataset)
     if dataset.num_classes != trained.model.config.num_classes:
         raise InputError(
-            f"{val} has {dataset.num_classes} categories but checkpoint {trained.path} was trained for "
+            f"{path} has {dataset.num_classes} categories but checkpoint {trained.path} was trained for "
             f"{trained.model.config.num_classes}"
         )
+    return dataset
+
+
+def evaluate_main(args: argparse.Namespace) -> int:
+    """``mobilenets eval``: COCO AP, AP50, AP75, AP small/medium/large; ``--json``."""
+    trained, _, resolution = _load(args)
+    dataset = split_of(trained, args.data, resolution)
+    val = dataset.source
     loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate, num_workers=args.workers)
     device = next(trained.model.parameters()).device
     batches = ({"images": b["images"].to(device), "targets": b["targets"]} for b in loader)

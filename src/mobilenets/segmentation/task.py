@@ -185,21 +185,27 @@ def _load(args: argparse.Namespace) -> Any:
     return load_trained(args.checkpoint, device), device
 
 
-def evaluate_main(args: argparse.Namespace) -> int:
-    """``mobilenets eval``: mIoU, per-class IoU and pixel accuracy (single scale, or ``--scales``/``--flip``/``--mf``),
-    with the strategy's multiply-adds per image."""
-    trained, device = _load(args)
+def split_of(trained: Any, data: str | None, split: str = "val") -> tuple[str, list[str], Dataset]:
+    """(data, class names, dataset) of a trained segmenter's ``split`` in its eval transform: ``data`` (default:
+    the data it was trained on) is 'embedded' — the scenes it was trained with, same count and size — a VOC folder
+    or a train/ + val/ images/masks folder."""
     targs = trained.args
     classes = list(trained.metadata.get("classes") or [str(i) for i in range(trained.model.config.num_classes)])
     mean, std = tuple(trained.metadata.get("mean", (0.485, 0.456, 0.406))), tuple(trained.metadata.get("std", ()))
     transform = SegTransform(mean=mean, std=std or (0.229, 0.224, 0.225))
-    data = args.data or targs.get("val_data") or targs.get("data") or EMBEDDED
+    data = data or (targs.get("val_data") if split == "val" else None) or targs.get("data") or EMBEDDED
     if data == EMBEDDED:
-        n_val = (targs.get("scenes") or (2000, 200))[1]
+        count = (targs.get("scenes") or (2000, 200))[split == "val"]
         size = int(targs.get("scene_size") or 128)
-        dataset: Dataset = SceneDataset("val", n_val, size, transform)
-    else:
-        dataset = SegmentationDataset(pairs_for(data, "val"), len(classes), transform)
+        return data, classes, SceneDataset(split, count, size, transform)
+    return data, classes, SegmentationDataset(pairs_for(data, split), len(classes), transform)
+
+
+def evaluate_main(args: argparse.Namespace) -> int:
+    """``mobilenets eval``: mIoU, per-class IoU and pixel accuracy (single scale, or ``--scales``/``--flip``/``--mf``),
+    with the strategy's multiply-adds per image."""
+    trained, device = _load(args)
+    data, classes, dataset = split_of(trained, args.data)
     loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate, num_workers=args.workers)
     scales, flip = _strategy(args)
     batches = ({k: v.to(device) for k, v in b.items()} for b in loader)

@@ -1,0 +1,83 @@
+"""Detectors and segmenters through ONNX Runtime, fp32 and int8: calibration scenes and each task's own metric
+(COCO mAP for SSDLite, mIoU for DeepLabv3 / LR-ASPP), for PyTorch and for the exported files alike.
+
+What int8 covers: every node inside the network's modules (backbone, extra layers, predictors, segmentation
+head), as for classifiers; the graph-level glue stays fp32 — a detector's anchor generation, box decoding and
+softmax (quantising box coordinates to 256 steps of the image would move every box), a segmenter's final
+upsampling to the input size and its sum of branch logits (``export.glue_nodes`` names them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from mobilenets.errors import InputError
+
+CALIBRATION_BATCH = 16  # images per calibration batch
+
+
+def _loader(trained: Any, data: str | None, split: str, resolution: int, batch: int, count: int | None) -> Any:
+    """(dataset, loader) of a trained detector's or segmenter's ``split`` in its eval transform."""
+    if trained.task == "detect":
+        from mobilenets.detection.data import collate
+        from mobilenets.detection.task import split_of as detection_split
+
+        dataset: Any = detection_split(trained, data, resolution, split)
+    else:
+        from mobilenets.segmentation.data import collate  # type: ignore[assignment]
+        from mobilenets.segmentation.task import split_of as segmentation_split
+
+        _, _, dataset = segmentation_split(trained, data, split)
+    if len(dataset) == 0:
+        raise InputError(f"no {split} images for {trained.path} in {data or 'its training data'}")
+    items = dataset if count is None else Subset(dataset, range(min(count, len(dataset))))
+    return dataset, DataLoader(items, batch_size=batch, collate_fn=collate)
+
+
+def calibration_batches(trained: Any, data: str, count: int, resolution: int) -> list[torch.Tensor]:
+    """The first ``count`` training images of ``data`` ('embedded': the scenes the model was trained on) in the
+    model's eval transform; a detector's at ``resolution``, a segmenter's at their own size (scenes of one size
+    are batched; images of other sizes are padded as evaluation pads them)."""
+    _, loader = _loader(trained, data, "train", resolution, CALIBRATION_BATCH, count)
+    return [b["images"] for b in loader]
+
+
+class _OnnxDetector:
+    """``predict`` over an exported detector: ONNX Runtime's boxes and scores, then the model's own NMS."""
+
+    def __init__(self, session: Any, detector: Any) -> None:
+        self.session, self.detector = session, detector
+
+    def predict(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        from mobilenets.deploy.export import run_onnx_all
+
+        boxes, scores = run_onnx_all(self.session, x)
+        return self.detector.select(boxes, scores, (x.shape[-2], x.shape[-1]))
+
+
+def task_metrics(trained: Any, data: str | None, resolution: int, onnx_path: str | Path | None = None,
+                 batch: int = 16) -> dict[str, float]:  # fmt: skip
+    """The task's metric on ``data``'s validation split: COCO AP / AP50 / AP75 for a detector, mIoU and pixel
+    accuracy for a segmenter (single scale), through PyTorch or, with ``onnx_path``, ONNX Runtime."""
+    from mobilenets.deploy.export import ort_session, run_onnx
+
+    model = trained.model.eval()
+    session = ort_session(onnx_path) if onnx_path is not None else None
+    dataset, loader = _loader(trained, data, "val", resolution, batch, None)
+    if trained.task == "detect":
+        from mobilenets.detection.task import coco_metrics, detect_batches
+
+        predictor: Any = model if session is None else _OnnxDetector(session, model)
+        metrics = coco_metrics(dataset, detect_batches(predictor, loader, dataset.category_ids))
+        return {k: metrics[k] for k in ("mAP", "AP50", "AP75")}
+    from mobilenets.segmentation.metrics import summarise
+    from mobilenets.segmentation.task import accumulate
+
+    logits: Callable[[torch.Tensor], torch.Tensor] = model if session is None else lambda x: run_onnx(session, x)
+    result = summarise(accumulate(logits, loader, model.config.num_classes))
+    return {"mIoU": float(result["miou"]), "pixel_acc": float(result["pixel_acc"])}  # type: ignore[arg-type]
