@@ -185,7 +185,7 @@ def test_export_command_segmenter_int8_with_miou(tmp_path: Path, capsys: pytest.
     capsys.readouterr()
     out = tmp_path / "seg.onnx"
     assert main(["export", "--checkpoint", str(run), "--int8", "--calibration", "embedded", "--eval", "embedded",
-                 str(out), "--json"]) == 0  # fmt: skip
+                 "--latency-runs", "5", "--threads", "1", str(out), "--json"]) == 0  # fmt: skip
     summary = json.loads(capsys.readouterr().out)
     assert summary["task"] == "segment" and summary["fp32_max_abs_diff"] <= ONNX_ATOL
     assert summary["calibration"]["images"] == 4  # the 4 training scenes the run was trained on
@@ -193,6 +193,9 @@ def test_export_command_segmenter_int8_with_miou(tmp_path: Path, capsys: pytest.
     assert set(metrics) == {"pytorch", "onnx_fp32", "onnx_int8"}
     assert metrics["onnx_fp32"]["mIoU"] == pytest.approx(metrics["pytorch"]["mIoU"], abs=1e-3)
     assert 0.0 <= metrics["onnx_int8"]["mIoU"] <= 1.0
+    latency = summary["latency"]
+    assert set(latency["batch1_ms_median"]) == {"pytorch", "onnx_fp32", "onnx_int8"}
+    assert min(latency["batch1_ms_median"].values()) > 0 and latency["speedup_over_onnx_fp32"]["onnx_int8"] > 0
     # Exported with a dynamic height and width: the 48-px validation scenes ran on a graph traced at 32 px.
     session = ort_session(out.with_suffix(".fp32.onnx"), threads=1)
     assert run_onnx(session, torch.randn(1, 3, 40, 56)).shape == (1, 11, 40, 56)

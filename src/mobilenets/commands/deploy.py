@@ -42,6 +42,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="also measure PyTorch and the ONNX file(s) on this data: top-1, or a detector's COCO mAP / a "
         "segmenter's mIoU on its validation split ('embedded': the scenes the model was trained on)",
     )  # fmt: skip
+    p.add_argument(
+        "--latency-runs", type=int, default=0, metavar="N",
+        help="also time PyTorch and the ONNX file(s) on one image at the export resolution: N calls each, "
+        "interleaved in 5 rounds, medians (the network alone: a detector's NMS is not timed)",
+    )  # fmt: skip
+    p.add_argument("--threads", type=int, default=2, help="threads for --latency-runs (PyTorch and ONNX Runtime)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
 
@@ -151,12 +157,43 @@ def cmd_export(args: argparse.Namespace) -> int:
                 )
         except MobilenetsError as e:
             summary["fused_engine"] = f"skipped: {e}"
+    if args.latency_runs > 0:
+        files = {"onnx_fp32": fp32, **({"onnx_int8": out} if args.int8 else {})}
+        summary["latency"] = export_latency(trained.model, files, x[:1], args.latency_runs, args.threads)
     if args.json:
         print_json(summary)
     else:
         for key, value in summary.items():
             print(f"{key:18s} {value}")
     return 0
+
+
+def export_latency(model: torch.nn.Module, files: dict, x: torch.Tensor, runs: int, threads: int) -> dict:
+    """Batch-1 median milliseconds of ``model`` (PyTorch eager, the graph the ONNX files hold) and of each ONNX
+    file in ONNX Runtime, ``runs`` calls each spread over 5 interleaved rounds, and each file's speed-up over the
+    first (fp32) file."""
+    import statistics
+    import time
+
+    from mobilenets.analysis.bench import time_calls
+    from mobilenets.deploy.export import export_graph, ort_session, run_onnx_all
+
+    torch.set_num_threads(threads)
+    graph, _ = export_graph(model)
+    sessions = {name: ort_session(f, threads) for name, f in files.items()}
+    paths = {"pytorch": graph, **{name: (lambda x, s=s: run_onnx_all(s, x)) for name, s in sessions.items()}}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    rounds = min(5, runs)
+    with torch.no_grad():
+        for r in range(rounds):
+            for name, fn in paths.items():
+                time.sleep(0.2)  # let the previous runtime's spinning worker threads stop (see measure_interleaved)
+                times[name] += time_calls(lambda fn=fn: fn(x), runs // rounds + (r < runs % rounds), warmup=3)
+    medians = {name: round(statistics.median(t), 2) for name, t in times.items()}
+    first = next(iter(files))
+    report: dict = {"threads": threads, "runs": runs, "batch1_ms_median": medians}
+    report["speedup_over_" + first] = {n: round(medians[first] / medians[n], 2) for n in files if n != first}
+    return report
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
