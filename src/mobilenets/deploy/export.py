@@ -66,8 +66,8 @@ def export_onnx(model: nn.Module, path: str | Path, resolution: int, fold: bool 
     graph, outputs = export_graph(fold_batchnorm(model) if fold else model)
     in_chans = getattr(getattr(model, "config", None), "in_chans", 3)
     x = torch.randn(1, in_chans, resolution, resolution)
-    dense = getattr(model, "task", "classify") == "segment"
-    axes = {0: "batch", 2: "height", 3: "width"} if dense else {0: "batch"}
+    any_size = getattr(model, "task", "classify") == "segment"
+    axes = {0: "batch", 2: "height", 3: "width"} if any_size else {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about the Python-side input check
         torch.onnx.export(
