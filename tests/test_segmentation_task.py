@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from mobilenets import create_model
+from mobilenets.checkpoint import save_weights
 from mobilenets.cli import main
 from mobilenets.segmentation.inference import DEEPLAB_EVAL_SCALES, predict_probs, scaled_size
 from mobilenets.segmentation.task import SegmentTask
@@ -116,3 +118,16 @@ def test_num_classes_checked_against_data() -> None:
     )  # fmt: skip
     with pytest.raises(Exception, match="num-classes 21"):
         SegmentTask(args)
+
+
+def test_embedded_scenes_refused_for_a_model_of_another_class_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A VOC-sized (21-class) segmenter scored on the 11-class scenes would give a meaningless mIoU: refused.
+    ckpt = tmp_path / "voc.safetensors"
+    save_weights(create_model("lraspp_mobilenet_v3_small", width=0.35, num_classes=21), ckpt)
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", "embedded", "--workers", "0"]) == 2
+    assert "trained for 21" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(ckpt), "--resolution", "32", "--eval", "embedded",
+                 str(tmp_path / "m.onnx")]) == 2  # fmt: skip
+    assert "trained for 21" in capsys.readouterr().err

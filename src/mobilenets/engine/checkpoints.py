@@ -18,7 +18,7 @@ from safetensors.torch import safe_open, save_file
 from torch import nn
 
 from mobilenets.checkpoint import META_KEY, atomic_write, load_into, model_config, read_weights
-from mobilenets.errors import CheckpointError
+from mobilenets.errors import CheckpointError, MobilenetsError
 from mobilenets.registry import create_model
 
 TRAIN_META_KEY = "mobilenets.train"  # task name, train args, task metadata, epoch, step
@@ -135,10 +135,16 @@ def resolve_weights(path: str | Path) -> Path:
 
 
 def task_of(path: str | Path) -> str | None:
-    """The task a checkpoint was trained for, or None when it is not one of ours (or does not exist)."""
+    """The task a checkpoint was trained for (for a plain ``save_weights`` file: its model's), or None when it is
+    not one of ours (or does not exist)."""
     try:
-        return read_train_meta(resolve_weights(path)).get("task")
-    except CheckpointError:
+        weights = resolve_weights(path)
+        task = read_train_meta(weights).get("task")
+        if task is None:
+            name, _, _ = read_weights(weights)
+            task = getattr(create_model(name), "task", "classify")
+        return task
+    except MobilenetsError:  # unreadable, or a model name we do not know: loading it will say so
         return None
 
 

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mobilenets.data.images import UnreadableImage, load_rgb
 from mobilenets.data.transforms import to_tensor
-from mobilenets.errors import ConfigError
+from mobilenets.errors import ConfigError, InputError
 from mobilenets.registry import create_model
 from mobilenets.segmentation.data import (
     EMBEDDED,
@@ -195,6 +195,11 @@ def split_of(trained: Any, data: str | None, split: str = "val") -> tuple[str, l
     transform = SegTransform(mean=mean, std=std or (0.229, 0.224, 0.225))
     data = data or (targs.get("val_data") if split == "val" else None) or targs.get("data") or EMBEDDED
     if data == EMBEDDED:
+        if len(classes) != len(scene_classes()):
+            raise InputError(
+                f"the embedded scenes have {len(scene_classes())} classes but checkpoint {trained.path} was trained "
+                f"for {len(classes)}"
+            )
         count = (targs.get("scenes") or (2000, 200))[split == "val"]
         size = int(targs.get("scene_size") or 128)
         return data, classes, SceneDataset(split, count, size, transform)
