@@ -166,3 +166,27 @@ def test_embedded_scenes_are_deterministic_and_labelled() -> None:
     assert first["image"].shape == (3, 64, 64)
     values = set(torch.cat([ds[i]["mask"].unique() for i in range(3)]).tolist())
     assert values <= set(range(11)) | {255} and len(values - {0, 255}) > 0
+
+
+def test_export_int8_calibrates_and_scores_on_a_voc_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A VOC-trained segmenter (21 classes, a plain weights file) quantised on VOC's train list and scored on its
+    val list; the images are 24×32, not the 32×32 the graph was traced at."""
+    pytest.importorskip("onnxruntime")
+    import json
+
+    from mobilenets import create_model
+    from mobilenets.checkpoint import save_weights
+    from mobilenets.cli import main
+
+    root = _voc(tmp_path / "VOC2012", ["a", "b", "c"])
+    ckpt = tmp_path / "voc.safetensors"
+    torch.manual_seed(0)
+    save_weights(create_model("lraspp_mobilenet_v3_small", width=0.35, num_classes=21).eval(), ckpt)
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--resolution", "32", "--int8", "--calibration", str(root),
+                 "--eval", str(root), str(out), "--json"]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["calibration"]["images"] == 3  # the train list
+    metrics = summary["metrics"]
+    assert metrics["onnx_fp32"] == pytest.approx(metrics["pytorch"], abs=1e-3)
+    assert 0.0 <= metrics["onnx_int8"]["pixel_acc"] <= 1.0
