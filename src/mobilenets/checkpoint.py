@@ -52,21 +52,30 @@ def save_weights(model: nn.Module, path: str | Path, name: str | None = None) ->
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
-def read_weights(path: str | Path) -> tuple[str, dict[str, object], dict[str, torch.Tensor]]:
-    """Return (model name, config, state dict) from a file written by ``save_weights``."""
+def read_info(path: str | Path) -> tuple[str, dict[str, object]]:
+    """(model name, config) from a file written by ``save_weights``, without loading its tensors."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {path} as safetensors: {e}") from None
     if META_KEY not in meta:
         raise CheckpointError(f"{path} has no mobilenets metadata; convert it first with `mobilenets convert`")
     info = json.loads(meta[META_KEY])
-    return info["model"], info["config"], state
+    return info["model"], info["config"]
+
+
+def read_weights(path: str | Path) -> tuple[str, dict[str, object], dict[str, torch.Tensor]]:
+    """Return (model name, config, state dict) from a file written by ``save_weights``."""
+    name, config = read_info(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path} as safetensors: {e}") from None
+    return name, config, state
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:

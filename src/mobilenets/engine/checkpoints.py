@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 from torch import nn
 
-from mobilenets.checkpoint import META_KEY, atomic_write, load_into, model_config, read_weights
+from mobilenets.checkpoint import META_KEY, atomic_write, load_into, model_config, read_info, read_weights
 from mobilenets.errors import CheckpointError, MobilenetsError
 from mobilenets.registry import create_model
 
@@ -141,7 +141,7 @@ def task_of(path: str | Path) -> str | None:
         weights = resolve_weights(path)
         task = read_train_meta(weights).get("task")
         if task is None:
-            name, _, _ = read_weights(weights)
+            name, _ = read_info(weights)
             task = getattr(create_model(name), "task", "classify")
         return task
     except MobilenetsError:  # unreadable, or a model name we do not know: loading it will say so
@@ -162,7 +162,7 @@ class Trained:
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Trained:
     """Load a checkpoint written by the engine (or a plain ``save_weights`` file: the task is the model's)."""
     weights = resolve_weights(path)
-    name, _, _ = read_weights(weights)
+    name, _ = read_info(weights)
     meta = read_train_meta(weights)
     model = create_model(name, weights=weights)
     model.to(device).eval()
