@@ -134,6 +134,21 @@ class Candidate:
     note: str = ""
 
 
+def interleaved_times(
+    calls: dict[str, Callable[[], object]], runs: int, rounds: int, pause_s: float = 0.2
+) -> dict[str, list[float]]:
+    """Milliseconds of ``runs`` calls of each entry, spread over ``rounds`` round-robin passes (each block: a sleep
+    of ``pause_s``, 2 untimed calls, then its share of the timed ones); see :func:`measure_interleaved`."""
+    rounds = max(1, min(rounds, runs))
+    per_round = [runs // rounds + (r < runs % rounds) for r in range(rounds)]
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for r in range(rounds):
+        for name, call in calls.items():
+            time.sleep(pause_s)
+            times[name] += time_calls(call, per_round[r], warmup=2)
+    return times
+
+
 def measure_interleaved(
     candidates: list[Candidate],
     x1: torch.Tensor,
@@ -151,9 +166,6 @@ def measure_interleaved(
     sleeps ``pause_s``: the previous runtime's worker threads spin-wait for a while after their last call, and on a
     2-core machine that spinning would be charged to the next runtime (measured: ONNX Runtime fp32 8.3 ms right after
     PyTorch paths without the pause, 5.2 ms when it ran on its own)."""
-    rounds = max(1, min(rounds, runs))
-    per_round = [runs // rounds + (r < runs % rounds) for r in range(rounds)]
-    b1: dict[str, list[float]] = {c.name: [] for c in candidates}
     b32: dict[str, list[float]] = {c.name: [] for c in candidates}
     diffs: dict[str, float | None] = {}
     with torch.no_grad():
@@ -161,10 +173,8 @@ def measure_interleaved(
             diffs[c.name] = float((c.predict(x1) - reference).abs().max()) if c.compare else None
             time_calls(lambda c=c: c.predict(x1), 0, warmup=max(3, runs // 10))
             time_calls(lambda c=c: c.predict(x32), 0, warmup=1)
-        for r in range(rounds):
-            for c in candidates:
-                time.sleep(pause_s)
-                b1[c.name] += time_calls(lambda c=c: c.predict(x1), per_round[r], warmup=2)
+        calls = {c.name: (lambda c=c: c.predict(x1)) for c in candidates}
+        b1 = interleaved_times(calls, runs, rounds, pause_s)
         for _ in range(batch32_runs):
             for c in candidates:
                 time.sleep(pause_s)

@@ -170,25 +170,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def export_latency(model: torch.nn.Module, files: dict, x: torch.Tensor, runs: int, threads: int) -> dict:
     """Batch-1 median milliseconds of ``model`` (PyTorch eager, the graph the ONNX files hold) and of each ONNX
-    file in ONNX Runtime, ``runs`` calls each spread over 5 interleaved rounds, and each file's speed-up over the
-    first (fp32) file."""
+    file in ONNX Runtime, ``runs`` calls each spread over 5 interleaved rounds (as the benchmark times them), and
+    each file's speed-up over the first (fp32) file."""
     import statistics
-    import time
 
-    from mobilenets.analysis.bench import time_calls
+    from mobilenets.analysis.bench import interleaved_times
     from mobilenets.deploy.export import export_graph, ort_session, run_onnx_all
 
     torch.set_num_threads(threads)
     graph, _ = export_graph(model)
     sessions = {name: ort_session(f, threads) for name, f in files.items()}
-    paths = {"pytorch": graph, **{name: (lambda x, s=s: run_onnx_all(s, x)) for name, s in sessions.items()}}
-    times: dict[str, list[float]] = {name: [] for name in paths}
-    rounds = min(5, runs)
+    calls = {"pytorch": lambda: graph(x), **{name: (lambda s=s: run_onnx_all(s, x)) for name, s in sessions.items()}}
     with torch.no_grad():
-        for r in range(rounds):
-            for name, fn in paths.items():
-                time.sleep(0.2)  # let the previous runtime's spinning worker threads stop (see measure_interleaved)
-                times[name] += time_calls(lambda fn=fn: fn(x), runs // rounds + (r < runs % rounds), warmup=3)
+        times = interleaved_times(calls, runs, rounds=5)
     medians = {name: round(statistics.median(t), 2) for name, t in times.items()}
     first = next(iter(files))
     report: dict = {"threads": threads, "runs": runs, "batch1_ms_median": medians}
