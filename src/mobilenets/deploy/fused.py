@@ -4,11 +4,11 @@ AVX2 + FMA, CPU).
 ``FusedEngine(model)`` folds BatchNorm, packs the weights for the C++ kernels and runs NCHW batches; its logits
 equal the eager model's within float rounding (``tests/test_fused.py``: ≤ 1e-4). ``FusedEngine(model,
 calibration=batches)`` runs the stem, the 1×1 convolutions and the classifier in int8 (7-bit activation codes ×
-int8 weights within ±63), calibrated on real images
-(its error is that of its fake-quantised twin, ``tests/test_fused.py``). What it does that a graph
-runtime does not (V2 §5.1's hardware argument): inverted residual blocks on wide maps never materialise their
-expansion — each thread streams its rows through a ring of three expanded rows and projects every depthwise
-output row at once — and the whole network runs in one parallel region with a spin barrier per block.
+int8 weights within ±63), calibrated on real images (its error is that of its fake-quantised twin,
+``tests/test_fused.py``). What it does that a graph runtime does not (V2 §5.1's hardware argument): inverted
+residual blocks on wide maps never materialise their expansion — each thread streams its rows through a ring of
+three expanded rows and projects every depthwise output row at once — and the whole network runs in one parallel
+region with a spin barrier per block.
 
 The library is compiled on first use with the system C++ compiler (``$CXX``, default ``g++``) into
 ``$MOBILENETS_CACHE`` (default ``~/.cache/mobilenets``), keyed by the source's hash; ``EngineUnavailable``
