@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from mobilenets.deploy.fold import fold_batchnorm
-from mobilenets.errors import ConfigError, MobilenetsError
+from mobilenets.errors import ConfigError, InputError, MobilenetsError
 from mobilenets.models.blocks import DepthwiseSeparable, InvertedResidual
 from mobilenets.models.layers import ConvBNAct
 from mobilenets.models.mobilenet import MobileNet, check_image_batch
@@ -39,6 +39,7 @@ from mobilenets.models.mobilenet import MobileNet, check_image_batch
 SOURCE = Path(__file__).with_name("fused_engine.cpp")
 _STEM, _BLOCK, _POINTWISE, _POOL_FC = 1, 2, 3, 4
 _ACTS = {"linear": 0, "relu": 1, "relu6": 2}
+MAX_HEIGHT = 65533  # the engine shares out rows in 16-bit counters (the stem's: height + 2)
 
 
 class EngineUnavailable(MobilenetsError):
@@ -413,6 +414,8 @@ class FusedEngine:
         check_image_batch(x, self.in_chans)
         x = x.detach().to(torch.float32).contiguous()
         n, c, h, w = x.shape
+        if h > MAX_HEIGHT:
+            raise InputError(f"the fused engine takes images at most {MAX_HEIGHT} px high, got {h}")
         stride = (self.outputs + 7) // 8 * 8
         out = torch.empty(n, stride, dtype=torch.float32)
         status = self.lib.mn_run(

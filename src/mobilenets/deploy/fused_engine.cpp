@@ -4,8 +4,9 @@
 // materialised whole. For large feature maps each thread keeps a ring of three expanded rows, computes one
 // depthwise output row from them and projects it straight away, so the t-times-wider tensor lives only in
 // the core's cache. Small maps (whose expansion fits in L2 anyway) run layer by layer with the threads
-// splitting output channels. One parallel region covers the whole network; threads meet at a spin barrier
-// after each block instead of a thread-pool dispatch per operator.
+// sharing out channel panels. One parallel region covers the whole network; threads meet at a spin barrier
+// after each block instead of a thread-pool dispatch per operator, and take rows and panels as they go (see
+// Share) rather than a fixed share each.
 //
 // Layout: activations NHWC fp32; 1×1 weights packed K-major in panels of 16 output channels (the last panel
 // may be 8 wide); depthwise weights [9][C]; BatchNorm already folded into every convolution (fused.py).
@@ -29,6 +30,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <pthread.h>
 #include <thread>
@@ -444,6 +446,97 @@ struct Barrier {
   }
 };
 
+// Work is shared out while it runs, not fixed in advance: on this shared host one vCPU is often slowed by a
+// neighbour for a while, and with a fixed half each the other thread then waited at the barrier (measured: up to
+// a quarter of a call). Each thread owns one contiguous segment of a region's items (rows, or channel panels) and
+// takes them from the front, in order (a ring of expanded rows carries over from one to the next); a thread done
+// with its own takes what is left of the others' from the back. A segment's state is one word: the region it
+// belongs to (epoch, 32 bits), then its front and back (16 bits each); a state of an earlier region reads as
+// the whole segment untaken, so nothing needs resetting between regions (a barrier separates them).
+struct alignas(64) Segment {
+  std::atomic<uint64_t> state{0};
+};
+
+constexpr int kMaxItems = 65535;  // front and back are 16-bit
+
+// What the threads sharing one image share.
+struct Team {
+  explicit Team(int n) : threads(n), segments(new Segment[n]) { bar.threads = n; }
+  int threads;
+  Barrier bar;
+  std::unique_ptr<Segment[]> segments;
+};
+
+// One thread of a team.
+struct Member {
+  Team& team;
+  int t;
+  uint32_t epoch = 0;  // regions begun so far; every thread begins the same ones
+  int threads() const { return team.threads; }
+  void wait() { team.bar.wait(); }
+};
+
+inline void split(int n, int t, int threads, int* lo, int* hi) {
+  *lo = static_cast<int>(static_cast<int64_t>(n) * t / threads);
+  *hi = static_cast<int>(static_cast<int64_t>(n) * (t + 1) / threads);
+}
+
+// One region's units [0, units) as one thread of the team sees them, the items being chunks of `per` units (the
+// last may be shorter). Every thread of the team must open the region and drain it, and a barrier must come
+// before the next region's items are taken.
+class Share {
+ public:
+  Share(Member& m, int units, int per = 1)
+      : m_(m), units_(units), per_(per), n_((units + per - 1) / per), epoch_(++m.epoch), seg_(m.t) {}
+
+  // The units [*lo, *hi) of this thread's next item; false once none is left anywhere.
+  bool next(int* lo, int* hi) {
+    const int item = next();
+    if (item < 0) return false;
+    *lo = item * per_, *hi = std::min(units_, *lo + per_);
+    return true;
+  }
+
+  // This thread's next item, -1 once none is left anywhere.
+  int next() {
+    const int T = m_.threads();
+    if (T == 1) return alone_ < n_ ? alone_++ : -1;
+    for (; tried_ < T; ++tried_, seg_ = (seg_ + 1) % T) {
+      int lo, hi;
+      split(n_, seg_, T, &lo, &hi);
+      const int item = take(m_.team.segments[seg_].state, lo, hi, seg_ != m_.t);
+      if (item >= 0) return item;
+    }
+    return -1;
+  }
+
+ private:
+  int take(std::atomic<uint64_t>& state, int lo, int hi, bool from_back) const {
+    uint64_t cur = state.load(std::memory_order_relaxed);
+    for (;;) {
+      int front = lo, back = hi;
+      if (cur >> 32 == epoch_) front = static_cast<int>(cur & 0xffff), back = static_cast<int>((cur >> 16) & 0xffff);
+      if (front >= back) return -1;
+      const int item = from_back ? --back : front++;
+      const uint64_t next = (static_cast<uint64_t>(epoch_) << 32) | (static_cast<uint64_t>(back) << 16) |
+                            static_cast<uint64_t>(front);
+      if (state.compare_exchange_weak(cur, next, std::memory_order_relaxed)) return item;
+    }
+  }
+
+  Member& m_;
+  const int units_, per_, n_;
+  const uint32_t epoch_;
+  int seg_, tried_ = 0;
+  int alone_ = 0;  // a team of one takes the items in order, no atomics needed
+};
+
+// Channel panels in chunks: about eight per thread (one panel each balanced no better and cost 2 % more, one
+// thread alone 4 %: measured), all in one for a thread alone.
+inline int panel_chunk(int n, int threads) {
+  return threads == 1 ? std::max(n, 1) : std::max(1, (n + 8 * threads - 1) / (8 * threads));
+}
+
 // Sizes of every buffer, from one walk over the program (the run and the scratch query share it).
 struct Plan {
   int64_t act = 0;        // largest activation map (floats), two of them ping-pong
@@ -525,24 +618,18 @@ Scratch carve(const Plan& p, int threads, float* base) {
   return s;
 }
 
-inline void split(int n, int t, int threads, int* lo, int* hi) {
-  *lo = static_cast<int>(static_cast<int64_t>(n) * t / threads);
-  *hi = static_cast<int>(static_cast<int64_t>(n) * (t + 1) / threads);
-}
-
 // Stem: 3×3 convolution, stride s, padding 1, as a GEMM over gathered patches. The threads first copy the NCHW
 // image into a padded NHWC buffer (their share of its rows), so that each output pixel's 3×3×C patch is three
 // contiguous runs of 3·C values. T = float: fp32. T = uint8_t: the image quantised to the int8 GEMM's codes (the
 // padding is the zero point, i.e. 0.0) and K = 9·C rounded up to 8, the extra values meeting zero weights.
 template <typename T>
-void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho, int Wo, T* padded, T* col, int t,
-              int threads, Barrier& bar) {
+void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho, int Wo, T* padded, T* col,
+              Member& me) {
   constexpr bool kInt8 = std::is_same_v<T, uint8_t>;
   const int C = L.stem_in_chans, Wp = W + 2, K = L.cin, run = 3 * C;
   const T pad = kInt8 ? static_cast<T>(L.out.zero) : T(0);
-  int y0, y1;
-  split(H + 2, t, threads, &y0, &y1);
-  for (int y = y0; y < y1; ++y) {
+  Share copy(me, H + 2);
+  for (int y; (y = copy.next()) >= 0;) {
     T* row = padded + static_cast<int64_t>(y) * Wp * C;
     if (y == 0 || y == H + 1) {
       std::fill(row, row + static_cast<int64_t>(Wp) * C, pad);
@@ -572,9 +659,9 @@ void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho
       }
     }
   }
-  bar.wait();
-  split(Ho, t, threads, &y0, &y1);
-  for (int y = y0; y < y1; ++y) {
+  me.wait();
+  Share rows(me, Ho);
+  for (int y; (y = rows.next()) >= 0;) {
     for (int x = 0; x < Wo; ++x) {
       T* c = col + static_cast<int64_t>(x) * K;  // (ky, kx, ci) order, as fused.py packs the weights
       const T* src = padded + (static_cast<int64_t>(y * L.stride) * Wp + x * L.stride) * C;
@@ -605,24 +692,23 @@ void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho
 
 // A block on a wide map: each thread streams its output rows through a ring of three expanded rows.
 void run_block_rows(const Layer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* ring,
-                    uint8_t* qrow, int t, int T) {
+                    uint8_t* qrow, Member& me) {
   const int E = L.cmid;
   const int64_t row_in = static_cast<int64_t>(W) * L.cin, row_e = static_cast<int64_t>(W) * E;
   float* slots = ring;                 // 3 rows of W × E
   float* dw = ring + 3 * row_e;        // one depthwise output row (Wo × E)
   float* zero = dw + row_e;            // padding row
   std::memset(zero, 0, sizeof(float) * row_e);
-  int y0, y1;
-  split(Ho, t, T, &y0, &y1);
-  int next = 0;  // next input row to expand
+  int held[3] = {-1, -1, -1};  // the input row each slot holds (row r goes to slot r % 3)
   const float* rows[3];
-  for (int y = y0; y < y1; ++y) {
+  Share share(me, Ho);
+  for (int y; (y = share.next()) >= 0;) {
     const int lo = y * L.stride - 1;
-    next = std::max(next, std::max(lo, 0));  // rows above the window are never needed again
-    for (; next <= std::min(lo + 2, H - 1); ++next) {
-      if (!L.has_expand) continue;
-      conv1x1(L.expand, W, E, L.cin, in + next * row_in, L.cin, nullptr, slots + (next % 3) * row_e, E, nullptr, 0,
+    for (int r = std::max(lo, 0); L.has_expand && r <= std::min(lo + 2, H - 1); ++r) {
+      if (held[r % 3] == r) continue;
+      conv1x1(L.expand, W, E, L.cin, in + r * row_in, L.cin, nullptr, slots + (r % 3) * row_e, E, nullptr, 0,
               L.act_mid, 0, panels(E), qrow);
+      held[r % 3] = r;
     }
     for (int k = 0; k < 3; ++k) {
       const int r = lo + k;
@@ -640,21 +726,24 @@ void run_block_rows(const Layer& L, const float* in, int H, int W, float* out, i
   }
 }
 
-// A block on a small map: whole-map GEMMs, threads splitting channels (no ring needed: it fits in L2).
+// A block on a small map: whole-map GEMMs, the threads sharing out channel panels (no ring needed: it fits in
+// L2): a panel's expansion and then its depthwise channels, a barrier, then the projection's panels.
 void run_block_whole(const Layer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* wide0,
-                     float* wide1, float* zero, uint8_t* qrow, uint8_t* qwide, int t, int T, Barrier& bar) {
+                     float* wide1, float* zero, uint8_t* qrow, uint8_t* qwide, Member& me) {
   const int E = L.cmid;
-  int p0, p1;
-  split(panels(E), t, T, &p0, &p1);
-  const float* expanded = in;
-  if (L.has_expand) {
-    // Each thread quantises the whole (thin) input for itself: cheaper than another barrier.
-    conv1x1(L.expand, H * W, E, L.cin, in, L.cin, nullptr, wide0, E, nullptr, 0, L.act_mid, p0, p1, qrow);
-    expanded = wide0;
-  }
-  const int c0 = 16 * p0, c1 = std::min(E, 16 * p1);
   const int64_t row_e = static_cast<int64_t>(W) * E;
-  if (c0 < c1) {
+  const float* expanded = L.has_expand ? wide0 : in;
+  const uint8_t* codes = nullptr;  // an int8 expansion's input codes
+  Share share(me, panels(E), panel_chunk(panels(E), me.threads()));
+  for (int p0, p1; share.next(&p0, &p1);) {
+    if (L.has_expand) {
+      if (L.expand.q && !codes) {  // each thread quantises the whole (thin) input for itself: cheaper than a barrier
+        quantize_rows(in, L.cin, H * W, L.cin, qrow, L.cin, L.expand.inv_scale, L.expand.zero);
+        codes = qrow;
+      }
+      conv1x1(L.expand, H * W, E, L.cin, in, L.cin, codes, wide0, E, nullptr, 0, L.act_mid, p0, p1, nullptr);
+    }
+    const int c0 = 16 * p0, c1 = std::min(E, 16 * p1);
     const float* rows[3];
     for (int y = 0; y < Ho; ++y) {
       for (int k = 0; k < 3; ++k) {
@@ -667,15 +756,17 @@ void run_block_whole(const Layer& L, const float* in, int H, int W, float* out, 
       depthwise_row(rows, W, Wo, L.stride, E, L.w_dw, L.b_dw, sink, c0, c1, L.dw_codes ? LINEAR : L.act_mid);
     }
   }
-  bar.wait();
-  split(panels(L.cout), t, T, &p0, &p1);
-  conv1x1(L.out, Ho * Wo, L.cout, E, wide1, E, L.out.q ? qwide : nullptr, out, L.cout, L.residual ? in : nullptr,
-          L.cout, L.act_out, p0, p1, qrow);
+  me.wait();
+  Share projection(me, panels(L.cout), panel_chunk(panels(L.cout), me.threads()));
+  for (int p0, p1; projection.next(&p0, &p1);)
+    conv1x1(L.out, Ho * Wo, L.cout, E, wide1, E, L.out.q ? qwide : nullptr, out, L.cout, L.residual ? in : nullptr,
+            L.cout, L.act_out, p0, p1, qrow);
 }
 
 // One image through the whole program by the T threads of a group (T = 1: one thread alone).
 void run_image(const Layer* layers, int n_layers, const float* img, int H, int W, float* logits, const Scratch& s,
-               int t, int T, Barrier& bar) {
+               Member& me) {
+  const int t = me.t, T = me.threads();
   float* cur = s.act0;
   float* nxt = s.act1;
   int h = H, w = W, c = 0;
@@ -685,28 +776,34 @@ void run_image(const Layer* layers, int n_layers, const float* img, int H, int W
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
       if (L.out.q)
         run_stem(L, img, h, w, cur, ho, wo, reinterpret_cast<uint8_t*>(s.padded), reinterpret_cast<uint8_t*>(s.row[t]),
-                 t, T, bar);
+                 me);
       else
-        run_stem(L, img, h, w, cur, ho, wo, s.padded, s.row[t], t, T, bar);
+        run_stem(L, img, h, w, cur, ho, wo, s.padded, s.row[t], me);
       h = ho, w = wo, c = L.cout;
-      bar.wait();
+      me.wait();
       continue;
     }
     if (L.kind == BLOCK) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
       if (w >= kFuseMinWidth) {
-        run_block_rows(L, cur, h, w, nxt, ho, wo, s.ring[t], s.qrow[t], t, T);
+        run_block_rows(L, cur, h, w, nxt, ho, wo, s.ring[t], s.qrow[t], me);
       } else {
         // The ring's zero row serves as padding here (sized for the widest small map).
         float* zero = s.ring[t] + 4 * static_cast<int64_t>(std::min(w, kFuseMinWidth)) * L.cmid;
         std::memset(zero, 0, sizeof(float) * static_cast<int64_t>(w) * L.cmid);
-        run_block_whole(L, cur, h, w, nxt, ho, wo, s.wide0, s.wide1, zero, s.qrow[t], s.qwide, t, T, bar);
+        run_block_whole(L, cur, h, w, nxt, ho, wo, s.wide0, s.wide1, zero, s.qrow[t], s.qwide, me);
       }
       h = ho, w = wo, c = L.cout;
     } else if (L.kind == POINTWISE) {
-      int p0, p1;
-      split(panels(L.cout), t, T, &p0, &p1);
-      conv1x1(L.out, h * w, L.cout, L.cin, cur, L.cin, nullptr, nxt, L.cout, nullptr, 0, L.act_out, p0, p1, s.qrow[t]);
+      // Each thread quantises the whole input for itself, then takes panels.
+      const uint8_t* codes = nullptr;
+      if (L.out.q) {
+        quantize_rows(cur, L.cin, h * w, L.cin, s.qrow[t], L.cin, L.out.inv_scale, L.out.zero);
+        codes = s.qrow[t];
+      }
+      Share share(me, panels(L.cout), panel_chunk(panels(L.cout), T));
+      for (int p0, p1; share.next(&p0, &p1);)
+        conv1x1(L.out, h * w, L.cout, L.cin, cur, L.cin, codes, nxt, L.cout, nullptr, 0, L.act_out, p0, p1, nullptr);
       c = L.cout;
     } else if (L.kind == POOL_FC) {
       // Global average pool (each thread its channels), [V3's pre-logits 1×1 layer,] then the classifier (each
@@ -720,7 +817,7 @@ void run_image(const Layer* layers, int n_layers, const float* img, int H, int W
           acc = _mm256_add_ps(acc, _mm256_loadu_ps(cur + static_cast<int64_t>(q) * c + ch));
         _mm256_storeu_ps(s.pooled + ch, _mm256_mul_ps(acc, _mm256_set1_ps(inv)));
       }
-      bar.wait();
+      me.wait();
       const float* features = s.pooled;
       int n_features = L.cin;
       int p0, p1;
@@ -729,7 +826,7 @@ void run_image(const Layer* layers, int n_layers, const float* img, int H, int W
         split(panels(L.cmid), t, T, &p0, &p1);
         conv1x1(L.expand, 1, L.cmid, L.cin, s.pooled, L.cin, nullptr, pre, L.cmid, nullptr, 0, L.act_mid, p0, p1,
                 s.qrow[t]);
-        bar.wait();
+        me.wait();
         features = pre, n_features = L.cmid;
       }
       const int n_out = (L.cout + 7) / 8 * 8;
@@ -740,11 +837,11 @@ void run_image(const Layer* layers, int n_layers, const float* img, int H, int W
       } else if (t == 0) {
         std::memcpy(logits, features, sizeof(float) * n_features);
       }
-      bar.wait();
+      me.wait();
       return;
     }
     std::swap(cur, nxt);
-    bar.wait();
+    me.wait();
   }
 }
 
@@ -837,6 +934,7 @@ int64_t mn_scratch_floats(const Layer* layers, int n_layers, int H, int W, int t
 int mn_run(const Layer* layers, int n_layers, const float* input, int N, int C, int H, int W, float* out,
            int out_stride, int threads, float* scratch) {
   if (threads < 1 || N < 0) return 1;
+  if (H + 2 > kMaxItems) return 2;
   const Plan plan = make_plan(layers, n_layers, H, W);
   const int64_t image = static_cast<int64_t>(C) * H * W;
   const int alone = N / threads * threads;  // images run one per thread
@@ -847,19 +945,19 @@ int mn_run(const Layer* layers, int n_layers, const float* input, int N, int C, 
     base += group_floats(plan, 1);
   }
   const Scratch shared = carve(plan, threads, base);
-  Barrier shared_bar;
-  shared_bar.threads = threads;
+  Team team(threads);
   auto work = [&](int t) {
     // Denormals flushed to zero in every thread (the caller's setting is restored below): activations of a
     // random-initialised network decay into them, and CPUs handle them tens of times slower.
     _mm_setcsr(_mm_getcsr() | 0x8040);
-    Barrier own;
+    Team own(1);
+    Member alone_member{own, 0}, shared_member{team, t};
     for (int n = t; n < alone; n += threads)
-      run_image(layers, n_layers, input + n * image, H, W, out + static_cast<int64_t>(n) * out_stride, solo[t], 0,
-                1, own);
+      run_image(layers, n_layers, input + n * image, H, W, out + static_cast<int64_t>(n) * out_stride, solo[t],
+                alone_member);
     for (int n = alone; n < N; ++n)
-      run_image(layers, n_layers, input + n * image, H, W, out + static_cast<int64_t>(n) * out_stride, shared, t,
-                threads, shared_bar);
+      run_image(layers, n_layers, input + n * image, H, W, out + static_cast<int64_t>(n) * out_stride, shared,
+                shared_member);
   };
   const unsigned int csr = _mm_getcsr();
   pool().run(threads, work);
