@@ -37,7 +37,7 @@ def test_p90_is_order_free_and_within_the_data() -> None:
 
 
 def test_training_bench_alternates_which_model_goes_first() -> None:
-    from mobilenets.classification.bench import round_order
+    from mobilenets.analysis.bench import round_order
 
     assert [round_order(["ours", "timm"], r)[0] for r in range(4)] == ["ours", "timm", "ours", "timm"]
 
@@ -60,10 +60,10 @@ def test_paths_are_timed_in_interleaved_rounds() -> None:
     assert [r.name for r in results] == ["a", "b"]
     assert results[0].max_abs_diff == 0.0 and results[1].max_abs_diff is None
     batch1 = [name for name, n in calls if n == 1]
-    # after the warm-up, five rounds of (2 untimed + 2 timed) calls per path, alternating a, b, a, b, ...
+    # after the warm-up, five rounds of (2 untimed + 2 timed) calls per path, every other round in reverse order
     timed = batch1[-40:]
-    assert timed == (["a"] * 4 + ["b"] * 4) * 5
-    assert [name for name, n in calls if n == 32][-4:] == ["a", "b", "a", "b"]
+    assert timed == (["a"] * 4 + ["b"] * 4 + ["b"] * 4 + ["a"] * 4) * 2 + ["a"] * 4 + ["b"] * 4
+    assert [name for name, n in calls if n == 32][-4:] == ["a", "b", "b", "a"]
 
 
 def test_bench_command_json(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -37,6 +37,8 @@ TIMM_NAMES = {
     "mobilenet_v3_small": "mobilenetv3_small_100",
 }
 SPLIT_GROUPS = 4
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -134,18 +136,25 @@ class Candidate:
     note: str = ""
 
 
+def round_order(items: list[T], r: int) -> list[T]:
+    """The order of round ``r``: reversed every other round, so that no path always runs first or last (measured in
+    the training benchmark: always first cost ours 3–8 % in every run)."""
+    return items if r % 2 == 0 else items[::-1]
+
+
 def interleaved_times(
     calls: dict[str, Callable[[], object]], runs: int, rounds: int, pause_s: float = 0.2
 ) -> dict[str, list[float]]:
     """Milliseconds of ``runs`` calls of each entry, spread over ``rounds`` round-robin passes (each block: a sleep
-    of ``pause_s``, 2 untimed calls, then its share of the timed ones); see :func:`measure_interleaved`."""
+    of ``pause_s``, 2 untimed calls, then its share of the timed ones); see :func:`measure_interleaved`. Each pass
+    runs in the reverse order of the one before (:func:`round_order`)."""
     rounds = max(1, min(rounds, runs))
     per_round = [runs // rounds + (r < runs % rounds) for r in range(rounds)]
     times: dict[str, list[float]] = {name: [] for name in calls}
     for r in range(rounds):
-        for name, call in calls.items():
+        for name in round_order(list(calls), r):
             time.sleep(pause_s)
-            times[name] += time_calls(call, per_round[r], warmup=2)
+            times[name] += time_calls(calls[name], per_round[r], warmup=2)
     return times
 
 
@@ -175,8 +184,8 @@ def measure_interleaved(
             time_calls(lambda c=c: c.predict(x32), 0, warmup=1)
         calls = {c.name: (lambda c=c: c.predict(x1)) for c in candidates}
         b1 = interleaved_times(calls, runs, rounds, pause_s)
-        for _ in range(batch32_runs):
-            for c in candidates:
+        for r in range(batch32_runs):
+            for c in round_order(candidates, r):
                 time.sleep(pause_s)
                 b32[c.name] += time_calls(lambda c=c: c.predict(x32), 1, warmup=0)
     results = []

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobilenets.analysis.bench import round_order
 from mobilenets.registry import create_model
 
 
@@ -39,12 +40,6 @@ def step_time(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
         loss.backward()
         opt.step()
     return (time.perf_counter() - start) / steps
-
-
-def round_order(names: list[str], r: int) -> list[str]:
-    """The order of round ``r``: reversed every other round, so neither model always runs first (measured: always
-    first cost ours 3–8 % in every run)."""
-    return names if r % 2 == 0 else names[::-1]
 
 
 def main() -> None:
