@@ -623,10 +623,9 @@ Scratch carve(const Plan& p, int threads, float* base) {
 // contiguous runs of 3·C values. T = float: fp32. T = uint8_t: the image quantised to the int8 GEMM's codes (the
 // padding is the zero point, i.e. 0.0) and K = 9·C rounded up to 8, the extra values meeting zero weights.
 template <typename T>
-void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho, int Wo, T* padded, T* col,
-              Member& me) {
+void stem_pad(const Layer& L, const float* img, int H, int W, T* padded, T* col, Member& me) {
   constexpr bool kInt8 = std::is_same_v<T, uint8_t>;
-  const int C = L.stem_in_chans, Wp = W + 2, K = L.cin, run = 3 * C;
+  const int C = L.stem_in_chans, Wp = W + 2;
   const T pad = kInt8 ? static_cast<T>(L.out.zero) : T(0);
   Share copy(me, H + 2);
   for (int y; (y = copy.next()) >= 0;) {
@@ -659,9 +658,14 @@ void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho
       }
     }
   }
-  me.wait();
-  Share rows(me, Ho);
-  for (int y; (y = rows.next()) >= 0;) {
+}
+
+// The stem's output row y (Wo pixels × cout, fp32) into dst, from the padded image; col: the thread's patch row.
+template <typename T>
+void stem_row(const Layer& L, const T* padded, int W, T* col, int y, int Wo, float* dst) {
+  constexpr bool kInt8 = std::is_same_v<T, uint8_t>;
+  const int C = L.stem_in_chans, Wp = W + 2, K = L.cin, run = 3 * C;
+  {
     for (int x = 0; x < Wo; ++x) {
       T* c = col + static_cast<int64_t>(x) * K;  // (ky, kx, ci) order, as fused.py packs the weights
       const T* src = padded + (static_cast<int64_t>(y * L.stride) * Wp + x * L.stride) * C;
@@ -682,7 +686,6 @@ void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho
       }
       std::fill(c + 3 * run, c + K, T(0));
     }
-    float* dst = out + static_cast<int64_t>(y) * Wo * L.cout;
     if constexpr (kInt8)
       gemm_s8(Wo, L.cout, K, col, K, L.out, dst, L.cout, nullptr, 0, L.act_out, 0, panels(L.cout));
     else
@@ -690,9 +693,21 @@ void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho
   }
 }
 
-// A block on a wide map: each thread streams its output rows through a ring of three expanded rows.
+template <typename T>
+void run_stem(const Layer& L, const float* img, int H, int W, float* out, int Ho, int Wo, T* padded, T* col,
+              Member& me) {
+  stem_pad(L, img, H, W, padded, col, me);
+  me.wait();
+  Share rows(me, Ho);
+  for (int y; (y = rows.next()) >= 0;) stem_row(L, padded, W, col, y, Wo, out + static_cast<int64_t>(y) * Wo * L.cout);
+}
+
+// A block on a wide map: each thread streams its output rows through a ring of three expanded rows, made by
+// produce(r, slot) (the expansion of input row r; or, for a first block without expansion or residual, the stem's
+// output row r: its input is then never materialised). produced = false: the depthwise reads `in` itself.
+template <typename Produce>
 void run_block_rows(const Layer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* ring,
-                    uint8_t* qrow, Member& me) {
+                    uint8_t* qrow, Member& me, bool produced, Produce&& produce) {
   const int E = L.cmid;
   const int64_t row_in = static_cast<int64_t>(W) * L.cin, row_e = static_cast<int64_t>(W) * E;
   float* slots = ring;                 // 3 rows of W × E
@@ -704,10 +719,9 @@ void run_block_rows(const Layer& L, const float* in, int H, int W, float* out, i
   Share share(me, Ho);
   for (int y; (y = share.next()) >= 0;) {
     const int lo = y * L.stride - 1;
-    for (int r = std::max(lo, 0); L.has_expand && r <= std::min(lo + 2, H - 1); ++r) {
+    for (int r = std::max(lo, 0); produced && r <= std::min(lo + 2, H - 1); ++r) {
       if (held[r % 3] == r) continue;
-      conv1x1(L.expand, W, E, L.cin, in + r * row_in, L.cin, nullptr, slots + (r % 3) * row_e, E, nullptr, 0,
-              L.act_mid, 0, panels(E), qrow);
+      produce(r, slots + (r % 3) * row_e);
       held[r % 3] = r;
     }
     for (int k = 0; k < 3; ++k) {
@@ -715,7 +729,7 @@ void run_block_rows(const Layer& L, const float* in, int H, int W, float* out, i
       if (r < 0 || r >= H)
         rows[k] = zero;
       else
-        rows[k] = L.has_expand ? slots + (r % 3) * row_e : in + r * row_in;
+        rows[k] = produced ? slots + (r % 3) * row_e : in + r * row_in;
     }
     // An int8 projection gets the depthwise row as 7-bit codes straight away.
     const Sink sink{dw, L.out.q ? qrow : nullptr, L.out.inv_scale, L.out.zero, L.dw_codes != 0};
@@ -774,6 +788,26 @@ void run_image(const Layer* layers, int n_layers, const float* img, int H, int W
     const Layer& L = layers[i];
     if (L.kind == STEM) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
+      const Layer* B = i + 1 < n_layers ? &layers[i + 1] : nullptr;
+      if (B && B->kind == BLOCK && !B->has_expand && !B->residual && wo >= kFuseMinWidth) {
+        // The stem fused into the first block: its rows go straight into the block's ring (V2: 112 × 112 × 32
+        // fp32 never written out and read back).
+        const int bo = (ho - 1) / B->stride + 1, bwo = (wo - 1) / B->stride + 1;
+        auto fused = [&](auto* padded, auto* col) {
+          stem_pad(L, img, h, w, padded, col, me);
+          me.wait();
+          run_block_rows(*B, nullptr, ho, wo, cur, bo, bwo, s.ring[t], s.qrow[t], me, true,
+                         [&](int r, float* slot) { stem_row(L, padded, w, col, r, wo, slot); });
+        };
+        if (L.out.q)
+          fused(reinterpret_cast<uint8_t*>(s.padded), reinterpret_cast<uint8_t*>(s.row[t]));
+        else
+          fused(s.padded, s.row[t]);
+        h = bo, w = bwo, c = B->cout;
+        ++i;
+        me.wait();
+        continue;
+      }
       if (L.out.q)
         run_stem(L, img, h, w, cur, ho, wo, reinterpret_cast<uint8_t*>(s.padded), reinterpret_cast<uint8_t*>(s.row[t]),
                  me);
@@ -786,7 +820,12 @@ void run_image(const Layer* layers, int n_layers, const float* img, int H, int W
     if (L.kind == BLOCK) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
       if (w >= kFuseMinWidth) {
-        run_block_rows(L, cur, h, w, nxt, ho, wo, s.ring[t], s.qrow[t], me);
+        const int E = L.cmid;
+        run_block_rows(L, cur, h, w, nxt, ho, wo, s.ring[t], s.qrow[t], me, L.has_expand != 0,
+                       [&](int r, float* slot) {
+                         conv1x1(L.expand, w, E, L.cin, cur + static_cast<int64_t>(r) * w * L.cin, L.cin, nullptr,
+                                 slot, E, nullptr, 0, L.act_mid, 0, panels(E), s.qrow[t]);
+                       });
       } else {
         // The ring's zero row serves as padding here (sized for the widest small map).
         float* zero = s.ring[t] + 4 * static_cast<int64_t>(std::min(w, kFuseMinWidth)) * L.cmid;
