@@ -531,8 +531,8 @@ class Share {
   int alone_ = 0;  // a team of one takes the items in order, no atomics needed
 };
 
-// Channel panels in chunks: about eight per thread (one panel each balanced no better and cost 2 % more, one
-// thread alone 4 %: measured), all in one for a thread alone.
+// Channel panels in chunks: about eight per thread (one panel per item balanced no better and cost 2 % more with
+// two threads, 2–4 % alone: measured), all in one for a thread alone.
 inline int panel_chunk(int n, int threads) {
   return threads == 1 ? std::max(n, 1) : std::max(1, (n + 8 * threads - 1) / (8 * threads));
 }
@@ -619,7 +619,7 @@ Scratch carve(const Plan& p, int threads, float* base) {
 }
 
 // Stem: 3×3 convolution, stride s, padding 1, as a GEMM over gathered patches. The threads first copy the NCHW
-// image into a padded NHWC buffer (their share of its rows), so that each output pixel's 3×3×C patch is three
+// image into a padded NHWC buffer (sharing out its rows), so that each output pixel's 3×3×C patch is three
 // contiguous runs of 3·C values. T = float: fp32. T = uint8_t: the image quantised to the int8 GEMM's codes (the
 // padding is the zero point, i.e. 0.0) and K = 9·C rounded up to 8, the extra values meeting zero weights.
 template <typename T>
@@ -665,32 +665,30 @@ template <typename T>
 void stem_row(const Layer& L, const T* padded, int W, T* col, int y, int Wo, float* dst) {
   constexpr bool kInt8 = std::is_same_v<T, uint8_t>;
   const int C = L.stem_in_chans, Wp = W + 2, K = L.cin, run = 3 * C;
-  {
-    for (int x = 0; x < Wo; ++x) {
-      T* c = col + static_cast<int64_t>(x) * K;  // (ky, kx, ci) order, as fused.py packs the weights
-      const T* src = padded + (static_cast<int64_t>(y * L.stride) * Wp + x * L.stride) * C;
-      if (kInt8 && C == 3 && K == 32) {
-        // Three 16-byte copies at offsets 0, 9, 18, each overwriting the previous one's surplus; the last one's
-        // runs 2 bytes into the next patch (written after this one; the buffers have room past the end), and
-        // bytes 27..31 keep codes that meet zero weights.
-        for (int ky = 0; ky < 3; ++ky)
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(c + ky * 9),
-                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + static_cast<int64_t>(ky) * Wp * 3)));
-        continue;
-      }
-      if (C == 3) {  // RGB: fixed-size copies the compiler inlines (a call per run costs more than the copy)
-        for (int ky = 0; ky < 3; ++ky) std::memcpy(c + ky * 9, src + static_cast<int64_t>(ky) * Wp * 3, 9 * sizeof(T));
-      } else {
-        for (int ky = 0; ky < 3; ++ky)
-          std::memcpy(c + ky * run, src + static_cast<int64_t>(ky) * Wp * C, run * sizeof(T));
-      }
-      std::fill(c + 3 * run, c + K, T(0));
+  for (int x = 0; x < Wo; ++x) {
+    T* c = col + static_cast<int64_t>(x) * K;  // (ky, kx, ci) order, as fused.py packs the weights
+    const T* src = padded + (static_cast<int64_t>(y * L.stride) * Wp + x * L.stride) * C;
+    if (kInt8 && C == 3 && K == 32) {
+      // Three 16-byte copies at offsets 0, 9, 18, each overwriting the previous one's surplus; the last one's
+      // runs 2 bytes into the next patch (written after this one; the buffers have room past the end), and
+      // bytes 27..31 keep codes that meet zero weights.
+      for (int ky = 0; ky < 3; ++ky)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(c + ky * 9),
+                         _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + static_cast<int64_t>(ky) * Wp * 3)));
+      continue;
     }
-    if constexpr (kInt8)
-      gemm_s8(Wo, L.cout, K, col, K, L.out, dst, L.cout, nullptr, 0, L.act_out, 0, panels(L.cout));
-    else
-      gemm(Wo, L.cout, K, col, K, L.out.w, L.out.bias, dst, L.cout, nullptr, 0, L.act_out, 0, panels(L.cout));
+    if (C == 3) {  // RGB: fixed-size copies the compiler inlines (a call per run costs more than the copy)
+      for (int ky = 0; ky < 3; ++ky) std::memcpy(c + ky * 9, src + static_cast<int64_t>(ky) * Wp * 3, 9 * sizeof(T));
+    } else {
+      for (int ky = 0; ky < 3; ++ky)
+        std::memcpy(c + ky * run, src + static_cast<int64_t>(ky) * Wp * C, run * sizeof(T));
+    }
+    std::fill(c + 3 * run, c + K, T(0));
   }
+  if constexpr (kInt8)
+    gemm_s8(Wo, L.cout, K, col, K, L.out, dst, L.cout, nullptr, 0, L.act_out, 0, panels(L.cout));
+  else
+    gemm(Wo, L.cout, K, col, K, L.out.w, L.out.bias, dst, L.cout, nullptr, 0, L.act_out, 0, panels(L.cout));
 }
 
 template <typename T>
