@@ -962,8 +962,8 @@ int64_t mn_image_floats(const Layer* layers, int n_layers, int H, int W, int thr
 
 // Floats of scratch memory that mn_run needs for a H×W input with this many threads.
 int64_t mn_scratch_floats(const Layer* layers, int n_layers, int H, int W, int threads) {
-  return threads * group_floats(make_plan(layers, n_layers, H, W), 1) +
-         group_floats(make_plan(layers, n_layers, H, W), threads);
+  const Plan plan = make_plan(layers, n_layers, H, W);
+  return threads * group_floats(plan, 1) + group_floats(plan, threads);
 }
 
 // Run N images (NCHW, fp32) through the program; out gets N rows of out_stride floats. With at least as many
