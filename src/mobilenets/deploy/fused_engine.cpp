@@ -302,6 +302,14 @@ void quantize_rows(const float* X, int ldx, int M, int K, uint8_t* Q, int ldq, f
   }
 }
 
+// The codes an int8 convolution reads of an M × K input (rows lda apart), quantised into buf (rows K apart);
+// nullptr for an fp32 convolution.
+inline const uint8_t* input_codes(const Conv& cv, const float* A, int lda, int M, int K, uint8_t* buf) {
+  if (!cv.q) return nullptr;
+  quantize_rows(A, lda, M, K, buf, K, cv.inv_scale, cv.zero);
+  return buf;
+}
+
 // A 1×1 convolution over M pixels, fp32 or int8 as the Conv says. An int8 one quantises A into qbuf first,
 // unless the caller passes the codes (Aq) itself.
 void conv1x1(const Conv& cv, int M, int N, int K, const float* A, int lda, const uint8_t* Aq, float* C, int ldc,
@@ -311,10 +319,7 @@ void conv1x1(const Conv& cv, int M, int N, int K, const float* A, int lda, const
     return;
   }
   if (p0 >= p1) return;
-  if (!Aq) {
-    quantize_rows(A, lda, M, K, qbuf, K, cv.inv_scale, cv.zero);
-    Aq = qbuf;
-  }
+  if (!Aq) Aq = input_codes(cv, A, lda, M, K, qbuf);
   gemm_s8(M, N, K, Aq, K, cv, C, ldc, R, ldr, act, p0, p1);
 }
 
@@ -749,10 +754,8 @@ void run_block_whole(const Layer& L, const float* in, int H, int W, float* out, 
   Share share(me, panels(E), panel_chunk(panels(E), me.threads()));
   for (int p0, p1; share.next(&p0, &p1);) {
     if (L.has_expand) {
-      if (L.expand.q && !codes) {  // each thread quantises the whole (thin) input for itself: cheaper than a barrier
-        quantize_rows(in, L.cin, H * W, L.cin, qrow, L.cin, L.expand.inv_scale, L.expand.zero);
-        codes = qrow;
-      }
+      // Each thread quantises the whole (thin) input for itself, at its first panel: cheaper than a barrier.
+      if (!codes) codes = input_codes(L.expand, in, L.cin, H * W, L.cin, qrow);
       conv1x1(L.expand, H * W, E, L.cin, in, L.cin, codes, wide0, E, nullptr, 0, L.act_mid, p0, p1, nullptr);
     }
     const int c0 = 16 * p0, c1 = std::min(E, 16 * p1);
@@ -833,11 +836,7 @@ void run_image(const Layer* layers, int n_layers, const float* img, int H, int W
       h = ho, w = wo, c = L.cout;
     } else if (L.kind == POINTWISE) {
       // Each thread quantises the whole input for itself, then takes panels.
-      const uint8_t* codes = nullptr;
-      if (L.out.q) {
-        quantize_rows(cur, L.cin, h * w, L.cin, s.qrow[t], L.cin, L.out.inv_scale, L.out.zero);
-        codes = s.qrow[t];
-      }
+      const uint8_t* codes = input_codes(L.out, cur, L.cin, h * w, L.cin, s.qrow[t]);
       Share share(me, panels(L.cout), panel_chunk(panels(L.cout), T));
       for (int p0, p1; share.next(&p0, &p1);)
         conv1x1(L.out, h * w, L.cout, L.cin, cur, L.cin, codes, nxt, L.cout, nullptr, 0, L.act_out, p0, p1, nullptr);
