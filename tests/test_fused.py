@@ -237,3 +237,14 @@ def test_goal_ratios() -> None:
     assert goals["fp32"]["ratio"] == pytest.approx(0.9) and goals["fp32"]["met"]
     assert goals["int8"]["ratio"] is None and not goals["int8"]["met"]  # no int8 path of ours in this list
     assert goals["eager"]["ratio"] == pytest.approx(0.8) and goals["eager"]["met"]
+    assert "rounds" not in goals["fp32"]  # rows without per-round medians
+
+
+def test_goal_ratios_per_round() -> None:
+    # The same two paths' ratio within each interleaved round, beside the ratio of the run's medians.
+    ours = BenchResult("ours fused engine", True, "fp32", 4.6, 5.0, 1.0, 0.0, None, "", [4.0, 5.0, 4.6, 4.5])
+    peer = BenchResult("onnxruntime fp32", False, "fp32", 5.0, 5.0, 1.0, 0.0, None, "", [5.0, 5.0, 5.0, 4.5])
+    rounds = goal_ratios([ours, peer])["fp32"]["rounds"]
+    assert rounds["of"] == 4 and rounds["met"] == 1  # 0.8, 1.0, 0.92, 1.0: one round at or below 0.9
+    assert rounds["median"] == pytest.approx(0.96)
+    assert rounds["p10"] == pytest.approx(0.836) and rounds["p90"] == pytest.approx(1.0)

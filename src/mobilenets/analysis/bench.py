@@ -17,7 +17,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,6 +52,8 @@ class BenchResult:
     max_abs_diff: float | None  # vs our eager model, batch 1 (None: a different model, e.g. timm's)
     peak_activation_bytes: int | None  # live activations in one batch-1 forward (PyTorch eager paths only)
     note: str = ""
+    # the batch-1 median of each interleaved round, in round order: ratios between paths per round
+    batch1_ms_round_medians: list[float] = field(default_factory=list)
 
 
 def real_images(resolution: int, count: int = 32, seed: int = 0) -> torch.Tensor:
@@ -144,17 +146,17 @@ def round_order(items: list[T], r: int) -> list[T]:
 
 def interleaved_times(
     calls: dict[str, Callable[[], object]], runs: int, rounds: int, pause_s: float = 0.2
-) -> dict[str, list[float]]:
+) -> dict[str, list[list[float]]]:
     """Milliseconds of ``runs`` calls of each entry, spread over ``rounds`` round-robin passes (each block: a sleep
-    of ``pause_s``, 2 untimed calls, then its share of the timed ones); see :func:`measure_interleaved`. Each pass
-    runs in the reverse order of the one before (:func:`round_order`)."""
+    of ``pause_s``, 2 untimed calls, then its share of the timed ones), as one list per pass; see
+    :func:`measure_interleaved`. Each pass runs in the reverse order of the one before (:func:`round_order`)."""
     rounds = max(1, min(rounds, runs))
     per_round = [runs // rounds + (r < runs % rounds) for r in range(rounds)]
-    times: dict[str, list[float]] = {name: [] for name in calls}
+    times: dict[str, list[list[float]]] = {name: [] for name in calls}
     for r in range(rounds):
         for name in round_order(list(calls), r):
             time.sleep(pause_s)
-            times[name] += time_calls(calls[name], per_round[r], warmup=2)
+            times[name].append(time_calls(calls[name], per_round[r], warmup=2))
     return times
 
 
@@ -190,7 +192,7 @@ def measure_interleaved(
                 b32[c.name] += time_calls(lambda c=c: c.predict(x32), 1, warmup=0)
     results = []
     for c in candidates:
-        times = b1[c.name]
+        times = [t for round_times in b1[c.name] for t in round_times]
         peak = peak_activation_bytes(c.model_for_memory, x1) if c.model_for_memory is not None else c.activation_bytes
         result = BenchResult(
             c.name,
@@ -202,6 +204,7 @@ def measure_interleaved(
             diffs[c.name],
             peak,
             c.note,
+            [statistics.median(round_times) for round_times in b1[c.name]],
         )
         log(f"  {result.name:34s} {result.batch1_ms_median:8.2f} ms  {result.batch32_img_s:8.1f} img/s")
         results.append(result)
@@ -361,7 +364,11 @@ def _fused_candidates(
 def goal_ratios(results: list[BenchResult], tolerance: float = 1e-4) -> dict[str, Any]:
     """The issue's three latency goals as ratios of batch-1 medians in this run: our fastest fp32 path within
     ``tolerance`` of eager over the fastest peer fp32 runtime (goal ≤ 0.9), our fastest int8 path over that peer
-    (≤ 0.5), our eager model over timm's (≤ 1.0). A ratio is None when a side is missing from the run."""
+    (≤ 0.5), our eager model over timm's (≤ 1.0). A ratio is None when a side is missing from the run.
+
+    Beside each ratio, ``rounds``: the same two paths' ratio within each interleaved round (both timed seconds
+    apart), as its median, 10th and 90th percentiles and the number of rounds meeting the goal — how far this run's
+    ratio is from the goal compared with how much it moves while the run lasts."""
 
     def fastest(rows: list[BenchResult]) -> BenchResult | None:
         return min(rows, key=lambda r: r.batch1_ms_median, default=None)
@@ -375,8 +382,14 @@ def goal_ratios(results: list[BenchResult], tolerance: float = 1e-4) -> dict[str
 
     def ratio(a: BenchResult | None, b: BenchResult | None, goal: float) -> dict[str, Any]:
         value = a.batch1_ms_median / b.batch1_ms_median if a and b else None
-        return {"ours": a.name if a else None, "peer": b.name if b else None, "ratio": value, "goal": goal,
-                "met": value is not None and value <= goal}  # fmt: skip
+        report = {"ours": a.name if a else None, "peer": b.name if b else None, "ratio": value, "goal": goal,
+                  "met": value is not None and value <= goal}  # fmt: skip
+        if a and b and a.batch1_ms_round_medians and len(a.batch1_ms_round_medians) == len(b.batch1_ms_round_medians):
+            per_round = [x / y for x, y in zip(a.batch1_ms_round_medians, b.batch1_ms_round_medians, strict=True)]
+            deciles = statistics.quantiles(per_round, n=10, method="inclusive") if len(per_round) > 1 else per_round * 9
+            report["rounds"] = {"median": statistics.median(per_round), "p10": deciles[0], "p90": deciles[-1],
+                                "met": sum(r <= goal for r in per_round), "of": len(per_round)}  # fmt: skip
+        return report
 
     return {
         "fp32": ratio(ours_fp32, peer_fp32, 0.9),

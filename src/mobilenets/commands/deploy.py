@@ -183,7 +183,7 @@ def export_latency(model: torch.nn.Module, files: dict, x: torch.Tensor, runs: i
     calls = {"pytorch": lambda: graph(x), **{name: (lambda s=s: run_onnx_all(s, x)) for name, s in sessions.items()}}
     with torch.no_grad():
         times = interleaved_times(calls, runs, rounds=5)
-    medians = {name: round(statistics.median(t), 2) for name, t in times.items()}
+    medians = {name: round(statistics.median([t for r in rounds for t in r]), 2) for name, rounds in times.items()}
     first = next(iter(files))
     report: dict = {"threads": threads, "runs": runs, "batch1_ms_median": medians}
     report["speedup_over_" + first] = {n: round(medians[first] / medians[n], 2) for n in files if n != first}
@@ -207,7 +207,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         log(f"note: {note}")
     for key, goal in report["goals"].items():
         shown = "n/a" if goal["ratio"] is None else f"{goal['ratio']:.2f}"
-        log(f"goal {key}: {goal['ours']} / {goal['peer']} = {shown} (goal <= {goal['goal']})")
+        line = f"goal {key}: {goal['ours']} / {goal['peer']} = {shown} (goal <= {goal['goal']})"
+        if (rounds := goal.get("rounds")) is not None:
+            line += f"; per round {rounds['median']:.2f} (p10-p90 {rounds['p10']:.2f}-{rounds['p90']:.2f})"
+            line += f", met in {rounds['met']} of {rounds['of']}"
+        log(line)
     if args.json_out:
         text = json.dumps(report, indent=2)
         atomic_write(args.json_out, lambda tmp: Path(tmp).write_text(text))
