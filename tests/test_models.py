@@ -166,3 +166,57 @@ def test_weights_round_trip(tmp_path) -> None:
     tuned = create_model("mobilenet_v3_small", weights=path, num_classes=3)
     assert tuned.classifier.out_features == 3
     assert torch.equal(tuned.stem.conv.weight, model.stem.conv.weight)
+
+
+def test_pointwise_convolutions_run_as_matrix_products() -> None:
+    """PointwiseConv2d in CPU inference equals PyTorch's convolution on the same weights within float rounding, on
+    every input it takes the matrix-product path for (one NCHW image) and on those it does not (batches,
+    channels_last, strided views); other layers stay plain convolutions."""
+    from mobilenets.models.layers import PointwiseConv2d, make_conv
+
+    assert type(make_conv(8, 16, 1)) is PointwiseConv2d
+    assert (
+        type(make_conv(8, 16, 1, stride=2)) is torch.nn.Conv2d and type(make_conv(8, 8, 3, groups=8)) is torch.nn.Conv2d
+    )
+    torch.manual_seed(0)
+    for bias in (False, True):
+        conv = make_conv(24, 40, 1, bias=bias).eval()
+        for x in (torch.randn(1, 24, 7, 9), torch.randn(3, 24, 5, 5)):
+            reference = torch.nn.functional.conv2d(x, conv.weight, conv.bias)
+            for view in (x, x.contiguous(memory_format=torch.channels_last), x[:, :, :, 1:]):  # the last: strided
+                out = conv(view)
+                expected = reference if view.shape == x.shape else reference[:, :, :, 1:]
+                assert out.shape == expected.shape and torch.allclose(out, expected, atol=1e-5)
+
+
+def test_pointwise_gemm_keeps_graphs_and_training_on_the_convolution() -> None:
+    from mobilenets.models.layers import PointwiseConv2d
+
+    conv = PointwiseConv2d(8, 4, 1).eval()
+    x = torch.randn(1, 8, 6, 6)
+    traced = torch.jit.trace(conv, x)
+    assert "aten::_convolution" in str(traced.graph) and "aten::mm" not in str(traced.graph)
+    assert torch.allclose(traced(x), conv(x), atol=1e-6)
+    model = create_model("mobilenet_v2", width=0.35).eval()
+    y = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        gemm = model(y)
+        for m in model.modules():
+            if isinstance(m, PointwiseConv2d):
+                m.gemm = False
+        conv_path = model(y)
+    assert torch.allclose(gemm, conv_path, atol=1e-5)
+    # training keeps the convolution (and its backward); inference runs matrix products
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for m in model.modules():
+        if isinstance(m, PointwiseConv2d):
+            m.gemm = True
+    ops = {}
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(y)
+        ops[mode] = {str(op) for op in counter.get_flop_counts()["Global"]}
+    assert "aten.mm" not in ops["train"] and "aten.convolution" in ops["train"]
+    assert "aten.bmm" in ops["eval"] or "aten.mm" in ops["eval"]

@@ -58,6 +58,49 @@ class Conv2dSame(nn.Conv2d):
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
+def _capturing_graph() -> bool:
+    """True while PyTorch records a graph (tracing, TorchScript, torch.compile, torch.export / ONNX export)."""
+    return (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A 1×1 convolution (stride 1, one group, no padding), nine tenths of a MobileNet's multiply-adds.
+
+    In inference on a CPU, for one NCHW image, it runs as one matrix product over the pixels — V1 §3.1: a 1×1
+    convolution needs no im2col and is a GEMM — where PyTorch's convolution goes through oneDNN (with layout
+    reorders) or its im2col path. ``scripts/pointwise_gemm.py`` measures the whole model both ways. The same
+    weights and the same sums, within float rounding (``tests/test_models.py``). Everything else keeps PyTorch's
+    convolution: training, batches (a batched product measured slower than the convolution at batch 32),
+    channels_last inputs (oneDNN already runs those as a GEMM: level), other devices, graphs being traced,
+    compiled or exported (TorchScript, Inductor, ONNX: their own kernels decide), and ``gemm = False``.
+    """
+
+    gemm = True  # set False on an instance (or the class) to run PyTorch's convolution instead
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.gemm
+            and not self.training
+            and x.dim() == 4
+            and x.shape[0] == 1
+            and x.device.type == "cpu"
+            and x.is_contiguous()
+            and not _capturing_graph()
+        ):
+            _, c, h, w = x.shape
+            weight = self.weight.view(self.out_channels, c)
+            pixels = x.view(c, h * w)
+            out = torch.mm(weight, pixels) if self.bias is None else torch.addmm(self.bias.view(-1, 1), weight, pixels)
+            return out.view(1, self.out_channels, h, w)
+        return super().forward(x)
+
+
 def make_conv(
     in_channels: int,
     out_channels: int,
@@ -72,6 +115,8 @@ def make_conv(
         return Conv2dSame(in_channels, out_channels, kernel, stride, 0, dilation, groups, bias)
     if padding != "symmetric":
         raise ConfigError(f"unknown padding {padding!r}; expected 'symmetric' or 'same'")
+    if kernel == 1 and stride == 1 and groups == 1:
+        return PointwiseConv2d(in_channels, out_channels, 1, bias=bias)
     return nn.Conv2d(in_channels, out_channels, kernel, stride, (kernel - 1) // 2 * dilation, dilation, groups, bias)
 
 
