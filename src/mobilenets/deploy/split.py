@@ -36,7 +36,7 @@ from torch import nn
 
 from mobilenets.errors import ConfigError
 from mobilenets.models.blocks import InvertedResidual
-from mobilenets.models.layers import Conv2dSame, tf_same_padding
+from mobilenets.models.layers import Conv2dSame, pointwise_gemm, tf_same_padding
 
 
 class ConvSlice(nn.Conv2d):
@@ -64,6 +64,16 @@ class ConvSlice(nn.Conv2d):
         return w[:, self.start : self.stop] if self.slice_input else w[self.start : self.stop]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            not self.training
+            and self.kernel_size == (1, 1)
+            and self.stride == (1, 1)
+            and self.groups == 1
+            and not self.same
+        ):
+            out = pointwise_gemm(x, self.weight, None)  # as the parent model runs its 1×1 layers
+            if out is not None:
+                return out
         padding = self.padding
         if self.same:
             top, bottom = tf_same_padding(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])

@@ -69,14 +69,25 @@ def _capturing_graph() -> bool:
     )
 
 
+def pointwise_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """A 1×1 convolution (stride 1, one group) of one NCHW image as one matrix product over its pixels, or None
+    where PyTorch's convolution should run instead: batches, other layouts, other devices, graph capture."""
+    if x.dim() != 4 or x.shape[0] != 1 or x.device.type != "cpu" or not x.is_contiguous() or _capturing_graph():
+        return None
+    _, c, h, w = x.shape
+    matrix, pixels = weight.reshape(weight.shape[0], c), x.view(c, h * w)
+    out = torch.mm(matrix, pixels) if bias is None else torch.addmm(bias.view(-1, 1), matrix, pixels)
+    return out.view(1, -1, h, w)
+
+
 class PointwiseConv2d(nn.Conv2d):
     """A 1×1 convolution (stride 1, one group, no padding), nine tenths of a MobileNet's multiply-adds.
 
-    In inference on a CPU, for one NCHW image, it runs as one matrix product over the pixels — V1 §3.1: a 1×1
-    convolution needs no im2col and is a GEMM — where PyTorch's convolution goes through oneDNN (with layout
-    reorders) or its im2col path. ``scripts/pointwise_gemm.py`` measures the whole model both ways. The same
-    weights and the same sums, within float rounding (``tests/test_models.py``). Everything else keeps PyTorch's
-    convolution: training, batches (a batched product measured slower than the convolution at batch 32),
+    In inference on a CPU, for one NCHW image, it runs as one matrix product over the pixels (``pointwise_gemm``) —
+    V1 §3.1: a 1×1 convolution needs no im2col and is a GEMM — where PyTorch's convolution goes through oneDNN
+    (with layout reorders) or its im2col path. ``scripts/pointwise_gemm.py`` measures the whole model both ways. The
+    same weights and the same sums, within float rounding (``tests/test_models.py``). Everything else keeps
+    PyTorch's convolution: training, batches (a batched product measured slower than the convolution at batch 32),
     channels_last inputs (oneDNN already runs those as a GEMM: level), other devices, graphs being traced,
     compiled or exported (TorchScript, Inductor, ONNX: their own kernels decide), and ``gemm = False``.
     """
@@ -84,21 +95,8 @@ class PointwiseConv2d(nn.Conv2d):
     gemm = True  # set False on an instance (or the class) to run PyTorch's convolution instead
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            self.gemm
-            and not self.training
-            and x.dim() == 4
-            and x.shape[0] == 1
-            and x.device.type == "cpu"
-            and x.is_contiguous()
-            and not _capturing_graph()
-        ):
-            _, c, h, w = x.shape
-            weight = self.weight.view(self.out_channels, c)
-            pixels = x.view(c, h * w)
-            out = torch.mm(weight, pixels) if self.bias is None else torch.addmm(self.bias.view(-1, 1), weight, pixels)
-            return out.view(1, self.out_channels, h, w)
-        return super().forward(x)
+        out = pointwise_gemm(x, self.weight, self.bias) if self.gemm and not self.training else None
+        return super().forward(x) if out is None else out
 
 
 def make_conv(
