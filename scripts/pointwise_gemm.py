@@ -1,11 +1,11 @@
 """Eager inference with the 1×1 convolutions as matrix products (``PointwiseConv2d``) against PyTorch's convolution.
 
-Three models with the same architecture, timed in interleaved rounds (each block: a 0.1 s pause, 2 untimed calls,
-``--calls`` timed ones; every other round in reverse order): ours as it runs (1×1 layers as GEMMs), the same weights
-with ``gemm = False`` on every ``PointwiseConv2d`` (PyTorch's convolution, as before), and timm's model (own random
-weights). BatchNorm statistics re-estimated on the benchmark's photos (as ``mobilenets bench`` does), denormals
-flushed. Prints each median, the ratios of medians and the geometric mean of per-round ratios, and the largest
-difference between our two variants' logits.
+Three models with the same architecture, timed in interleaved rounds by the benchmark's ``interleaved_times``
+(each block: a 0.1 s pause, 2 untimed calls, ``--calls`` timed ones; every other round in reverse order): ours as
+it runs (1×1 layers as GEMMs), the same weights with ``gemm = False`` on every ``PointwiseConv2d`` (PyTorch's
+convolution, as before), and timm's model (own random weights). BatchNorm statistics re-estimated on the
+benchmark's photos (as ``mobilenets bench`` does), denormals flushed. Prints each median, the ratios of medians and
+the geometric mean of per-round ratios, and the largest difference between our two variants' logits.
 
     python scripts/pointwise_gemm.py --model mobilenet_v2 --threads 2 --rounds 40
 """
@@ -16,12 +16,11 @@ import argparse
 import copy
 import math
 import statistics
-import time
 
 import torch
 
 from mobilenets import create_model
-from mobilenets.analysis.bench import TIMM_NAMES, _import_timm, real_images, recalibrate_batchnorm, round_order
+from mobilenets.analysis.bench import TIMM_NAMES, _import_timm, interleaved_times, real_images, recalibrate_batchnorm
 from mobilenets.models.layers import PointwiseConv2d
 
 
@@ -45,34 +44,20 @@ def main() -> None:
     peer = recalibrate_batchnorm(_import_timm().create_model(TIMM_NAMES[args.model]), images).eval()
     paths = {"ours, 1x1 as GEMM": ours, "ours, 1x1 as conv2d": conv, f"timm {TIMM_NAMES[args.model]}": peer}
     x = images[:1].clone()
-    times: dict[str, list[float]] = {name: [] for name in paths}
-    log_ratio: dict[str, list[float]] = {name: [] for name in paths}
+    calls = {name: (lambda model=model: model(x)) for name, model in paths.items()}
     with torch.inference_mode():
         diff = float((ours(x) - conv(x)).abs().max())
-        for r in range(args.rounds):
-            medians = {}
-            for name in round_order(list(paths), r):
-                time.sleep(0.1)
-                for _ in range(2):
-                    paths[name](x)
-                block = []
-                for _ in range(args.calls):
-                    start = time.perf_counter()
-                    paths[name](x)
-                    block.append((time.perf_counter() - start) * 1e3)
-                times[name] += block
-                medians[name] = statistics.median(block)
-            last = list(paths)[-1]
-            for name in paths:
-                log_ratio[name].append(math.log(medians[name] / medians[last]))
+        rounds = interleaved_times(calls, args.rounds * args.calls, args.rounds, pause_s=0.1)
     peer_name = list(paths)[-1]
+    peer_rounds = [statistics.median(block) for block in rounds[peer_name]]
     print(
         f"{args.model} @ {args.resolution}, batch 1, {args.threads} threads, {args.rounds} rounds x {args.calls} calls"
     )
     for name in paths:
-        median = statistics.median(times[name])
-        ratio = median / statistics.median(times[peer_name])
-        paired = math.exp(statistics.mean(log_ratio[name]))
+        median = statistics.median([t for block in rounds[name] for t in block])
+        ratio = median / statistics.median([t for block in rounds[peer_name] for t in block])
+        per_round = [statistics.median(block) / p for block, p in zip(rounds[name], peer_rounds, strict=True)]
+        paired = math.exp(statistics.mean(math.log(r) for r in per_round))
         print(f"  {name:28s} median {median:7.2f} ms   / {peer_name}: {ratio:.3f} (per round: {paired:.3f})")
     print(f"  max |GEMM - conv2d| over the logits: {diff:.1e}")
 
