@@ -790,31 +790,26 @@ void run_image(const Layer* layers, int n_layers, const float* img, int H, int W
     if (L.kind == STEM) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
       const Layer* B = i + 1 < n_layers ? &layers[i + 1] : nullptr;
-      if (B && B->kind == BLOCK && !B->has_expand && !B->residual && wo >= kFuseMinWidth) {
-        // The stem fused into the first block: its rows go straight into the block's ring (V2: 112 × 112 × 32
-        // fp32 never written out and read back).
-        const int bo = (ho - 1) / B->stride + 1, bwo = (wo - 1) / B->stride + 1;
-        auto fused = [&](auto* padded, auto* col) {
-          stem_pad(L, img, h, w, padded, col, me);
-          me.wait();
-          run_block_rows(*B, nullptr, ho, wo, cur, bo, bwo, s.ring[t], s.qrow[t], me, true,
-                         [&](int r, float* slot) { stem_row(L, padded, w, col, r, wo, slot); });
-        };
-        if (L.out.q)
-          fused(reinterpret_cast<uint8_t*>(s.padded), reinterpret_cast<uint8_t*>(s.row[t]));
-        else
-          fused(s.padded, s.row[t]);
-        h = bo, w = bwo, c = B->cout;
-        ++i;
+      // A first block without expansion or residual takes the stem's rows straight into its ring (V2: 112 × 112 ×
+      // 32 fp32 never written out and read back).
+      const bool fuse = B && B->kind == BLOCK && !B->has_expand && !B->residual && wo >= kFuseMinWidth;
+      const int bo = fuse ? (ho - 1) / B->stride + 1 : ho, bwo = fuse ? (wo - 1) / B->stride + 1 : wo;
+      auto stem = [&](auto* padded, auto* col) {  // uint8_t for an int8 stem, float otherwise
+        if (!fuse) {
+          run_stem(L, img, h, w, cur, ho, wo, padded, col, me);
+          return;
+        }
+        stem_pad(L, img, h, w, padded, col, me);
         me.wait();
-        continue;
-      }
+        run_block_rows(*B, nullptr, ho, wo, cur, bo, bwo, s.ring[t], s.qrow[t], me, true,
+                       [&](int r, float* slot) { stem_row(L, padded, w, col, r, wo, slot); });
+      };
       if (L.out.q)
-        run_stem(L, img, h, w, cur, ho, wo, reinterpret_cast<uint8_t*>(s.padded), reinterpret_cast<uint8_t*>(s.row[t]),
-                 me);
+        stem(reinterpret_cast<uint8_t*>(s.padded), reinterpret_cast<uint8_t*>(s.row[t]));
       else
-        run_stem(L, img, h, w, cur, ho, wo, s.padded, s.row[t], me);
-      h = ho, w = wo, c = L.cout;
+        stem(s.padded, s.row[t]);
+      h = bo, w = bwo, c = fuse ? B->cout : L.cout;
+      i += fuse;  // the fused block is done too
       me.wait();
       continue;
     }
