@@ -64,7 +64,7 @@ def test_paths_are_timed_in_interleaved_rounds() -> None:
     timed = batch1[-40:]
     assert timed == (["a"] * 4 + ["b"] * 4 + ["b"] * 4 + ["a"] * 4) * 2 + ["a"] * 4 + ["b"] * 4
     assert [name for name, n in calls if n == 32][-4:] == ["a", "b", "b", "a"]
-    # one batch-1 median per round, each lying within the run's timed calls
+    # one batch-1 median per round
     assert all(len(r.batch1_ms_round_medians) == 5 and min(r.batch1_ms_round_medians) > 0 for r in results)
 
 
