@@ -9,14 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from mobilenets import create_model
 from mobilenets.checkpoint import save_weights
 from mobilenets.cli import main
+from mobilenets.errors import ConfigError
 from mobilenets.segmentation.inference import DEEPLAB_EVAL_SCALES, predict_probs, scaled_size
-from mobilenets.segmentation.task import SegmentTask
+from mobilenets.segmentation.task import SegmentTask, pixel_loss
 
 
 def test_deeplab_scaled_sizes() -> None:
@@ -51,6 +53,28 @@ def test_loss_ignores_255() -> None:
     loss, _ = task.loss(lambda x: logits, {"images": torch.zeros(1, 3, 2, 2), "masks": masks})
     expected = -logits[0, :, 0, 1].log_softmax(0)[2]
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_top_k_pixels_averages_the_hardest_labelled_pixels() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 3, 3, requires_grad=True)
+    masks = torch.randint(0, 4, (2, 3, 3))
+    masks[0, 0] = 255  # three ignored pixels: never among the hardest, whatever their logits
+    each = F.cross_entropy(logits, masks, ignore_index=255, reduction="none")[masks != 255]
+    assert pixel_loss(logits, masks, 1.0).item() == pytest.approx(each.mean().item(), rel=1e-6)
+    hardest = each.sort(descending=True).values
+    assert pixel_loss(logits, masks, 0.25).item() == pytest.approx(hardest[:4].mean().item(), rel=1e-6)  # ⌈15/4⌉
+    assert pixel_loss(logits, masks, 1e-9).item() == pytest.approx(hardest[0].item(), rel=1e-6)
+    pixel_loss(logits, masks, 0.25).backward()  # only the four hardest pixels get a gradient
+    assert int((logits.grad.abs().sum(1) > 0).sum()) == 4
+    nothing = pixel_loss(logits, torch.full_like(masks, 255), 0.25)
+    assert nothing.item() == 0.0 and nothing.requires_grad
+    args = argparse.Namespace(
+        resolution=64, scale_range=(0.5, 2.0), no_hflip=False, classes=None, data="embedded", scenes=(2, 2),
+        scene_size=64, num_classes=None, top_k_pixels=0.0,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="top-k-pixels"):
+        SegmentTask(args)
 
 
 def _json(capsys: pytest.CaptureFixture[str]) -> object:

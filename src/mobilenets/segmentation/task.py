@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
             help="LR-ASPP: a branch naming object classes from K×K-pooled 1/16 features, started from --init's "
             "classifier when its classes match (odd K; not in the paper)",
         )  # fmt: skip
+        g.add_argument(
+            "--top-k-pixels", dest="top_k_pixels", type=float, default=1.0, metavar="F",
+            help="average the loss over the hardest fraction F of labelled pixels only (DeepLab's "
+            "top_k_percent_pixels; 1 = every pixel)",
+        )  # fmt: skip
         g.add_argument("--classes", help="class names file (one per line) for folder data; default: VOC's 21")
         g.add_argument("--scenes", type=int, nargs=2, default=(2000, 200), metavar=("TRAIN", "VAL"),
                        help="embedded data: number of generated scenes per split")  # fmt: skip
@@ -108,6 +114,7 @@ class SegmentTask:
 
     name = "segment"
     primary_metric = "miou"
+    top_k = 1.0  # fraction of labelled pixels the loss averages (--top-k-pixels)
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -122,6 +129,9 @@ class SegmentTask:
         )
         if args.num_classes is not None and args.num_classes != len(self.classes):
             raise ConfigError(f"--num-classes {args.num_classes} but the data has {len(self.classes)} classes")
+        self.top_k = float(getattr(args, "top_k_pixels", 1.0))
+        if not 0 < self.top_k <= 1:
+            raise ConfigError(f"--top-k-pixels must be in (0, 1], got {self.top_k}")
 
     def build_model(self) -> nn.Module:
         overrides: dict[str, object] = {"num_classes": len(self.classes)}
@@ -138,8 +148,7 @@ class SegmentTask:
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         logits = model(batch["images"])
-        loss = F.cross_entropy(logits.float(), batch["masks"], ignore_index=IGNORE_INDEX)
-        return loss, {}
+        return pixel_loss(logits, batch["masks"], self.top_k), {}
 
     def evaluate(self, model: nn.Module, loader: DataLoader, distributed: bool) -> dict[str, float]:
         confusion = accumulate(model, loader, len(self.classes))
@@ -150,6 +159,20 @@ class SegmentTask:
 
     def metadata(self) -> dict[str, Any]:
         return {"classes": self.classes, "mean": list(self.transform.mean), "std": list(self.transform.std)}
+
+
+def pixel_loss(logits: torch.Tensor, masks: torch.Tensor, top_k: float = 1.0) -> torch.Tensor:
+    """Per-pixel cross-entropy over the labelled pixels (``IGNORE_INDEX`` left out). ``top_k`` < 1 averages the
+    hardest ``ceil(top_k · labelled)`` pixels of the batch only (DeepLab's ``top_k_percent_pixels``, online hard
+    example mining): easy pixels, mostly background, stop diluting the gradient of the misnamed ones."""
+    if top_k >= 1:
+        return F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
+    losses = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="none")
+    labelled = losses[masks != IGNORE_INDEX]
+    if labelled.numel() == 0:  # an all-ignore batch: a zero that still reaches every logit
+        return logits.sum() * 0.0
+    k = max(1, math.ceil(top_k * labelled.numel()))
+    return labelled.topk(k, sorted=False).values.mean()
 
 
 def build_task(args: argparse.Namespace) -> SegmentTask:
