@@ -10,6 +10,7 @@ from mobilenets import ConfigError, create_model
 from mobilenets.analysis.memtrace import peak_activation_bytes
 from mobilenets.analysis.profile import profile
 from mobilenets.deploy.split import ConvSlice, SplitInvertedResidual, group_bounds, split_model
+from mobilenets.models.layers import PointwiseConv2d
 from model_util import randomise_bn
 
 ALL_CHANNELS = 10**9  # t ≥ n: one inner channel per group
@@ -56,6 +57,26 @@ def test_split_runs_the_groups() -> None:
     with torch.no_grad():
         split(torch.randn(1, 3, 32, 32))
     assert len(calls) == 3 * 3 * 17 - 3  # expand + depthwise + project per group; block 1 has no expansion
+
+
+def test_group_slices_follow_the_parents_gemm_switch() -> None:
+    # A 1×1 group slice runs as a matrix product exactly when its parent PointwiseConv2d would.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = randomise_bn(create_model("mobilenet_v2", width=0.35)).eval()
+    split = split_model(model, 2)
+    x = torch.randn(1, 3, 32, 32)
+    ops, logits = {}, {}
+    for gemm in (True, False):
+        for m in split.modules():  # split_model copies: the parents are the split model's own
+            if isinstance(m, PointwiseConv2d):
+                m.gemm = gemm
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            logits[gemm] = split(x)
+        ops[gemm] = {str(op) for op in counter.get_flop_counts()["Global"]}
+    assert "aten.mm" in ops[True] and "aten.mm" not in ops[False]  # (the classifier is an addmm either way)
+    assert (logits[True] - logits[False]).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("t", [2, 4, 40])

@@ -66,12 +66,13 @@ class ConvSlice(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
             not self.training
+            and getattr(self.parent, "gemm", False)  # exactly when the parent would (PointwiseConv2d.gemm)
             and self.kernel_size == (1, 1)
             and self.stride == (1, 1)
             and self.groups == 1
             and not self.same
         ):
-            out = pointwise_gemm(x, self.weight, None)  # as the parent model runs its 1×1 layers
+            out = pointwise_gemm(x, self.weight, None)
             if out is not None:
                 return out
         padding = self.padding
