@@ -36,7 +36,7 @@ from torch import nn
 
 from mobilenets.errors import ConfigError
 from mobilenets.models.blocks import InvertedResidual
-from mobilenets.models.layers import Conv2dSame, pointwise_gemm, tf_same_padding
+from mobilenets.models.layers import Conv2dSame, PointwiseConv2d, pointwise_gemm, tf_same_padding
 
 
 class ConvSlice(nn.Conv2d):
@@ -64,14 +64,8 @@ class ConvSlice(nn.Conv2d):
         return w[:, self.start : self.stop] if self.slice_input else w[self.start : self.stop]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            not self.training
-            and getattr(self.parent, "gemm", False)  # exactly when the parent would (PointwiseConv2d.gemm)
-            and self.kernel_size == (1, 1)
-            and self.stride == (1, 1)
-            and self.groups == 1
-            and not self.same
-        ):
+        # A slice of a 1×1 layer runs as a matrix product exactly when its parent would (PointwiseConv2d.gemm).
+        if not self.training and isinstance(self.parent, PointwiseConv2d) and self.parent.gemm:
             out = pointwise_gemm(x, self.weight, None)
             if out is not None:
                 return out
