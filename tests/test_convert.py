@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mobilenets import CheckpointError, create_model
+from mobilenets.checkpoint import read_info, read_weights, save_weights
 from mobilenets.convert import convert_file, convert_state_dict, read_state_dict, to_torchvision
 from timm_util import import_timm, randomize
 
@@ -324,3 +325,22 @@ def test_unreadable_file(tmp_path: Path, name: str, content: bytes | None, messa
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         convert_file(tmp_path / "nope.pth", tmp_path / "out.safetensors", "timm")
+
+
+def test_weight_files_round_trip_and_bad_files_are_named(tmp_path: Path) -> None:
+    model = create_model("mobilenet_v2", width=0.35, num_classes=3)
+    save_weights(model, tmp_path / "ok.safetensors")
+    name, config, state = read_weights(tmp_path / "ok.safetensors")
+    assert (name, config["num_classes"]) == ("mobilenet_v2", 3)
+    assert read_info(tmp_path / "ok.safetensors") == (name, config)
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))  # a safetensors file that is not ours
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00\x01garbage")
+    for reader in (read_info, read_weights):
+        with pytest.raises(CheckpointError, match=r"^[^ ]*plain\.safetensors has no mobilenets metadata"):
+            reader(tmp_path / "plain.safetensors")
+        with pytest.raises(CheckpointError, match=r"cannot read .*junk\.safetensors as safetensors"):
+            reader(tmp_path / "junk.safetensors")
+        with pytest.raises(CheckpointError, match="not found"):
+            reader(tmp_path / "nope.safetensors")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import safe_open, save_file
 from torch import nn
 
 from mobilenets.errors import CheckpointError
@@ -52,30 +52,36 @@ def save_weights(model: nn.Module, path: str | Path, name: str | None = None) ->
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
-def read_info(path: str | Path) -> tuple[str, dict[str, object]]:
-    """(model name, config) from a file written by ``save_weights``, without loading its tensors."""
+def _open_weights(path: str | Path, tensors: bool) -> tuple[str, dict[str, object], dict[str, torch.Tensor]]:
+    """(model name, config, state dict) of a file written by ``save_weights``; the state dict is empty unless
+    ``tensors``. One pass over the file: a bad file fails before any tensor is read."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+            if META_KEY not in meta:
+                raise CheckpointError(f"{path} has no mobilenets metadata; convert it first with `mobilenets convert`")
+            names = f.keys() if tensors else []  # safe_open objects are not iterable
+            state = {key: f.get_tensor(key) for key in names}
+    except CheckpointError:
+        raise
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {path} as safetensors: {e}") from None
-    if META_KEY not in meta:
-        raise CheckpointError(f"{path} has no mobilenets metadata; convert it first with `mobilenets convert`")
     info = json.loads(meta[META_KEY])
-    return info["model"], info["config"]
+    return info["model"], info["config"], state
+
+
+def read_info(path: str | Path) -> tuple[str, dict[str, object]]:
+    """(model name, config) from a file written by ``save_weights``, without loading its tensors."""
+    name, config, _ = _open_weights(path, tensors=False)
+    return name, config
 
 
 def read_weights(path: str | Path) -> tuple[str, dict[str, object], dict[str, torch.Tensor]]:
     """Return (model name, config, state dict) from a file written by ``save_weights``."""
-    name, config = read_info(path)
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path} as safetensors: {e}") from None
-    return name, config, state
+    return _open_weights(path, tensors=True)
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
