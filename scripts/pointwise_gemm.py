@@ -20,7 +20,14 @@ import statistics
 import torch
 
 from mobilenets import create_model
-from mobilenets.analysis.bench import TIMM_NAMES, _import_timm, interleaved_times, real_images, recalibrate_batchnorm
+from mobilenets.analysis.bench import (
+    TIMM_NAMES,
+    _import_timm,
+    interleaved_times,
+    pooled,
+    real_images,
+    recalibrate_batchnorm,
+)
 from mobilenets.models.layers import PointwiseConv2d
 
 
@@ -54,8 +61,8 @@ def main() -> None:
         f"{args.model} @ {args.resolution}, batch 1, {args.threads} threads, {args.rounds} rounds x {args.calls} calls"
     )
     for name in paths:
-        median = statistics.median([t for block in rounds[name] for t in block])
-        ratio = median / statistics.median([t for block in rounds[peer_name] for t in block])
+        median = statistics.median(pooled(rounds[name]))
+        ratio = median / statistics.median(pooled(rounds[peer_name]))
         per_round = [statistics.median(block) / p for block, p in zip(rounds[name], peer_rounds, strict=True)]
         paired = math.exp(statistics.mean(math.log(r) for r in per_round))
         print(f"  {name:28s} median {median:7.2f} ms   / {peer_name}: {ratio:.3f} (per round: {paired:.3f})")

@@ -160,6 +160,11 @@ def interleaved_times(
     return times
 
 
+def pooled(rounds: list[list[float]]) -> list[float]:
+    """The times of every round of :func:`interleaved_times` in one list."""
+    return [t for round_times in rounds for t in round_times]
+
+
 def measure_interleaved(
     candidates: list[Candidate],
     x1: torch.Tensor,
@@ -192,7 +197,7 @@ def measure_interleaved(
                 b32[c.name] += time_calls(lambda c=c: c.predict(x32), 1, warmup=0)
     results = []
     for c in candidates:
-        times = [t for round_times in b1[c.name] for t in round_times]
+        times = pooled(b1[c.name])
         peak = peak_activation_bytes(c.model_for_memory, x1) if c.model_for_memory is not None else c.activation_bytes
         result = BenchResult(
             c.name,

@@ -174,7 +174,7 @@ def export_latency(model: torch.nn.Module, files: dict, x: torch.Tensor, runs: i
     each file's speed-up over the first (fp32) file."""
     import statistics
 
-    from mobilenets.analysis.bench import interleaved_times
+    from mobilenets.analysis.bench import interleaved_times, pooled
     from mobilenets.deploy.export import export_graph, ort_session, run_onnx_all
 
     torch.set_num_threads(threads)
@@ -183,7 +183,7 @@ def export_latency(model: torch.nn.Module, files: dict, x: torch.Tensor, runs: i
     calls = {"pytorch": lambda: graph(x), **{name: (lambda s=s: run_onnx_all(s, x)) for name, s in sessions.items()}}
     with torch.no_grad():
         times = interleaved_times(calls, runs, rounds=5)
-    medians = {name: round(statistics.median([t for r in rounds for t in r]), 2) for name, rounds in times.items()}
+    medians = {name: round(statistics.median(pooled(rounds)), 2) for name, rounds in times.items()}
     first = next(iter(files))
     report: dict = {"threads": threads, "runs": runs, "batch1_ms_median": medians}
     report["speedup_over_" + first] = {n: round(medians[first] / medians[n], 2) for n in files if n != first}
