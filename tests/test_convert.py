@@ -337,6 +337,7 @@ def test_weight_files_round_trip_and_bad_files_are_named(tmp_path: Path) -> None
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))  # a safetensors file that is not ours
     (tmp_path / "junk.safetensors").write_bytes(b"\x00\x01garbage")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "broken.safetensors"), metadata={"mobilenets": '{"model": 1'})
     for reader in (read_info, read_weights):
         with pytest.raises(CheckpointError, match=r"^[^ ]*plain\.safetensors has no mobilenets metadata"):
             reader(tmp_path / "plain.safetensors")
@@ -344,3 +345,5 @@ def test_weight_files_round_trip_and_bad_files_are_named(tmp_path: Path) -> None
             reader(tmp_path / "junk.safetensors")
         with pytest.raises(CheckpointError, match="not found"):
             reader(tmp_path / "nope.safetensors")
+        with pytest.raises(CheckpointError, match=r"broken\.safetensors: malformed mobilenets metadata"):
+            reader(tmp_path / "broken.safetensors")

@@ -54,7 +54,7 @@ def save_weights(model: nn.Module, path: str | Path, name: str | None = None) ->
 
 def _open_weights(path: str | Path, tensors: bool) -> tuple[str, dict[str, object], dict[str, torch.Tensor]]:
     """(model name, config, state dict) of a file written by ``save_weights``; the state dict is empty unless
-    ``tensors``. One pass over the file: a bad file fails before any tensor is read."""
+    ``tensors``. The file is opened once, and its metadata checked before any tensor is read."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
@@ -63,14 +63,17 @@ def _open_weights(path: str | Path, tensors: bool) -> tuple[str, dict[str, objec
             meta = f.metadata() or {}
             if META_KEY not in meta:
                 raise CheckpointError(f"{path} has no mobilenets metadata; convert it first with `mobilenets convert`")
+            info = json.loads(meta[META_KEY])
+            name, config = str(info["model"]), dict(info["config"])
             names = f.keys() if tensors else []  # safe_open objects are not iterable
             state = {key: f.get_tensor(key) for key in names}
     except CheckpointError:
         raise
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: malformed mobilenets metadata ({e!r})") from None
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {path} as safetensors: {e}") from None
-    info = json.loads(meta[META_KEY])
-    return info["model"], info["config"], state
+    return name, config, state
 
 
 def read_info(path: str | Path) -> tuple[str, dict[str, object]]:
