@@ -337,7 +337,8 @@ def test_weight_files_round_trip_and_bad_files_are_named(tmp_path: Path) -> None
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))  # a safetensors file that is not ours
     (tmp_path / "junk.safetensors").write_bytes(b"\x00\x01garbage")
-    save_file({"w": torch.zeros(2)}, str(tmp_path / "broken.safetensors"), metadata={"mobilenets": '{"model": 1'})
+    for stem, meta in (("broken", '{"model": 1'), ("no_config", '{"model": "mobilenet_v2"}')):
+        save_file({"w": torch.zeros(2)}, str(tmp_path / f"{stem}.safetensors"), metadata={"mobilenets": meta})
     for reader in (read_info, read_weights):
         with pytest.raises(CheckpointError, match=r"^[^ ]*plain\.safetensors has no mobilenets metadata"):
             reader(tmp_path / "plain.safetensors")
@@ -345,5 +346,6 @@ def test_weight_files_round_trip_and_bad_files_are_named(tmp_path: Path) -> None
             reader(tmp_path / "junk.safetensors")
         with pytest.raises(CheckpointError, match="not found"):
             reader(tmp_path / "nope.safetensors")
-        with pytest.raises(CheckpointError, match=r"broken\.safetensors: malformed mobilenets metadata"):
-            reader(tmp_path / "broken.safetensors")
+        for stem in ("broken", "no_config"):
+            with pytest.raises(CheckpointError, match=rf"{stem}\.safetensors: malformed mobilenets metadata"):
+                reader(tmp_path / f"{stem}.safetensors")
