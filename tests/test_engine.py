@@ -348,3 +348,20 @@ def test_keep_freed_memory_reuses_large_blocks() -> None:
     assert plain_kept == "False" and plain > 4 * 16_384  # four 64 MiB blocks per step, all faulted again
     assert kept == "True" and faults < plain / 2
     assert grad == plain_grad == 2.0 * 16 * 2**20 * 7  # 7 backward passes, d/dx = 2 everywhere
+
+
+def test_malformed_training_metadata_is_named(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from mobilenets.checkpoint import META_KEY
+    from mobilenets.engine.checkpoints import TRAIN_META_KEY, load_trained, task_of
+    from mobilenets.errors import CheckpointError
+
+    model = create_model("mobilenet_v2", width=0.35, num_classes=3)
+    info = json.dumps({"model": "mobilenet_v2", "config": model.config.to_dict()})
+    for stem, train in (("cut", '{"task": "classify"'), ("list", '["classify"]')):
+        path = tmp_path / f"{stem}.safetensors"
+        save_file(model.state_dict(), str(path), metadata={META_KEY: info, TRAIN_META_KEY: train})
+        with pytest.raises(CheckpointError, match=rf"{stem}\.safetensors: malformed training metadata"):
+            load_trained(path)
+        assert task_of(path) is None  # unreadable: loading it says why

@@ -116,7 +116,13 @@ def read_train_meta(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read {path} as safetensors: {e}") from None
     if TRAIN_META_KEY not in meta:
         return {}
-    return json.loads(meta[TRAIN_META_KEY])
+    try:
+        info = json.loads(meta[TRAIN_META_KEY])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: malformed training metadata ({e})") from None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: malformed training metadata (not a JSON object)")
+    return info
 
 
 def resolve_weights(path: str | Path) -> Path:
