@@ -7,10 +7,11 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import safe_open, save_file
+from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from mobilenets.errors import CheckpointError
@@ -52,39 +53,51 @@ def save_weights(model: nn.Module, path: str | Path, name: str | None = None) ->
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
-def _open_weights(path: str | Path, tensors: bool) -> tuple[str, dict[str, object], dict[str, torch.Tensor]]:
-    """(model name, config, state dict) of a file written by ``save_weights``; the state dict is empty unless
-    ``tensors``. The file is opened once, and its metadata checked before any tensor is read."""
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file, read from its header (no tensor is loaded)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if META_KEY not in meta:
-                raise CheckpointError(f"{path} has no mobilenets metadata; convert it first with `mobilenets convert`")
-            info = json.loads(meta[META_KEY])
-            name, config = str(info["model"]), dict(info["config"])
-            names = f.keys() if tensors else []  # safe_open objects are not iterable
-            state = {key: f.get_tensor(key) for key in names}
-    except CheckpointError:
-        raise
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: malformed mobilenets metadata ({e!r})") from None
+            return f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {path} as safetensors: {e}") from None
-    return name, config, state
+
+
+def json_metadata(path: str | Path, meta: dict[str, str], key: str, what: str) -> dict[str, Any] | None:
+    """``meta[key]`` (``what`` metadata of the file at ``path``) parsed as a JSON object; None when the key is
+    absent. Text that is not a JSON object is a ``CheckpointError`` naming the file."""
+    if key not in meta:
+        return None
+    try:
+        info = json.loads(meta[key])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: malformed {what} metadata ({e})") from None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: malformed {what} metadata (not a JSON object)")
+    return info
 
 
 def read_info(path: str | Path) -> tuple[str, dict[str, object]]:
     """(model name, config) from a file written by ``save_weights``, without loading its tensors."""
-    name, config, _ = _open_weights(path, tensors=False)
-    return name, config
+    info = json_metadata(path, read_metadata(path), META_KEY, "mobilenets")
+    if info is None:
+        raise CheckpointError(f"{path} has no mobilenets metadata; convert it first with `mobilenets convert`")
+    if not isinstance(info.get("model"), str) or not isinstance(info.get("config"), dict):
+        raise CheckpointError(f"{path}: malformed mobilenets metadata (needs a model name and a config)")
+    return info["model"], info["config"]
 
 
 def read_weights(path: str | Path) -> tuple[str, dict[str, object], dict[str, torch.Tensor]]:
-    """Return (model name, config, state dict) from a file written by ``save_weights``."""
-    return _open_weights(path, tensors=True)
+    """Return (model name, config, state dict) from a file written by ``save_weights``; the metadata is checked
+    (from the header) before any tensor is loaded."""
+    name, config = read_info(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path} as safetensors: {e}") from None
+    return name, config, state
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:

@@ -13,11 +13,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import safe_open, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from mobilenets.checkpoint import META_KEY, atomic_write, load_into, model_config, read_info, read_weights
+from mobilenets.checkpoint import (
+    META_KEY,
+    atomic_write,
+    json_metadata,
+    load_into,
+    model_config,
+    read_info,
+    read_metadata,
+    read_weights,
+)
 from mobilenets.errors import CheckpointError, MobilenetsError
 from mobilenets.registry import create_model
 
@@ -109,20 +117,9 @@ def load_resume(path: str | Path) -> Resumed:
 
 
 def read_train_meta(path: Path) -> dict[str, Any]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"cannot read {path} as safetensors: {e}") from None
-    if TRAIN_META_KEY not in meta:
-        return {}
-    try:
-        info = json.loads(meta[TRAIN_META_KEY])
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: malformed training metadata ({e})") from None
-    if not isinstance(info, dict):
-        raise CheckpointError(f"{path}: malformed training metadata (not a JSON object)")
-    return info
+    """The engine's training metadata of a checkpoint (task, train args, task metadata, epoch, step); {} for a
+    plain ``save_weights`` file."""
+    return json_metadata(path, read_metadata(path), TRAIN_META_KEY, "training") or {}
 
 
 def resolve_weights(path: str | Path) -> Path:
