@@ -18,9 +18,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mobilenets.data import scenes
-from mobilenets.segmentation.metrics import IGNORE_INDEX
+from mobilenets.segmentation.metrics import IGNORE_INDEX, mean_iou
 
 
 def naming_matrix(confusion: np.ndarray, accuracy: float) -> np.ndarray:
@@ -64,8 +65,7 @@ def main() -> None:
             conf = np.zeros((11, 11))
             conf[0, 0] = background
             np.add.at(conf, (cls + 1, named + 1), area)
-            iou = np.diag(conf) / (conf.sum(0) + conf.sum(1) - np.diag(conf))
-            mious.append(iou.mean())
+            mious.append(mean_iou(torch.from_numpy(conf)))
         pixels_right = float((area * (np.diag(m)[cls])).sum() / area.sum())
         rows.append({"objects_named_right": accuracy, "garment_pixels_right": round(pixels_right, 4),
                      "miou_mean": round(float(np.mean(mious)), 4), "miou_min": round(float(np.min(mious)), 4),
