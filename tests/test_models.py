@@ -64,7 +64,7 @@ def test_v2_table_rows_are_the_papers() -> None:
 def test_v2_width_rules(width: float, stem: int, head: int) -> None:
     spec = build_spec("v2", width)
     assert spec.stem_channels == stem
-    assert spec.head_channels == head  # 1280 kept for α ≤ 1, grown for α > 1 (SPEC §2)
+    assert spec.head_channels == head  # 1280 kept for α ≤ 1, grown for α > 1 (V2 §6.1, TF-Slim)
     assert all(b.out_channels % 8 == 0 and b.out_channels >= 8 for b in spec.blocks)
 
 

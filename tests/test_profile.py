@@ -23,7 +23,7 @@ def test_v2_anchor(v2_224: Profile) -> None:
 
 
 def test_v2_block_cost_is_the_papers_formula(v2_224: Profile) -> None:
-    # V2 §3.3 / SPEC §1: a stride-1 bottleneck costs h·w·d'·t·(d' + k² + d''); block 3 is 24 → 24 at 56×56, t = 6.
+    # V2 §3.3: a stride-1 bottleneck costs h·w·d'·t·(d' + k² + d''); block 3 is 24 → 24 at 56×56, t = 6.
     h = w = 56
     d_in, t, d_out = 24, 6, 24
     block = sum(layer.madds for layer in v2_224.layers if layer.name.startswith("stages.1.1."))

@@ -150,7 +150,7 @@ def test_training_mode_uses_the_standard_path() -> None:
 
 
 def test_split_halves_peak_activation_memory() -> None:
-    # SPEC §4 goal, batch 1 at 224 px: t = 4 needs at most half the standard path's live activations.
+    # V2 §5.1, batch 1 at 224 px: t = 4 needs at most half the standard path's live activations.
     model = create_model("mobilenet_v2").eval()
     x = torch.randn(1, 3, 224, 224)
     standard = peak_activation_bytes(model, x)

@@ -216,7 +216,7 @@ def _out(size: int, stride: int) -> int:
 
 
 def count(spec: NetSpec, resolution: int, num_classes: int = NUM_CLASSES, in_chans: int = 3) -> Count:
-    """Multiply-adds and parameters of a resolved spec, layer by layer as V2 §3.3 / SPEC §1 write them:
+    """Multiply-adds and parameters of a resolved spec, layer by layer as V2 §3.3 writes them:
     a k×k conv producing h×w×c' from c channels costs h·w·k²·c·c' (depthwise: h·w·k²·c)."""
     h = w = _out(resolution, 2)
     stem = spec.stem_channels

@@ -1,4 +1,4 @@
-"""Deterministic detection / segmentation scenes: real Fashion-MNIST objects pasted onto real photos (SPEC §8).
+"""Deterministic detection / segmentation scenes: real Fashion-MNIST objects pasted onto real photos.
 
 No offline dataset has real boxes or masks, so the project composes its own. Every object is a real Fashion-MNIST
 image (MIT, Zalando Research), resized to a random scale and aspect, tinted, and pasted at a random position onto

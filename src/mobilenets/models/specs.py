@@ -188,7 +188,7 @@ def build_spec(
 ) -> NetSpec:
     """Resolve a paper table at a width multiplier and output stride into block specs.
 
-    Rounding follows SPEC §2 / TF-Slim: every channel count becomes ``make_divisible(c·α, 8)``; V2's last 1×1
+    Rounding follows TF-Slim and V2 §6.1: every channel count becomes ``make_divisible(c·α, 8)``; V2's last 1×1
     conv stays 1280 for α ≤ 1 and grows to 1280·α above. Past ``output_stride`` strides become 1 and later
     layers dilate (DeepLab's atrous trick): the block that loses its stride keeps the old rate.
     """
