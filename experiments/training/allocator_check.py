@@ -4,7 +4,7 @@ Each configuration runs in its own fresh process (``mallopt`` is process-wide an
 plain / kept, for ``--rounds`` rounds: SSDLite or LR-ASPP on MobileNetV2, random images, forward + backward + AdamW
 step, median step time over ``--steps`` steps after two warm-up steps, and minor page faults per step::
 
-    python scripts/allocator_check.py --model ssdlite_mobilenet_v2 --resolution 192 224 256 --batch-size 32
+    python experiments/training/allocator_check.py --model ssdlite_mobilenet_v2 --resolution 192 224 256 --batch-size 32
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """How much a segmenter on the embedded scenes would gain by naming whole objects instead of single pixels.
 
-    python scripts/object_vote.py --segmenter runs/seg/best.safetensors [--mf]
+    python experiments/segmentation/object_vote.py --segmenter runs/seg/best.safetensors [--mf]
 
 Three readings of the same class probabilities (single scale, or MF with ``--mf``) on the validation scenes, each
 scored as ``mobilenets eval`` scores (mIoU over background + the ten garments, ignore pixels not counted):

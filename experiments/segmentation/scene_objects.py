@@ -1,6 +1,7 @@
 """How well the objects of the embedded validation scenes are *named*, object by object.
 
-    python scripts/scene_objects.py --classifier runs/views2/best.safetensors [--segmenter runs/seg/best.safetensors]
+    python experiments/segmentation/scene_objects.py --classifier runs/views2/best.safetensors \
+        [--segmenter runs/seg/best.safetensors]
 
 The scenes' objects are Fashion-MNIST garments, partly covered by others; a segmenter or detector can only name
 them as well as it can classify them. For every object of the first ``--scenes`` validation scenes (256×256):

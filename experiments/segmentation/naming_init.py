@@ -1,10 +1,11 @@
-"""How well the naming branch names scene pixels before any segmentation training (README, segmentation).
+"""How well the naming branch names scene pixels before any segmentation training (docs/segmentation.md).
 
 Builds ``lraspp_mobilenet_v2`` with ``naming_pool=K``, starts its backbone and naming branch from a classification
 checkpoint (``--init``), and reads the branch alone on the first ``--scenes`` validation scenes: the share of the
 garment pixels (labelled 1..10, ignore excluded) whose argmax over the object classes is their class.
 
-    python scripts/naming_init.py --classifier runs/clutter/best.safetensors --pool 3 5 --output-stride 16 32
+    python experiments/segmentation/naming_init.py --classifier runs/clutter/best.safetensors \
+        --pool 3 5 --output-stride 16 32
 """
 
 from __future__ import annotations

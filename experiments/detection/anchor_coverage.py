@@ -1,6 +1,6 @@
 """How well SSDLite's anchors cover a COCO-format set's boxes at a given input size.
 
-    python scripts/anchor_coverage.py [ANNOTATIONS.json] [--resolution 160 192 ...]
+    python experiments/detection/anchor_coverage.py [ANNOTATIONS.json] [--resolution 160 192 ...]
 
 Without a file: the embedded scenes' validation split (generated on first use). For every input size, with TF's
 three anchors per location on the stride-16 map and with the full six (``--full-lowest-layer``): the median best

@@ -7,7 +7,7 @@ convolution, as before), and timm's model (own random weights). BatchNorm statis
 benchmark's photos (as ``mobilenets bench`` does), denormals flushed. Prints each median, the ratios of medians and
 the geometric mean of per-round ratios, and the largest difference between our two variants' logits.
 
-    python scripts/pointwise_gemm.py --model mobilenet_v2 --threads 2 --rounds 40
+    python experiments/engine/pointwise_gemm.py --model mobilenet_v2 --threads 2 --rounds 40
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The fused engine's figures the README quotes beside the benchmark (README, deployment section).
+"""The fused engine's equality and back-to-back latency figures (docs/deployment.md).
 
 1. fp32 equality: max abs difference of the engine's logits from eager PyTorch, for V1, V2 at several widths and
    the minimalistic V3 models (BatchNorm randomised so that folding matters; 2 images of 96 × 128).
@@ -8,8 +8,8 @@
 3. Back-to-back batch-1 latency of MobileNetV2 1.0 @ 224, fp32 and int8, one and two threads, interleaved in
    ``--rounds`` blocks of 20 calls (BatchNorm re-estimated on photos, int8 calibrated on 32 other photos), medians.
 
-    python scripts/fused_checks.py            # all three, about a minute
-    python scripts/fused_checks.py --only latency
+    python experiments/engine/fused_checks.py            # all three, about a minute
+    python experiments/engine/fused_checks.py --only latency
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from mobilenets import create_model
 from mobilenets.analysis.bench import real_images, recalibrate_batchnorm, time_calls
 from mobilenets.deploy import fused
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from model_util import trained_like  # the tests' models with randomised BatchNorm, as they are tested
 
 

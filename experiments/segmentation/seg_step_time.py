@@ -5,7 +5,8 @@ data: forward, cross-entropy at the input size, backward and an AdamW step, in c
 allocator setting (``keep_freed_memory``), as ``mobilenets train --channels-last`` runs it on a CPU. The median of
 ``--steps`` steps after two untimed ones is printed per configuration, with images per second.
 
-    python scripts/seg_step_time.py --model lraspp_mobilenet_v2 --width 0.5 --configs 16:128 8:128 16:192
+    python experiments/segmentation/seg_step_time.py --model lraspp_mobilenet_v2 --width 0.5 \
+        --configs 16:128 8:128 16:192
 """
 
 from __future__ import annotations

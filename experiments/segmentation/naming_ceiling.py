@@ -8,7 +8,7 @@ hardest). The mIoU over background + the ten garments is what a segmenter naming
 if it drew every outline perfectly: an upper bound for that naming accuracy.
 
     mobilenets eval --checkpoint runs/main --json > main_eval.json
-    python scripts/naming_ceiling.py --confusion main_eval.json --accuracy 0.65 0.7 0.75 0.8 0.85 0.9
+    python experiments/segmentation/naming_ceiling.py --confusion main_eval.json --accuracy 0.65 0.7 0.75 0.8 0.85 0.9
 """
 
 from __future__ import annotations
