@@ -253,7 +253,7 @@ def _codes_scale(block: nn.Module, ranges: Ranges) -> float | None:
 
 @torch.no_grad()
 def fake_quantized(model: MobileNet, calibration: list[torch.Tensor]) -> nn.Module:
-    """What the int8 engine computes, in PyTorch (its reference in tests and ``scripts/fused_checks.py``): a
+    """What the int8 engine computes, in PyTorch (its reference in tests and ``experiments/engine/fused_checks.py``): a
     BN-folded copy in which every layer the engine runs in int8 (``calibrate``) sees its input rounded to the
     calibrated 7-bit grid (codes 0..127) and its weights rounded to int8 codes (|q| ≤ 63) per output channel; the
     rest is fp32. Where the engine divides the depthwise weights by the codes' scale (``_codes_scale``), so does the

@@ -10,9 +10,9 @@ into a preallocated output.
 and to keep up to 2 GiB of free heap top instead of trimming it (``M_TRIM_THRESHOLD``), so most freed activations
 are reused by the next step (not all: ``tests/test_engine.py`` still sees about a quarter of the faults, probably
 because PyTorch's 64-byte aligned requests are a little larger than the freed blocks they could reuse).
-``scripts/allocator_check.py`` measures page faults and step time with and without it. The process keeps its peak
-heap until it exits — right for a training run, which is where the engine calls it. Results do not change (only
-where blocks are placed). On other C libraries it does nothing.
+``experiments/training/allocator_check.py`` measures page faults and step time with and without it.
+The process keeps its peak heap until it exits — right for a training run, which is where the engine calls it.
+Results do not change (only where blocks are placed). On other C libraries it does nothing.
 """
 
 from __future__ import annotations

@@ -84,11 +84,11 @@ class PointwiseConv2d(nn.Conv2d):
     """A 1×1 convolution (stride 1, one group, no padding), nine tenths of a MobileNet's multiply-adds.
 
     In inference on a CPU, for one NCHW image, it runs as one matrix product over the pixels (``pointwise_gemm``) —
-    V1 §3.1: a 1×1 convolution needs no im2col and is a GEMM — where PyTorch's convolution goes through oneDNN
-    (with layout reorders) or its im2col path. ``scripts/pointwise_gemm.py`` measures the whole model both ways. The
-    same weights and the same sums, within float rounding (``tests/test_models.py``). Everything else keeps
-    PyTorch's convolution: training, batches (a batched product measured slower than the convolution at batch 32),
-    channels_last inputs (oneDNN already runs those as a GEMM: level), other devices, graphs being traced,
+    V1 §3.1: a 1×1 convolution needs no im2col and is a GEMM — where PyTorch's convolution goes through oneDNN (with
+    layout reorders) or its im2col path. ``experiments/engine/pointwise_gemm.py`` measures the whole model both
+    ways. The same weights and the same sums, within float rounding (``tests/test_models.py``). Everything else
+    keeps PyTorch's convolution: training, batches (a batched product measured slower than the convolution at batch
+    32), channels_last inputs (oneDNN already runs those as a GEMM: level), other devices, graphs being traced,
     compiled or exported (TorchScript, Inductor, ONNX: their own kernels decide), and ``gemm = False``.
     """
 
