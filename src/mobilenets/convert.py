@@ -17,17 +17,26 @@ key maps below are written from each library's module structure:
 Neither file records BatchNorm's epsilon or the padding: timm's ``tf_*`` models (ported TensorFlow weights) use
 TensorFlow 'SAME' padding and eps 1e-3; its other models eps 1e-5 — also for V3, where ours (like torchvision
 and TF-Slim) defaults to 1e-3. torchvision uses 1e-5 for V2 and 1e-3 for V3.
+
+Nor do they record what the weights expect of an image, or what their outputs mean. A converted checkpoint
+stores both (``mobilenets predict`` / ``eval`` / ``export`` read them): the eval transform each source documents
+(torchvision's ``ImageClassification``: resize 256, centre crop 224, bilinear, ImageNet mean/std; timm's
+``pretrained_cfg`` of the named model, ``TIMM_PRETRAINED``), and for 1000 outputs the ImageNet-1k class names
+(1001: TF-Slim's extra background class first).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from functools import cache
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from mobilenets.checkpoint import save_weights
+from mobilenets.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformConfig
 from mobilenets.errors import CheckpointError, ConfigError
 from mobilenets.models.mobilenet import MobileNet, build_mobilenet
 from mobilenets.models.specs import ARCH_OF_MODEL, NetSpec, build_spec
@@ -37,6 +46,103 @@ SOURCES = ("timm", "torchvision")
 _WIDTHS = (1.0, 0.75, 0.5, 0.35, 1.4, 1.3, 0.25, 1.25, 1.5, 2.0, *(round(0.05 * i, 2) for i in range(2, 41)))
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 KeyMap = dict[str, str]  # our state-dict key → the source's
+
+# -- what the weights expect and mean --------------------------------------------------------------------------
+_HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # TensorFlow's [-1, 1] inputs
+_IMAGENET = (IMAGENET_MEAN, IMAGENET_STD)
+_UNIT = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # [0, 1] inputs (timm's MIIL ImageNet-21k weights)
+# timm's ``pretrained_cfg`` (``timm.create_model(name).pretrained_cfg``, timm 1.0) of every pretrained tag our
+# converter can load: (crop_pct, (mean, std), interpolation); all are 224 px inputs.
+TIMM_PRETRAINED: dict[str, tuple[float, tuple[tuple[float, ...], tuple[float, ...]], str]] = {
+    "mobilenetv1_100.ra4_e3600_r224_in1k": (0.875, _HALF, "bicubic"),
+    "mobilenetv1_125.ra4_e3600_r224_in1k": (0.9, _HALF, "bicubic"),
+    "mobilenetv2_050.lamb_in1k": (0.875, _IMAGENET, "bicubic"),
+    "mobilenetv2_100.ra_in1k": (0.875, _IMAGENET, "bicubic"),
+    "mobilenetv2_140.ra_in1k": (0.875, _IMAGENET, "bicubic"),
+    "mobilenetv3_large_100.ra_in1k": (0.875, _IMAGENET, "bicubic"),
+    "mobilenetv3_large_100.ra4_e3600_r224_in1k": (0.95, _HALF, "bicubic"),
+    "mobilenetv3_large_100.miil_in21k_ft_in1k": (0.875, _UNIT, "bilinear"),
+    "mobilenetv3_small_050.lamb_in1k": (0.875, _IMAGENET, "bicubic"),
+    "mobilenetv3_small_075.lamb_in1k": (0.875, _IMAGENET, "bicubic"),
+    "mobilenetv3_small_100.lamb_in1k": (0.875, _IMAGENET, "bicubic"),
+    **{
+        f"tf_mobilenetv3_{size}.in1k": (0.875, _HALF, "bilinear")
+        for size in ("large_075", "large_100", "large_minimal_100", "small_075", "small_100", "small_minimal_100")
+    },
+}
+# The tag timm loads for a bare model name (its first pretrained tag).
+_TIMM_DEFAULT_TAG = {
+    "mobilenetv1_100": "ra4_e3600_r224_in1k",
+    "mobilenetv1_125": "ra4_e3600_r224_in1k",
+    "mobilenetv2_050": "lamb_in1k",
+    "mobilenetv2_100": "ra_in1k",
+    "mobilenetv2_140": "ra_in1k",
+    "mobilenetv3_large_100": "ra_in1k",
+    "mobilenetv3_small_050": "lamb_in1k",
+    "mobilenetv3_small_075": "lamb_in1k",
+    "mobilenetv3_small_100": "lamb_in1k",
+    **{name.split(".")[0]: "in1k" for name in TIMM_PRETRAINED if name.startswith("tf_")},
+}
+
+
+@cache
+def imagenet_classes() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k (ILSVRC 2012) class names in the order every framework's classifier uses (sorted
+    WordNet ids, n01440764 "tench" first): WordNet's first lemma of each synset; the two lemmas ImageNet uses
+    twice are told apart ("crane (machine)" at 517, "tank suit" — the second "maillot" synset — at 639)."""
+    text = resources.files("mobilenets.data").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
+    names = tuple(line for line in text.splitlines() if line)
+    if len(names) != 1000 or len(set(names)) != 1000:  # a damaged install, not a user error
+        raise AssertionError(f"imagenet_classes.txt holds {len(names)} names ({len(set(names))} distinct)")
+    return names
+
+
+def class_names(num_classes: int) -> list[str] | None:
+    """ImageNet's names for a 1000-way classifier, TF-Slim's background + ImageNet for 1001; else None."""
+    if num_classes == 1000:
+        return list(imagenet_classes())
+    if num_classes == 1001:
+        return ["background", *imagenet_classes()]
+    return None
+
+
+def timm_name_in(text: str) -> str | None:
+    """The timm model name (``name.tag`` when the tag is there) that ``text`` — a path, e.g. the Hugging Face
+    cache's ``models--timm--mobilenetv3_large_100.ra_in1k/.../model.safetensors`` — mentions; the longest wins
+    (``tf_mobilenetv3_large_100`` over ``mobilenetv3_large_100``)."""
+    candidates = sorted([*TIMM_PRETRAINED, *_TIMM_DEFAULT_TAG], key=len, reverse=True)
+    for name in candidates:
+        if re.search(rf"(?<![A-Za-z0-9_.]){re.escape(name)}(?![A-Za-z0-9_])", text):
+            return name
+    return None
+
+
+def source_transform(source: str, timm_name: str | None = None, tf: bool = False) -> tuple[TransformConfig, str]:
+    """The eval transform the source documents for its weights, and where that came from (for the user).
+
+    torchvision: ``ImageClassification(crop_size=224)`` — resize 256, crop 224, bilinear, ImageNet mean/std
+    (its ``IMAGENET1K_V1`` weights; the ``V2`` ones of mobilenet_v2 resize to 232). timm: the named model's
+    ``pretrained_cfg``; unnamed, its usual settings — ``tf_*`` ports 0.5 mean/std and bilinear, the others
+    ImageNet mean/std and bicubic, crop_pct 0.875."""
+    if source == "torchvision":
+        return TransformConfig(resolution=224, crop_pct=224 / 256), "torchvision ImageClassification (resize 256)"
+    if timm_name is not None:
+        full = timm_name if "." in timm_name else f"{timm_name}.{_TIMM_DEFAULT_TAG.get(timm_name, '')}"
+        if full not in TIMM_PRETRAINED:
+            raise ConfigError(f"no timm pretrained_cfg known for {timm_name!r}; known: {', '.join(TIMM_PRETRAINED)}")
+        crop_pct, (mean, std), interpolation = TIMM_PRETRAINED[full]
+        how = f"timm pretrained_cfg of {full}"
+    else:
+        crop_pct, (mean, std), interpolation = (0.875, _HALF, "bilinear") if tf else (0.875, _IMAGENET, "bicubic")
+        how = "timm's usual settings for " + ("tf_* ports" if tf else "its own weights") + " (no model name given)"
+    config = TransformConfig(
+        resolution=224,
+        crop_pct=crop_pct,
+        mean=tuple(mean),
+        std=tuple(std),
+        interpolation=interpolation,  # type: ignore[arg-type]
+    )
+    return config, how
 
 
 # -- reading -------------------------------------------------------------------------------------------------
@@ -323,16 +429,39 @@ def convert_file(
     bn_eps: float | None = None,
     padding: str | None = None,
     tf: bool | None = None,
+    timm_name: str | None = None,
 ) -> MobileNet:
-    """Convert a timm/torchvision weight file into a checkpoint ``create_model(name, weights=dst)`` loads.
+    """Convert a timm/torchvision weight file into a checkpoint ``create_model(name, weights=dst)`` loads,
+    with the class names and eval transform ``predict`` / ``eval`` / ``export`` use (:func:`converted_metadata`).
 
-    ``tf`` defaults to whether the file's name starts with ``tf_`` (timm's names for ported TF weights).
+    ``timm_name`` (e.g. ``mobilenetv3_large_100.ra_in1k``) defaults to a timm model name found in ``src``'s
+    path; ``tf`` defaults to whether that name (or the file's) starts with ``tf_`` (timm's ported TF weights).
     """
+    from mobilenets.engine.checkpoints import save_model  # the engine's format: eval/predict read its metadata
+
+    if source == "timm" and timm_name is None:
+        timm_name = timm_name_in(str(Path(src).resolve()))
     if tf is None:
-        tf = source == "timm" and Path(src).name.startswith("tf_")
+        tf = source == "timm" and (timm_name or Path(src).name).startswith("tf_")
     net = convert_state_dict(read_state_dict(src), source, model, width, bn_eps, padding, tf)
-    save_weights(net, dst)
+    save_model(net, Path(dst), converted_metadata(net, source, timm_name, tf, src))
     return net
+
+
+def converted_metadata(
+    net: MobileNet, source: str, timm_name: str | None, tf: bool, src: str | Path = ""
+) -> dict[str, Any]:
+    """What a converted checkpoint carries besides the weights: the task, and the task metadata a trained one
+    has — class names (ImageNet's for 1000 / 1001 outputs, else ``"0"``, ``"1"``, …) and the eval transform."""
+    transform, how = source_transform(source, timm_name, tf)
+    n = net.config.num_classes
+    classes = class_names(n) or [str(i) for i in range(n)]
+    return {
+        "task": "classify",
+        "args": {"model": net.registry_name, "resolution": transform.resolution},
+        "metadata": {"classes": classes, "transform": transform.to_dict()},
+        "converted": {"source": source, "file": Path(src).name, "timm_name": timm_name, "transform_from": how},
+    }
 
 
 def to_torchvision(net: MobileNet) -> dict[str, torch.Tensor]:

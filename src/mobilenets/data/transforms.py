@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +19,8 @@ from mobilenets.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# PIL's resampling filters by the names timm's ``pretrained_cfg`` and torchvision's transforms use.
+INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,9 @@ class TransformConfig:
     Train: random-resized crop (area fraction ``scale``, aspect ``ratio``) to ``resolution``, optional
     horizontal flip, normalise. Eval: resize the shorter side to ``resolution / crop_pct``, centre crop,
     normalise. ``crop_pct`` 0.875 is the ImageNet convention (256 → 224); 1.0 keeps the whole image.
+    ``interpolation`` is the resampling filter of both resizes; ``channel_order`` "bgr" feeds the network
+    blue first (Caffe-trained weights), with ``mean``/``std`` given in that order. A checkpoint stores this
+    (``to_dict``) so inference preprocesses exactly as the weights were trained.
     """
 
     resolution: int = 224
@@ -36,6 +42,8 @@ class TransformConfig:
     crop_pct: float = 0.875
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    channel_order: str = "rgb"
 
     def __post_init__(self) -> None:
         if self.resolution < 1:
@@ -44,6 +52,29 @@ class TransformConfig:
             raise ConfigError(f"crop scale must satisfy 0 < min <= max <= 1, got {self.scale}")
         if not 0 < self.crop_pct <= 1:
             raise ConfigError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {self.interpolation!r}")
+        if self.channel_order not in ("rgb", "bgr"):
+            raise ConfigError(f"channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ConfigError(f"mean and std need 3 values each (std > 0), got {self.mean} and {self.std}")
+
+    @property
+    def resize(self) -> int:
+        """The shorter side before the eval centre crop (256 for 224 at crop_pct 0.875)."""
+        return round(self.resolution / self.crop_pct)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields, for a checkpoint's metadata (read back by :meth:`from_dict`)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "checkpoint") -> TransformConfig:
+        """The inverse of :meth:`to_dict`; unknown fields are an error naming ``source``."""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"{source}: unknown transform fields {unknown}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 def random_resized_box(
@@ -90,17 +121,24 @@ def to_tensor(
 
 def train_transform(cfg: TransformConfig, img: Image.Image) -> torch.Tensor:
     box = random_resized_box(img.width, img.height, cfg.scale, cfg.ratio)
-    img = img.resize((cfg.resolution, cfg.resolution), Image.BILINEAR, box=box)
+    img = img.resize((cfg.resolution, cfg.resolution), INTERPOLATIONS[cfg.interpolation], box=box)
     if cfg.hflip and float(torch.rand(1)) < 0.5:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    return to_tensor(img, cfg.mean, cfg.std)
+    return _normalise(cfg, img)
 
 
 def eval_transform(cfg: TransformConfig, img: Image.Image) -> torch.Tensor:
-    short = round(cfg.resolution / cfg.crop_pct)
+    short = cfg.resize
     w, h = img.size
     size = (short, max(short, round(h * short / w))) if w <= h else (max(short, round(w * short / h)), short)
-    img = img.resize(size, Image.BILINEAR)
+    img = img.resize(size, INTERPOLATIONS[cfg.interpolation])
     left, top = (size[0] - cfg.resolution) // 2, (size[1] - cfg.resolution) // 2
     img = img.crop((left, top, left + cfg.resolution, top + cfg.resolution))
-    return to_tensor(img, cfg.mean, cfg.std)
+    return _normalise(cfg, img)
+
+
+def _normalise(cfg: TransformConfig, img: Image.Image) -> torch.Tensor:
+    if cfg.channel_order == "rgb":
+        return to_tensor(img, cfg.mean, cfg.std)
+    # mean / std are in the network's (BGR) order: normalise the RGB image with them reversed, then flip.
+    return to_tensor(img, cfg.mean[::-1], cfg.std[::-1]).flip(0)
