@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -12,6 +11,8 @@ import torch
 from PIL import Image
 
 from mobilenets.cli import main
+from mobilenets.config import TrainConfig
+from mobilenets.data.datasets import Skipped
 from mobilenets.detection import task as det_task
 from mobilenets.detection.data import CocoDetection, collate
 from mobilenets.detection.transforms import (
@@ -100,12 +101,17 @@ def test_all_images_missing_is_an_error(tmp_path) -> None:
         CocoDetection(path)
 
 
-def test_unreadable_image_names_the_file(tmp_path) -> None:
-    path = _write(tmp_path, [_img(1)], [])
+def test_unreadable_image_is_skipped_naming_the_file(tmp_path, capsys) -> None:
+    path = _write(tmp_path, [_img(1), _img(2)], [])
     (tmp_path / "1.png").write_bytes(b"not a png")
     ds = CocoDetection(path)
+    item = ds[0]
+    assert isinstance(item, Skipped) and item.path.endswith("1.png")
+    assert "1.png" in capsys.readouterr().err
+    batch = collate([item, ds[1]])  # the batch keeps its good image and counts the other
+    assert batch["images"].shape[0] == 1 and int(batch["skipped"]) == 1
     with pytest.raises(InputError, match=r"1\.png"):
-        ds[0]
+        collate([item])
 
 
 # -- augmentations keep boxes on their objects -----------------------------------------------------------
@@ -195,12 +201,11 @@ def scenes_dir(tmp_path_factory) -> Path:
     return out
 
 
-def _args(data: Path, **kw: object) -> argparse.Namespace:
-    base = dict(
-        data=str(data), val_data=None, resolution=64, num_classes=None, width=None,
-        model="ssdlite_mobilenet_v3_small", zoom_out=2.0, no_photometric=False, backbone_init=None,
-    )  # fmt: skip
-    return argparse.Namespace(**{**base, **kw})
+def _args(data: Path, **kw: object) -> TrainConfig:
+    return TrainConfig.from_dict({
+        "task": "detect", "model": {"name": "ssdlite_mobilenet_v3_small", "resolution": 64},
+        "data": {"data": str(data)}, "detect": kw,
+    })  # fmt: skip
 
 
 def test_task_loss_and_perfect_evaluation(scenes_dir: Path) -> None:

@@ -1,4 +1,6 @@
-"""Decoding one image file into RGB, whatever its mode, or a clear error naming the file.
+"""Decoding one image file into RGB, whatever its mode, or a clear error naming the file. Only regular files
+within the pixel limit are decoded (``open_image``); paths read from data files stay inside their dataset
+(``inside``).
 
 Mode handling (each tested): grey ``L``/``1`` → replicated to RGB; palette ``P`` → its colours; ``CMYK``/``YCbCr``/
 ``LAB``/``HSV`` → PIL's RGB conversion; ``RGBA``/``LA``/``PA`` → alpha dropped (the colour underneath is kept,
@@ -8,6 +10,10 @@ as ImageNet pipelines do); 16-bit ``I;16*`` and 32-bit ``I``/``F`` → rescaled 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +22,83 @@ from PIL import Image, UnidentifiedImageError
 from mobilenets.errors import InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+# Decompression bombs: a few hundred bytes of PNG can declare 10⁹ pixels. The declared size is checked from the
+# header before any pixel is decoded. 40 M pixels is a 7300×5500 photo, 120 MB as 8-bit RGB (160 MB with alpha,
+# and at most 320 MB for a 16-bit grey image widened to float64 in ``to_rgb``).
+MAX_PIXELS_ENV = "MOBILENETS_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 40_000_000
 
 
 class UnreadableImage(InputError):
-    """An image file that cannot be decoded (corrupt, truncated, not an image, no permission)."""
+    """An image file that cannot be decoded (corrupt, truncated, not an image, no permission, too large)."""
+
+
+class OutsideRoot(InputError):
+    """A path from a data file (a COCO ``file_name``, a mask path) that leads outside the dataset's folder."""
+
+
+def max_pixels() -> int:
+    """The pixel limit: ``$MOBILENETS_MAX_IMAGE_PIXELS`` if set (a positive integer), else 40 M."""
+    value = os.environ.get(MAX_PIXELS_ENV)
+    if value is None:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise InputError(f"${MAX_PIXELS_ENV} must be a positive integer, got {value!r}")
+    return limit
+
+
+def inside(root: str | Path, name: str, what: str) -> Path:
+    """``root / name`` when it stays inside ``root`` once ``..``, absolute paths and symlinks are resolved;
+    otherwise ``OutsideRoot`` naming the entry. A data file names files of its dataset, nothing else."""
+    base = Path(root).resolve()
+    path = base / name
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise OutsideRoot(f"{what}: cannot resolve {name!r} under {base}: {e}") from None
+    if not resolved.is_relative_to(base):
+        raise OutsideRoot(f"{what}: {name!r} leads outside the dataset folder {base} (to {resolved}); refused")
+    return path
+
+
+@contextlib.contextmanager
+def open_image(path: str | Path, what: str = "image") -> Iterator[Image.Image]:
+    """``Image.open`` for a regular file only (a FIFO or a device would block or never end: refused without
+    waiting) whose declared size is within ``max_pixels()``; anything else is ``UnreadableImage``."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not wait for a writer
+    except FileNotFoundError:
+        raise UnreadableImage(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise UnreadableImage(f"cannot open {what} {path}: {e.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnreadableImage(f"cannot read {what} {path}: not a regular file")
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            try:
+                img = Image.open(f)
+            except UnidentifiedImageError:
+                raise UnreadableImage(f"cannot decode {what} {path}: not an image format PIL reads") from None
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                raise UnreadableImage(f"cannot decode {what} {path}: {e}") from None
+            with img:
+                width, height = img.size
+                if width * height > max_pixels():
+                    raise UnreadableImage(
+                        f"{what} {path} declares {width}×{height} = {width * height:,} pixels, over the limit of "
+                        f"{max_pixels():,} (${MAX_PIXELS_ENV})"
+                    )
+                yield img
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def is_image_file(path: Path) -> bool:
@@ -46,11 +125,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def load_rgb(path: str | Path) -> Image.Image:
     """Decode ``path`` fully (so truncation is caught here, not later) and return it as RGB."""
     path = Path(path)
-    try:
-        with Image.open(path) as img:
+    with open_image(path) as img:
+        try:
             img.load()
             return to_rgb(img)
-    except FileNotFoundError:
-        raise UnreadableImage(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # PIL raises all of these
-        raise UnreadableImage(f"cannot decode image {path}: {e}") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # PIL raises all of these
+            raise UnreadableImage(f"cannot decode image {path}: {e}") from None
