@@ -21,8 +21,10 @@ Conventions (what a consumer of the files can rely on):
 - **Determinism**: scene ``i`` of a split depends only on (seed, split, i, size and the options), not on how many
   scenes are generated; the same call gives the same bytes on every machine (numpy PCG64 + Pillow resizing).
 
-``mobilenets data scenes --out DIR`` writes ``DIR/{train,val}/images/*.jpg``, ``DIR/{train,val}/masks/*.png``
-and ``DIR/{train,val}/annotations.json`` (COCO; each image entry also names its ``mask_file``).
+``mobilenets data scenes --out DIR`` writes ``DIR/{train,val}/images/*.jpg``, ``DIR/{train,val}/masks/*.png``,
+``DIR/{train,val}/annotations.json`` (COCO; each image entry also names its ``mask_file``) and
+``DIR/classes.txt``: the semantic masks' class names, one a line, line ``i`` naming mask value ``i``
+(``background``, then T-shirt/top … Ankle boot), which segmentation training reads.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from mobilenets.errors import ConfigError, InputError
 
 # COCO category ids are the Fashion-MNIST label + 1 so that 0 stays "background" in the semantic masks.
 CATEGORIES = tuple({"id": i + 1, "name": name} for i, name in enumerate(fashion_mnist.CLASSES))
+SEMANTIC_CLASSES = ("background", *fashion_mnist.CLASSES)  # mask value i is SEMANTIC_CLASSES[i]
+CLASSES_FILE = "classes.txt"
 IGNORE_INDEX = 255
 SPLITS = ("train", "val")
 _SPLIT_SOURCE = {"train": "train", "val": "test"}  # Fashion-MNIST split the objects come from
@@ -362,7 +366,9 @@ def write_split(
     objects: ObjectSource | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Path:
-    """Write ``count`` scenes of ``split`` under ``out/split`` as COCO JSON + JPEG images + PNG masks."""
+    """Write ``count`` scenes of ``split`` under ``out/split`` as COCO JSON + JPEG images + PNG masks, and the
+    mask values' class names as ``out/classes.txt``."""
+    write_class_names(out)
     root = Path(out) / split
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
@@ -405,6 +411,16 @@ def write_split(
     path = root / "annotations.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(coco))
+    tmp.replace(path)
+    return path
+
+
+def write_class_names(out: str | Path) -> Path:
+    """``out/classes.txt``: one name per line, line i for mask value i (so segmentation names its classes)."""
+    path = Path(out) / CLASSES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".txt.tmp")
+    tmp.write_text("".join(f"{name}\n" for name in SEMANTIC_CLASSES))
     tmp.replace(path)
     return path
 

@@ -10,6 +10,10 @@ Layouts (``open_source`` picks by what the folder holds):
   ``mobilenets data scenes --out ROOT`` writes).
 - **embedded**: the deterministic Fashion-MNIST scenes of ``mobilenets.data.scenes``, generated in memory.
 
+Class names (``class_names_of``): ``ROOT/classes.txt`` (line i names mask value i; ``mobilenets data scenes``
+writes it), else the COCO ``categories`` of ``ROOT/train/annotations.json`` (ids 1..K, 0 the background),
+else PASCAL VOC's 21 names for a VOC folder. Any other folder needs its names given (``--classes``).
+
 Masks (``read_mask``): a palette (``P``) PNG gives its indices; a grey (``L``) PNG gives its values; an RGB mask is
 accepted only if every colour is a PASCAL VOC palette colour (mapped to its index), otherwise it is an error; any
 value that is neither a class (``0..K-1``) nor the ignore index 255 is an error naming the file and the values.
@@ -28,7 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mobilenets.data.images import IMAGE_EXTENSIONS, load_rgb
+from mobilenets.data.images import IMAGE_EXTENSIONS, UnreadableImage, inside, load_rgb, open_image
 from mobilenets.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from mobilenets.errors import ConfigError, InputError
 from mobilenets.segmentation.metrics import IGNORE_INDEX
@@ -107,14 +111,12 @@ def check_mask_values(mask: np.ndarray, num_classes: int, path: Path | str) -> N
 def read_mask(path: str | Path, num_classes: int) -> np.ndarray:
     """Read and check one mask file: H×W uint8 of class indices and 255 (ignore)."""
     path = Path(path)
-    try:
-        with Image.open(path) as img:
+    with open_image(path, "mask") as img:  # a regular file within the pixel limit, else UnreadableImage
+        try:
             img.load()
             mask = mask_to_array(img, path)
-    except FileNotFoundError:
-        raise InputError(f"mask not found: {path}") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise InputError(f"cannot decode mask {path}: {e}") from None
+        except (OSError, ValueError, SyntaxError) as e:
+            raise UnreadableImage(f"cannot decode mask {path}: {e}") from None
     check_mask_values(mask, num_classes, path)
     return mask
 
@@ -137,6 +139,7 @@ def _files(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for f in sorted(folder.iterdir()):
         if f.is_file() and f.suffix.lower() in extensions and not f.name.startswith("."):
+            inside(folder, f.name, f"{folder}")  # a symlink leading out of the data folder is refused
             if f.stem in found:
                 raise InputError(f"two files with the same stem in {folder}: {found[f.stem].name} and {f.name}")
             found[f.stem] = f
@@ -176,7 +179,10 @@ def voc_pairs(root: str | Path, split: str) -> list[Pair]:
         raise InputError(f"split list not found: {listing}")
     pairs = []
     for line in listing.read_text().split():
-        pair = Pair(base / "JPEGImages" / f"{line}.jpg", base / "SegmentationClass" / f"{line}.png")
+        where = f"{listing}: {line!r}"  # an id is a file stem: '../x' or '/x' would leave the dataset
+        pair = Pair(
+            inside(base / "JPEGImages", f"{line}.jpg", where), inside(base / "SegmentationClass", f"{line}.png", where)
+        )
         for f in (pair.image, pair.mask):
             if not f.is_file():
                 raise InputError(f"{listing} lists {line!r} but {f} does not exist")
@@ -323,6 +329,47 @@ def scene_classes() -> list[str]:
     from mobilenets.data.fashion_mnist import CLASSES
 
     return ["background", *CLASSES]
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """One class name per line (blank lines skipped): line i names mask value i."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"class names file not found: {p}")
+    names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names:
+        raise ConfigError(f"class names file {p} is empty")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ConfigError(f"class names file {p} names {dup!r} twice")
+    return names
+
+
+def _coco_class_names(path: Path) -> list[str]:
+    """Background + the COCO categories' names, category id i naming mask value i (ids must be 1..K)."""
+    import json
+
+    try:
+        categories = json.loads(path.read_text(encoding="utf-8"))["categories"]
+        by_id = {int(c["id"]): str(c["name"]) for c in categories}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"cannot read the categories of {path}: {type(e).__name__}: {e}") from None
+    if sorted(by_id) != list(range(1, len(by_id) + 1)):
+        raise InputError(f"{path}: category ids {sorted(by_id)[:8]} are not 1..K, so they cannot be mask values")
+    return ["background", *(by_id[i] for i in range(1, len(by_id) + 1))]
+
+
+def class_names_of(root: str | Path) -> tuple[list[str], str] | None:
+    """(class names, where they came from) for a data folder, or None when it does not name its classes."""
+    root = Path(root)
+    if (root / "classes.txt").is_file():
+        return read_class_names(root / "classes.txt"), str(root / "classes.txt")
+    coco = root / "train" / "annotations.json"
+    if coco.is_file():
+        return _coco_class_names(coco), f"the categories of {coco}"
+    if voc_root(root) is not None:
+        return list(VOC_CLASSES), "PASCAL VOC"
+    return None
 
 
 def collate(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

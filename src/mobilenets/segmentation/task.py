@@ -32,6 +32,7 @@ from mobilenets.segmentation.data import (
     SceneDataset,
     SegmentationDataset,
     SegTransform,
+    class_names_of,
     collate,
     layout_of,
     pairs_for,
@@ -102,8 +103,15 @@ def build_datasets(
         n_train, n_val = scenes
         train = SceneDataset("train", n_train, scene_size, transform, train=True)
         return scene_classes(), train, SceneDataset("val", n_val, scene_size, eval_tf)
-    names = classes or list(VOC_CLASSES)
-    if layout_of(data) == "folder":
+    layout = layout_of(data)
+    named = class_names_of(data) if classes is None else (classes, "--classes")
+    if named is None:  # never guess: VOC's names on other data label every output wrongly
+        raise ConfigError(
+            f"{data} does not name its classes: give --classes FILE or write {Path(data) / 'classes.txt'} "
+            "(one name per line, line i naming mask value i, background first)"
+        )
+    names = named[0]
+    if layout == "folder":
         raise ConfigError(f"{data} has a single images/ + masks/ pair; give train/ and val/ folders (or VOC)")
     train = SegmentationDataset(pairs_for(data, "train"), len(names), transform, train=True)
     return names, train, SegmentationDataset(pairs_for(data, "val"), len(names), eval_tf)
