@@ -48,11 +48,25 @@ def test_train_writes_run_folder(run: Path):
     assert 0.0 <= float(values["val_top1"]) <= 1.0
 
 
-def test_eval_json_and_confusion_png(run: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path):
+def _val_row(run: Path) -> dict[str, str]:
+    header, row = (run / "metrics.csv").read_text().splitlines()[:2]
+    return dict(zip(header.split(","), row.split(","), strict=True))
+
+
+def test_eval_defaults_to_the_runs_held_out_split(run: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    # the run trained with --val-split 0.25: eval scores those 7 held-out files, as training's evaluation did
     assert main(["eval", "--checkpoint", str(run), "--workers", "0", "--json", "--out", str(tmp_path)]) == 0
     result = json.loads(capsys.readouterr().out)
+    row = _val_row(run)
+    assert result["n"] + result["skipped"] == 7 and "held-out 0.25" in result["data"]
+    assert result["n"] == float(row["val_n"]) and result["top1"] == pytest.approx(float(row["val_top1"]), abs=1e-6)
+    # --data names other data: the whole folder (31 readable files, the broken one skipped)
+    data = run.parent / "data"
+    argv = ["eval", "--checkpoint", str(run), "--data", str(data), "--workers", "0", "--json", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
     assert set(result["per_class"]) == {"bag", "trouser", "tshirt"}
-    assert result["n"] == 31 and result["skipped"] == 1  # the whole folder (no val/), broken file skipped
+    assert result["n"] == 31 and result["skipped"] == 1
     assert result["top5"] == 1.0  # 3 classes: top-5 always hits
     conf = torch.tensor(result["confusion"])
     assert conf.sum() == 31 and result["top1"] == pytest.approx(float(conf.diag().sum()) / 31)
@@ -63,7 +77,7 @@ def test_eval_flip_averages_image_and_mirror(run: Path, capsys: pytest.CaptureFi
     argv = ["eval", "--checkpoint", str(run), "--workers", "0", "--json", "--out", str(tmp_path), "--flip"]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["flip"] is True and result["n"] == 31
+    assert result["flip"] is True and result["n"] == float(_val_row(run)["val_n"])
 
 
 def test_flip_average_by_hand():
@@ -124,22 +138,22 @@ def test_metrics_by_hand():
 
 
 def test_ablation_runs_every_variant_and_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import argparse
     import statistics
 
     from mobilenets.classification import ablate
+    from mobilenets.config import OptimConfig, TrainConfig
 
     done: dict[str, float] = {}
 
-    def fake_train(build_task, args):  # type: ignore[no-untyped-def]
-        done[args.out] = {"linear": 0.9, "relu6": 0.8}[args.project_act] + 0.01 * args.seed
+    def fake_train(build_task, config):  # type: ignore[no-untyped-def]
+        done[config.run.out] = {"linear": 0.9, "relu6": 0.8}[config.options.project_act] + 0.01 * config.run.seed
         return {}
 
     def rows(folder: Path, epochs: int):  # type: ignore[no-untyped-def]
         return [{"val_top1": done[str(folder)]}] if str(folder) in done else None
 
     monkeypatch.setattr(ablate, "_finished_rows", rows)
-    base = argparse.Namespace(epochs=2, seed=0, out=None, resume=None, project_act=None, shortcut=None)
+    base = TrainConfig(optim=OptimConfig(epochs=2))
     summary = ablate.run_ablation(fake_train, None, base, ["design", "relu6_projection"], [0, 1, 2], tmp_path)
     assert summary["top1"]["design"] == pytest.approx([0.9, 0.91, 0.92])
     assert summary["mean"]["relu6_projection"] == pytest.approx(0.81)
@@ -164,7 +178,8 @@ def test_eval_and_predict_through_the_fused_engine(run: Path, capsys, tmp_path: 
     assert results["fused"]["engine"] == "fused"
     assert results["fused"]["confusion"] == results["pytorch"]["confusion"]  # fp32: the same answers
     assert results["fused"]["loss"] == pytest.approx(results["pytorch"]["loss"], abs=1e-4)
-    assert results["fused-int8"]["n"] == 31 and abs(results["fused-int8"]["loss"] - results["pytorch"]["loss"]) < 0.1
+    assert results["fused-int8"]["n"] == results["pytorch"]["n"]
+    assert abs(results["fused-int8"]["loss"] - results["pytorch"]["loss"]) < 0.1
     assert main(["eval", "--checkpoint", str(run), "--engine", "fused-int8", "--device", "cpu"]) == 2
     assert "--calibration" in capsys.readouterr().err
 

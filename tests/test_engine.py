@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from mobilenets.classification.task import ClassifyTask
 from mobilenets.cli import main
 from mobilenets.data import embedded
+from mobilenets.engine.checkpoints import read_state
 from mobilenets.engine.data import EvalBatchSampler, SeededDataset, ShardedBatchSampler
 from mobilenets.engine.optim import EMA, RMSpropTF, lr_at, param_groups, resolve_recipe
 from mobilenets.engine.trainer import KILL_AT_STEP_ENV, NonFiniteLoss
@@ -58,7 +59,7 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
 
 def state_of(out: Path) -> dict:
     info = json.loads((out / "last.json").read_text())
-    return torch.load(out / "checkpoints" / info["state"], weights_only=False)
+    return read_state(out / "checkpoints" / info["state"])
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -150,7 +151,7 @@ def test_ddp_two_processes_match_one_process_same_global_batch(folder: Path, tmp
     ra, rb = state_of(tmp_path / "ddp")["rows"], state_of(tmp_path / "one")["rows"]
     for a, b in zip(ra, rb, strict=True):  # train loss is reduced over both ranks
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
-    assert len(list((tmp_path / "ddp").glob("checkpoints/*.state.pt"))) >= 1  # rank 0 wrote; nothing collided
+    assert len(list((tmp_path / "ddp").glob("checkpoints/*.state.safetensors"))) >= 1  # rank 0 wrote; nothing collided
 
 
 def test_non_finite_loss_stops_naming_last_checkpoint(folder: Path, tmp_path: Path, monkeypatch, capsys):
@@ -164,11 +165,11 @@ def test_non_finite_loss_stops_naming_last_checkpoint(folder: Path, tmp_path: Pa
 
     monkeypatch.setattr(ClassifyTask, "loss", nan_loss)
     with pytest.raises(NonFiniteLoss, match=r"e0001-s000000004\.safetensors"):
-        from mobilenets.cli import build_parser
+        from mobilenets.commands.train import parse
         from mobilenets.engine.trainer import train
 
-        args = build_parser().parse_args(train_args(folder, tmp_path / "nan"))
-        train(ClassifyTask, args)
+        _, config = parse(train_args(folder, tmp_path / "nan")[1:])
+        train(ClassifyTask, config)
     # through the CLI it is one line and exit 2
     calls["n"] = 0
     assert main(train_args(folder, tmp_path / "nan2")) == 2

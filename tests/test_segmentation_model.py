@@ -7,7 +7,7 @@ import torch
 
 import mobilenets
 from mobilenets import ConfigError, InputError, create_model, profile
-from mobilenets.segmentation.inference import tf_atrous_madds
+from mobilenets.analysis.dense import tf_atrous_madds
 
 SEGMENTERS = [
     "deeplabv3_mobilenet_v1",
@@ -99,7 +99,8 @@ def test_table7_params_and_madds(name: str, aspp: bool, params: float, exact: fl
 
 @pytest.mark.slow  # ~45 s: six scales of an OS 8 network up to 897×897
 def test_table7_os8_mf_madds() -> None:
-    from mobilenets.segmentation.inference import DEEPLAB_EVAL_SCALES, inference_madds
+    from mobilenets.analysis.dense import inference_madds
+    from mobilenets.segmentation.inference import DEEPLAB_EVAL_SCALES
 
     model = create_model("deeplabv3_mobilenet_v2", aspp=False, num_classes=21, output_stride=8)
     madds = inference_madds(model, 513, DEEPLAB_EVAL_SCALES, flip=True, tf_atrous=True)

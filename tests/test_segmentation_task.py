@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from torch import nn
 from mobilenets import create_model
 from mobilenets.checkpoint import save_weights
 from mobilenets.cli import main
+from mobilenets.config import ModelConfig, SegmentOptions, TrainConfig
 from mobilenets.errors import ConfigError
 from mobilenets.segmentation.inference import DEEPLAB_EVAL_SCALES, predict_probs, scaled_size
 from mobilenets.segmentation.task import SegmentTask, pixel_loss
@@ -69,12 +69,8 @@ def test_top_k_pixels_averages_the_hardest_labelled_pixels() -> None:
     assert int((logits.grad.abs().sum(1) > 0).sum()) == 4
     nothing = pixel_loss(logits, torch.full_like(masks, 255), 0.25)
     assert nothing.item() == 0.0 and nothing.requires_grad
-    args = argparse.Namespace(
-        resolution=64, scale_range=(0.5, 2.0), no_hflip=False, classes=None, data="embedded", scenes=(2, 2),
-        scene_size=64, num_classes=None, top_k_pixels=0.0,
-    )  # fmt: skip
-    with pytest.raises(ConfigError, match="top-k-pixels"):
-        SegmentTask(args)
+    with pytest.raises(ConfigError, match="top_k_pixels must be in"):
+        SegmentOptions(top_k_pixels=0.0)
 
 
 def _json(capsys: pytest.CaptureFixture[str]) -> object:
@@ -136,12 +132,12 @@ def test_bad_data_folder_is_one_line_error(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_num_classes_checked_against_data() -> None:
-    args = argparse.Namespace(
-        resolution=64, scale_range=(0.5, 2.0), no_hflip=False, classes=None, data="embedded", scenes=(2, 2),
-        scene_size=64, num_classes=21,
-    )  # fmt: skip
-    with pytest.raises(Exception, match="num-classes 21"):
-        SegmentTask(args)
+    config = TrainConfig(
+        task="segment", model=ModelConfig(name="lraspp_mobilenet_v3_small", resolution=64, num_classes=21),
+        options=SegmentOptions(scenes=(2, 2), scene_size=64),
+    )
+    with pytest.raises(ConfigError, match="num-classes 21"):
+        SegmentTask(config)
 
 
 def test_embedded_scenes_refused_for_a_model_of_another_class_count(

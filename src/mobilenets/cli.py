@@ -1,4 +1,10 @@
-"""The command line: parses arguments and calls library functions. Nothing here that a test cannot import."""
+"""mobilenets: MobileNetV1/V2/V3 classifiers, SSDLite detectors and DeepLabv3 / LR-ASPP segmenters — train,
+evaluate, predict, export and measure.
+
+Tasks: classify (the default), detect, segment. `mobilenets train --task TASK --help` lists a task's training
+options; `mobilenets eval --help` and `mobilenets predict --help` group theirs by task (the task itself is read
+from the checkpoint). Recipes: `mobilenets train --recipe recipes/fmnist_v2.toml [--set optim.lr=1e-3]`.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +12,32 @@ import argparse
 import importlib
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from mobilenets.errors import MobilenetsError
 
-# Each task adds its subcommands from its own module: ``add_parsers(subparsers)`` registers them and sets
-# ``func`` on the parsed namespace. The list is explicit so there is one place that says what the CLI has.
+# Each command module adds its verbs: ``add_parsers(subparsers)`` registers them and sets ``func`` on the parsed
+# namespace (``takes_rest``: the verb parses the rest of the line itself, as ``train`` does in two stages). The
+# list is explicit so there is one place that says what the CLI has.
 _COMMAND_MODULES = (
+    "mobilenets.commands.train",
+    "mobilenets.commands.eval",
+    "mobilenets.commands.predict",
     "mobilenets.commands.core",
-    "mobilenets.commands.classify",
     "mobilenets.commands.detect",
     "mobilenets.commands.segment",
     "mobilenets.commands.deploy",
+    "mobilenets.commands.bench",
 )
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse's own convention), no usage dump
         raise SystemExit(_fail(f"{self.prog}: {message}"))
+
+
+_Parser = Parser
 
 
 def _fail(message: str) -> int:
@@ -32,7 +46,7 @@ def _fail(message: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mobilenets", description=__doc__)
+    parser = Parser(prog="mobilenets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in _COMMAND_MODULES:
         try:
@@ -49,11 +63,19 @@ def print_json(obj: object) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
+def _warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    print(f"warning: {message}", file=sys.stderr)  # the library warns (skipped inputs); the command shows one line
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], int | None] = args.func
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "takes_rest", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    func: Callable[..., int | None] = args.func
+    warnings.showwarning = _warning
     try:
-        return func(args) or 0
+        return (func(args, rest) if getattr(args, "takes_rest", False) else func(args)) or 0
     except MobilenetsError as e:
         return _fail(str(e))
     except FileNotFoundError as e:

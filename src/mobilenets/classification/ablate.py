@@ -4,7 +4,6 @@ reported as mean ± sample standard deviation of the final held-out top-1."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from collections.abc import Callable, Sequence
@@ -12,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from mobilenets.checkpoint import atomic_write
-from mobilenets.engine.checkpoints import POINTER, find_last
+from mobilenets.config import TrainConfig
+from mobilenets.engine.checkpoints import POINTER, find_last, read_state
 from mobilenets.engine.task import Task
 
 # name → model overrides; the first is the paper's design, the reference for both ablations
@@ -28,16 +28,14 @@ def _finished_rows(folder: Path, epochs: int) -> list[dict[str, Any]] | None:
     """The log rows of a run that already reached ``epochs`` (so an interrupted ablation skips it)."""
     if not (folder / POINTER).is_file():
         return None
-    import torch
-
-    state = torch.load(find_last(folder)[1], map_location="cpu", weights_only=False)
+    state = read_state(find_last(folder)[1])  # safetensors + JSON: reading a run folder never runs code
     return state["rows"] if state["epoch"] >= epochs else None
 
 
 def run_ablation(
-    train: Callable[[Callable[[argparse.Namespace], Task], argparse.Namespace], dict[str, Any]],
-    build_task: Callable[[argparse.Namespace], Task],
-    base: argparse.Namespace,
+    train: Callable[[Callable[[TrainConfig], Task], TrainConfig], dict[str, Any]],
+    build_task: Callable[[TrainConfig], Task],
+    base: TrainConfig,
     variants: Sequence[str],
     seeds: Sequence[int],
     out: Path,
@@ -47,13 +45,14 @@ def run_ablation(
     for name in variants:
         for seed in seeds:
             folder = out / name / f"seed{seed}"
-            args = argparse.Namespace(**{**vars(base), **VARIANTS[name], "seed": seed, "out": str(folder)})
-            args.epochs = args.epochs or 10
-            rows = _finished_rows(folder, args.epochs)
+            resume = str(folder) if (folder / POINTER).is_file() else None
+            config = base.replace(
+                {"classify": VARIANTS[name], "run": {"seed": seed, "out": str(folder), "resume": resume}}
+            )
+            rows = _finished_rows(folder, config.optim.epochs)
             if rows is None:
-                args.resume = str(folder) if (folder / POINTER).is_file() else None
-                train(build_task, args)
-                rows = _finished_rows(folder, args.epochs) or []
+                train(build_task, config)
+                rows = _finished_rows(folder, config.optim.epochs) or []
             results.setdefault(name, []).append(float(rows[-1]["val_top1"]))
     summary = {
         "variants": {k: VARIANTS[k] for k in variants},

@@ -1,12 +1,9 @@
-"""The classification task for the engine, and the hooks ``mobilenets train/eval/predict`` dispatch to
-(the contract is in ``mobilenets.engine.task``)."""
+"""The classification task for the engine (contract: ``mobilenets.engine.task``): build, data, loss, metric, and
+the checkpoint's evaluation and prediction as data — the commands print."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,72 +21,18 @@ from mobilenets.classification.metrics import (
     summarise,
 )
 from mobilenets.classification.sources import EMBEDDED, SCENE_VIEWS, is_idx_folder, load_data, load_eval_data
+from mobilenets.config import EvalConfig, PredictConfig, TrainConfig
 from mobilenets.data.datasets import collate
-from mobilenets.data.images import UnreadableImage, is_image_file, load_rgb
+from mobilenets.data.images import UnreadableImage, load_rgb
 from mobilenets.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformConfig, eval_transform
-from mobilenets.engine.checkpoints import load_trained
+from mobilenets.engine.checkpoints import Trained
 from mobilenets.engine.data import EvalBatchSampler
-from mobilenets.engine.distributed import resolve_device, setup
-from mobilenets.engine.optim import resolve_recipe
-from mobilenets.errors import ConfigError, InputError
+from mobilenets.errors import ConfigError
 from mobilenets.registry import create_model
 
 # Fashion-MNIST's pixel statistics (grey, replicated to 3 channels), used for the embedded and IDX data.
 FMNIST_MEAN, FMNIST_STD = (0.2860,) * 3, (0.3530,) * 3
-
-
-def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    """Classification's own flags (see ``mobilenets.engine.task`` for the common ones)."""
-    if command == "train":
-        g = parser.add_argument_group("classification")
-        g.add_argument(
-            "--crop-scale",
-            type=float,
-            nargs=2,
-            metavar=("MIN", "MAX"),
-            help="random-resized-crop area range (default 0.08 1 for image folders, 0.6 1 for Fashion-MNIST)",
-        )
-        g.add_argument(
-            "--crop-pct",
-            type=float,
-            help="eval: resize to resolution/crop_pct, centre crop "
-            "(default 0.875 for image folders, 1.0 for Fashion-MNIST)",
-        )
-        g.add_argument("--no-hflip", action="store_true", help="no random horizontal flips")
-        g.add_argument("--project-act", choices=("linear", "relu6"), help="V2 Figure 6a ablation")
-        g.add_argument("--shortcut", choices=("bottleneck", "expansion", "none"), help="V2 Figure 6b ablation")
-    elif command == "eval":
-        parser.add_argument("--per-class", action="store_true", help="print every class's accuracy")
-        parser.add_argument(
-            "--flip", action="store_true", help="test-time augmentation: average the probabilities of image and mirror"
-        )
-    if command in ("eval", "predict"):
-        e = parser.add_argument_group("inference path")
-        e.add_argument("--engine", choices=ENGINES, default="pytorch",
-                       help="pytorch, or our fused C++ engine in fp32 or int8 (CPU; V1/V2/minimal V3)")  # fmt: skip
-        e.add_argument("--calibration", help="fused-int8: calibration images ('embedded', an IDX or image folder)")
-        e.add_argument("--calibration-count", type=int, default=512)
-
-
-ENGINES = ("pytorch", "fused", "fused-int8")
-
-
-def inference_path(args: argparse.Namespace, model: nn.Module, transform: TransformConfig, device: torch.device) -> Any:
-    """The model itself, or the fused engine built from it (``--engine``), as a callable on image batches."""
-    engine = getattr(args, "engine", "pytorch")
-    if engine == "pytorch":
-        return model
-    from mobilenets.deploy.export import calibration_batches
-    from mobilenets.deploy.fused import FusedEngine
-
-    if device.type != "cpu":
-        raise ConfigError(f"--engine {engine} runs on the CPU; add --device cpu")
-    calibration = None
-    if engine == "fused-int8":
-        if not args.calibration:
-            raise ConfigError("--engine fused-int8 needs --calibration DATA (real images for the activation ranges)")
-        calibration = calibration_batches(args.calibration, transform, args.calibration_count)
-    return FusedEngine(model, args.threads or None, calibration=calibration)
+Predictor = Callable[[torch.Tensor], torch.Tensor]  # image batch -> logits: the model, the fused engine, ONNX
 
 
 class ClassifyTask:
@@ -98,25 +41,26 @@ class ClassifyTask:
     name = "classify"
     primary_metric = "top1"
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.transform = transform_config(args)
-        self.data = load_data(args.data, self.transform, args.val_data, args.val_split, args.seed)
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.transform = transform_config(config)
+        self.data = run_data(config, self.transform)
         self.classes = self.data.classes
-        if args.num_classes is not None and args.num_classes != len(self.classes):
-            raise ConfigError(f"--num-classes {args.num_classes} but the data has {len(self.classes)} classes")
-        recipe = resolve_recipe(
-            args.preset, args.optimizer, args.lr, args.weight_decay, args.warmup_epochs, args.label_smoothing,
-            args.ema_decay,
-        )  # fmt: skip
-        self.label_smoothing = recipe.label_smoothing
+        if len(self.classes) < 2:
+            raise ConfigError(f"{config.data.data} has {len(self.classes)} class; a classifier needs at least 2")
+        n = config.model.num_classes
+        if n is not None and n != len(self.classes):
+            raise ConfigError(f"--num-classes {n} but the data has {len(self.classes)} classes")
+        self.label_smoothing = config.recipe.label_smoothing
 
     def build_model(self) -> nn.Module:
+        m, o = self.config.model, self.config.options
         overrides: dict[str, object] = {"num_classes": len(self.classes)}
-        for key in ("width", "output_stride", "dropout", "project_act", "shortcut"):
-            if getattr(self.args, key, None) is not None:
-                overrides[key] = getattr(self.args, key)
-        return create_model(self.args.model, **overrides)
+        for key, value in (("width", m.width), ("output_stride", m.output_stride), ("dropout", m.dropout),
+                           ("project_act", o.project_act), ("shortcut", o.shortcut)):  # fmt: skip
+            if value is not None:
+                overrides[key] = value
+        return create_model(m.name, **overrides)
 
     def datasets(self) -> tuple[Dataset, Dataset]:
         return self.data.train, self.data.val
@@ -141,15 +85,20 @@ class ClassifyTask:
         return {"classes": self.classes, "transform": transform_dict(self.transform)}
 
 
-def transform_config(args: argparse.Namespace) -> TransformConfig:
-    grey_digits = args.data == EMBEDDED or is_idx_folder(Path(args.data))
-    small_objects = grey_digits or args.data in SCENE_VIEWS  # whole small views: mild crops, no centre crop
-    scale = (
-        tuple(args.crop_scale) if getattr(args, "crop_scale", None) else ((0.6, 1.0) if small_objects else (0.08, 1.0))
-    )
-    crop_pct = args.crop_pct if getattr(args, "crop_pct", None) else (1.0 if small_objects else 0.875)
+def run_data(config: TrainConfig, transform: TransformConfig) -> Any:
+    """The run's (train, val) data as its config names it (``--val-split``'s held-out part is the val set)."""
+    d = config.data
+    return load_data(d.data, transform, d.val_data, d.val_split, config.run.seed)
+
+
+def transform_config(config: TrainConfig) -> TransformConfig:
+    data, o = config.data.data, config.options
+    grey_digits = data == EMBEDDED or is_idx_folder(Path(data))
+    small_objects = grey_digits or data in SCENE_VIEWS  # whole small views: mild crops, no centre crop
+    scale = tuple(o.crop_scale) if o.crop_scale else ((0.6, 1.0) if small_objects else (0.08, 1.0))
+    crop_pct = o.crop_pct if o.crop_pct else (1.0 if small_objects else 0.875)
     return TransformConfig(
-        resolution=args.resolution, scale=scale, hflip=not getattr(args, "no_hflip", False), crop_pct=crop_pct,  # type: ignore[arg-type]
+        resolution=config.model.resolution, scale=scale, hflip=o.hflip, crop_pct=crop_pct,  # type: ignore[arg-type]
         mean=FMNIST_MEAN if grey_digits else IMAGENET_MEAN, std=FMNIST_STD if grey_digits else IMAGENET_STD,
     )  # fmt: skip
 
@@ -158,89 +107,83 @@ def transform_dict(cfg: TransformConfig) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.__dict__.items()}
 
 
-def build_task(args: argparse.Namespace) -> ClassifyTask:
-    return ClassifyTask(args)
+def build_task(config: TrainConfig) -> ClassifyTask:
+    return ClassifyTask(config)
 
 
-def eval_transform_of(meta: dict[str, Any], fallback_resolution: int) -> TransformConfig:
-    t = meta.get("transform")
+def eval_transform_of(trained: Trained) -> TransformConfig:
+    """The eval transform a checkpoint stores (else the one its config implies)."""
+    t = trained.metadata.get("transform")
     if not t:
-        return TransformConfig(resolution=fallback_resolution)
+        if trained.config.task != "classify":  # a dense model's export: only the size matters
+            return TransformConfig(resolution=trained.config.model.resolution)
+        return transform_config(trained.config)
     return TransformConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in t.items()})
 
 
-def evaluate_main(args: argparse.Namespace) -> int:
-    """``mobilenets eval``: top-1, top-5, per-class accuracy, a confusion-matrix PNG; ``--json``."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    d = setup(args.device)
-    trained = load_trained(args.checkpoint, d.device)
-    classes = list(trained.metadata.get("classes") or [str(i) for i in range(trained.model.config.num_classes)])
-    cfg = eval_transform_of(trained.metadata, int(trained.args.get("resolution", 224)))
-    data = args.data or trained.args.get("val_data") or trained.args.get("data") or EMBEDDED
-    dataset = load_eval_data(data, cfg, classes)
+def class_names(trained: Trained) -> list[str]:
+    return list(trained.metadata.get("classes") or [str(i) for i in range(trained.model.config.num_classes)])
+
+
+def eval_data(trained: Trained, data: str | None) -> tuple[str, Dataset]:
+    """(name, dataset) to evaluate on: ``data`` if given, else the run's own validation set."""
+    transform, classes = eval_transform_of(trained), class_names(trained)
+    if data:
+        return data, load_eval_data(data, transform, classes)
+    d = trained.config.data
+    split = f" (held-out {d.val_split:g} of the training data, seed {trained.config.run.seed})" if d.val_split else ""
+    return f"{d.val_data or d.data}{split}", run_data(trained.config, transform).val
+
+
+def evaluate_checkpoint(trained: Trained, cfg: EvalConfig, predictor: Predictor | None = None) -> dict[str, Any]:
+    """Top-1, top-5, loss, per-class accuracy and the confusion matrix (also drawn as ``confusion.png`` under
+    ``cfg.out``, default beside the checkpoint) of ``predictor`` (default: the model) on ``eval_data``."""
+    device = next(trained.model.parameters()).device
+    classes = class_names(trained)
+    name, dataset = eval_data(trained, cfg.data)
     loader = DataLoader(
-        dataset, batch_sampler=EvalBatchSampler(len(dataset), args.batch_size), collate_fn=collate,
-        num_workers=args.workers,
+        dataset, batch_sampler=EvalBatchSampler(len(dataset), cfg.batch_size), collate_fn=collate,
+        num_workers=cfg.workers,
     )  # fmt: skip
-    path = inference_path(args, trained.model, cfg, d.device)
-    model = FlipAverage(path) if args.flip else path
+    path = predictor or trained.model
+    model = FlipAverage(path) if cfg.flip else path
     with torch.no_grad():
-        counts = accumulate(model, ({k: v.to(d.device) for k, v in b.items()} for b in loader), len(classes))
-    result: dict[str, Any] = {"checkpoint": str(trained.path), "data": str(data), "flip": bool(args.flip)}
-    result["engine"] = args.engine
+        counts = accumulate(model, ({k: v.to(device) for k, v in b.items()} for b in loader), len(classes))
+    result: dict[str, Any] = {"checkpoint": str(trained.path), "data": name, "flip": cfg.flip, "engine": cfg.engine}
     result.update(summarise(counts))
     result["per_class"] = dict(zip(classes, per_class_accuracy(counts.confusion), strict=True))
     result["confusion"] = counts.confusion.tolist()
-    out = Path(args.out) if args.out else trained.path.parent
-    png = out / "confusion.png"
-    plot_confusion(
-        counts.confusion, classes, png, f"{trained.path.name} on {Path(str(data)).name}: top-1 {result['top1']:.4f}"
-    )
+    png = (Path(cfg.out) if cfg.out else trained.path.parent) / "confusion.png"
+    title = f"{trained.path.name} on {Path(str(cfg.data or trained.config.data.data)).name}: top-1 {result['top1']:.4f}"
+    plot_confusion(counts.confusion, classes, png, title)
     result["confusion_png"] = str(png)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    views = "  (mean of image and mirror)" if args.flip else ""
-    print(f"{trained.path}  on {data}  ({int(result['n'])} images, {int(result['skipped'])} unreadable skipped){views}")
-    print(f"  top-1 {result['top1']:.4f}   top-5 {result['top5']:.4f}   loss {result['loss']:.4f}")
-    if args.per_class:
-        for name, acc in result["per_class"].items():
-            print(f"    {name:24s} {acc:.4f}")
-    print(f"  confusion matrix: {png}")
-    return 0
+    return result
 
 
-def expand_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Files as given; folders → their image files (sorted, recursive)."""
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
-            if not files:
-                raise InputError(f"no image files in folder {p}")
-            paths += files
-        else:
-            paths.append(p)
-    return paths
+def eval_lines(result: dict[str, Any], cfg: EvalConfig) -> list[str]:
+    views = "  (mean of image and mirror)" if cfg.flip else ""
+    lines = [
+        f"{result['checkpoint']}  on {result['data']}  ({int(result['n'])} images, {int(result['skipped'])} "
+        f"unreadable skipped){views}",
+        f"  top-1 {result['top1']:.4f}   top-5 {result['top5']:.4f}   loss {result['loss']:.4f}",
+    ]
+    if cfg.per_class:
+        lines += [f"    {name:24s} {acc:.4f}" for name, acc in result["per_class"].items()]
+    return [*lines, f"  confusion matrix: {result['confusion_png']}"]
 
 
-def predict_main(args: argparse.Namespace) -> int:
-    """``mobilenets predict``: top-k classes with names per image; unreadable inputs are reported, not fatal
-    (exit status 1 if any)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    trained = load_trained(args.checkpoint, device)
-    classes = list(trained.metadata.get("classes") or [str(i) for i in range(trained.model.config.num_classes)])
-    cfg = eval_transform_of(trained.metadata, int(trained.args.get("resolution", 224)))
-    k = max(1, min(args.top_k, len(classes)))
-    model = inference_path(args, trained.model, cfg, device)
+def predict_images(
+    trained: Trained, cfg: PredictConfig, paths: Sequence[Path], predictor: Predictor | None = None
+) -> list[dict[str, Any]]:
+    """The ``cfg.top_k`` classes with names and probabilities per image; an unreadable image gets ``error``."""
+    device = next(trained.model.parameters()).device
+    classes, transform = class_names(trained), eval_transform_of(trained)
+    k = min(cfg.top_k, len(classes))
+    model = predictor or trained.model
     results: list[dict[str, Any]] = []
-    for path in expand_inputs(args.inputs):
+    for path in paths:
         try:
-            x = eval_transform(cfg, load_rgb(path))[None].to(device)
+            x = eval_transform(transform, load_rgb(path))[None].to(device)
         except UnreadableImage as e:
             results.append({"image": str(path), "error": str(e)})
             continue
@@ -252,13 +195,8 @@ def predict_main(args: argparse.Namespace) -> int:
             "top": [{"class": classes[i], "index": int(i), "prob": round(float(p), 5)}
                     for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)],
         })  # fmt: skip
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for r in results:
-            if "error" in r:
-                print(f"{r['image']}: error: {r['error']}", file=sys.stderr)
-                continue
-            best = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"])
-            print(f"{r['image']}: {best}")
-    return 1 if any("error" in r for r in results) else 0
+    return results
+
+
+def prediction_line(result: dict[str, Any]) -> str:
+    return f"{result['image']}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in result["top"])

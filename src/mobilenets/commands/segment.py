@@ -32,9 +32,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def table7_rows(resolution: int = 513, single_scale_only: bool = False) -> list[dict[str, object]]:
     """Each Table 7 row with our params and MAdds: ``madds`` counts true output positions, ``madds_tf`` adds
     TensorFlow's space-to-batch padding of atrous convolutions (how the paper's figures were counted)."""
+    from mobilenets.analysis.dense import inference_madds
     from mobilenets.analysis.profile import count_params
     from mobilenets.registry import create_model
-    from mobilenets.segmentation.inference import DEEPLAB_EVAL_SCALES, SINGLE_SCALE, inference_madds
+    from mobilenets.segmentation.inference import DEEPLAB_EVAL_SCALES, SINGLE_SCALE
 
     if resolution <= 0:
         raise ConfigError(f"resolution must be > 0, got {resolution}")

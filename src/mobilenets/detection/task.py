@@ -1,5 +1,5 @@
-"""The detection task for the one training engine (contract: ``mobilenets.engine.task``), plus ``eval`` and
-``predict`` for detection checkpoints.
+"""The detection task for the one training engine (contract: ``mobilenets.engine.task``), and the evaluation and
+prediction of detection checkpoints as data (the commands print).
 
 ``mobilenets train --task detect --model ssdlite_mobilenet_v2 --data DATA --resolution 320``. ``DATA`` is
 ``embedded`` (the default scene set, generated once into ``~/.cache/mobilenets``), a folder holding
@@ -9,14 +9,12 @@ for training with ``--val-data`` another. ``--backbone-init`` starts the backbon
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import dataclasses
 import io
-import json
 import os
-import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,9 +25,11 @@ from PIL import Image, ImageDraw
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from mobilenets.config import EvalConfig, PredictConfig, TrainConfig
+from mobilenets.data.images import UnreadableImage, load_rgb
 from mobilenets.data.transforms import to_tensor
 from mobilenets.detection.boxes import nms
-from mobilenets.detection.data import CocoDetection, collate
+from mobilenets.detection.data import CocoDetection, CocoSource, collate, find_sources, find_split
 from mobilenets.detection.loss import build_targets, ssd_loss
 from mobilenets.detection.transforms import EvalTransform, TrainTransform, resize
 from mobilenets.errors import ConfigError, InputError
@@ -38,23 +38,6 @@ from mobilenets.registry import create_model
 EMBEDDED = "embedded"
 EMBEDDED_COUNTS = {"train": 2000, "val": 200}
 METRIC_NAMES = ("mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
-
-
-def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    """Detection's own flags."""
-    if command == "train":
-        g = parser.add_argument_group("detection")
-        g.add_argument("--backbone-init", help="classification checkpoint (same backbone and width) for the backbone")
-        g.add_argument("--zoom-out", type=float, default=2.0, help="max zoom-out ratio (SSD: 4; 1 disables)")
-        g.add_argument("--no-photometric", action="store_true", help="no photometric distortion")
-        g.add_argument("--full-lowest-layer", action="store_true",
-                       help="six anchors per location on the stride-16 map instead of TF's three")  # fmt: skip
-    elif command == "eval":
-        parser.add_argument("--class-agnostic", action="store_true",
-                            help="also score boxes alone: every class merged into one, NMS across classes")  # fmt: skip
-    elif command == "predict":
-        parser.add_argument("--score-threshold", type=float, default=0.3, help="report detections above this")
-        parser.add_argument("--out", default="predictions", help="folder for the PNGs with drawn boxes")
 
 
 # -- data -------------------------------------------------------------------------------------------------
@@ -67,7 +50,6 @@ def embedded_scenes() -> Path:
     if (root / "val" / "annotations.json").is_file():
         return root
     tmp = cache / f".{root.name}.{os.getpid()}"
-    print(f"generating the embedded scenes into {root} (once) ...", file=sys.stderr)
     for split, count in EMBEDDED_COUNTS.items():
         write_split(tmp, split, count, SceneConfig())
     with contextlib.suppress(OSError):  # another process finished first: keep theirs (identical bytes)
@@ -75,24 +57,13 @@ def embedded_scenes() -> Path:
     return root
 
 
-def resolve_data(data: str, val_data: str | None) -> tuple[Path, Path]:
-    """(train annotations, val annotations) from the ``--data`` / ``--val-data`` flags."""
+def resolve_data(
+    data: str, val_data: str | None, images: str | None = None, val_images: str | None = None
+) -> tuple[CocoSource, CocoSource]:
+    """(train, val) annotations and image folders from ``--data`` / ``--images`` / ``--val-data`` /
+    ``--val-images`` (layouts: ``detection.data.find_split``)."""
     root = embedded_scenes() if data == EMBEDDED else Path(data)
-    if root.is_dir():
-        train, val = root / "train" / "annotations.json", root / "val" / "annotations.json"
-        if not train.is_file():
-            train = root / "annotations.json"
-    else:
-        train, val = root, root.parent / "val" / "annotations.json"
-    if val_data:
-        val = Path(val_data)
-        if val.is_dir():
-            val = val / "annotations.json"
-    if not train.is_file():
-        raise InputError(f"no COCO annotations for training at {train} (from --data {data})")
-    if not val.is_file():
-        raise InputError(f"no validation annotations at {val}; pass --val-data")
-    return train, val
+    return find_sources(root, images, val_data, val_images)
 
 
 def _size(resolution: int) -> tuple[int, int]:
@@ -102,9 +73,10 @@ def _size(resolution: int) -> tuple[int, int]:
 
 
 def _report_problems(dataset: CocoDetection) -> None:
+    """Skipped annotations are a warning (the command layer shows warnings as one line each)."""
     if dataset.problems:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(dataset.problems.items()))
-        print(f"{dataset.source}: {counts}", file=sys.stderr)
+        warnings.warn(f"{dataset.source}: {counts}", stacklevel=2)
 
 
 # -- the task ---------------------------------------------------------------------------------------------
@@ -114,32 +86,38 @@ class DetectTask:
     name = "detect"
     primary_metric = "mAP"
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        size = _size(args.resolution)
-        train_json, val_json = resolve_data(args.data, args.val_data)
-        transform = TrainTransform(size, getattr(args, "zoom_out", 2.0), not getattr(args, "no_photometric", False))
-        self.train_set = CocoDetection(train_json, transform=transform)
-        self.val_set = CocoDetection(val_json, transform=EvalTransform(size))
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        size = _size(config.model.resolution)
+        require_pycocotools()  # the metric of every evaluation: missing, it must stop the run now, not after an epoch
+        train, val = resolve_data(
+            config.data.data, config.data.val_data, config.options.images, config.options.val_images
+        )
+        train_json, val_json = train.annotations, val.annotations
+        transform = TrainTransform(size, config.options.zoom_out, config.options.photometric)
+        self.train_set = CocoDetection(train_json, train.images, transform=transform)
+        self.val_set = CocoDetection(val_json, val.images, transform=EvalTransform(size))
         for ds in (self.train_set, self.val_set):
             _report_problems(ds)
         if self.val_set.category_ids != self.train_set.category_ids:
             raise InputError(f"{val_json} has categories {self.val_set.category_ids}, {train_json} has "
                              f"{self.train_set.category_ids}")  # fmt: skip
-        if args.num_classes is not None and args.num_classes != self.train_set.num_classes:
-            raise ConfigError(f"--num-classes {args.num_classes} but {train_json} has {self.train_set.num_classes}")
+        n = config.model.num_classes
+        if n is not None and n != self.train_set.num_classes:
+            raise ConfigError(f"--num-classes {n} but {train_json} has {self.train_set.num_classes}")
 
     def build_model(self) -> nn.Module:
+        m, o = self.config.model, self.config.options
         overrides: dict[str, object] = {"num_classes": self.train_set.num_classes}
-        if self.args.width is not None:
-            overrides["width"] = self.args.width
-        if getattr(self.args, "full_lowest_layer", False):
+        if m.width is not None:
+            overrides["width"] = m.width
+        if o.full_lowest_layer:
             overrides["reduce_lowest_layer"] = False
-        model = create_model(detector_name(self.args.model), **overrides)
-        if getattr(self.args, "backbone_init", None):
+        model = create_model(detector_name(m.name), **overrides)
+        if o.backbone_init:
             from mobilenets.engine.checkpoints import resolve_weights
 
-            model.load_backbone(str(resolve_weights(self.args.backbone_init)))
+            model.load_backbone(str(resolve_weights(o.backbone_init)))
         return model
 
     def datasets(self) -> tuple[Dataset, Dataset]:
@@ -152,7 +130,8 @@ class DetectTask:
         raw = model(batch["images"])
         targets = batch["targets"]
         labels, codes = build_targets([t["boxes"] for t in targets], [t["labels"] for t in targets], raw["anchors"])
-        return ssd_loss(raw["cls_logits"].float(), raw["box_codes"].float(), labels, codes)
+        loss, scalars = ssd_loss(raw["cls_logits"].float(), raw["box_codes"].float(), labels, codes)
+        return loss, {**scalars, "skipped": float(batch.get("skipped", 0))}
 
     def evaluate(self, model: nn.Module, loader: DataLoader, distributed: bool) -> dict[str, float]:
         detections = detect_batches(model, loader, self.val_set.category_ids)
@@ -177,8 +156,8 @@ def detector_name(model: str) -> str:
     raise ConfigError(f"--task detect needs an ssdlite_* model (or its backbone's name), got {model!r}")
 
 
-def build_task(args: argparse.Namespace) -> DetectTask:
-    return DetectTask(args)
+def build_task(config: TrainConfig) -> DetectTask:
+    return DetectTask(config)
 
 
 # -- evaluation -------------------------------------------------------------------------------------------
@@ -200,6 +179,15 @@ def detect_batches(model: nn.Module, loader: Any, category_ids: list[int]) -> li
                 image_id, category = int(target["image_id"]), category_ids[label - 1]
                 results.append({"image_id": image_id, "category_id": category, "bbox": bbox, "score": round(score, 5)})
     return results
+
+
+def require_pycocotools() -> None:
+    try:
+        import pycocotools.cocoeval  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "detection is scored with COCO mAP, which needs pycocotools: pip install pycocotools"
+        ) from None
 
 
 def coco_metrics(dataset: CocoDetection, detections: list[dict[str, Any]]) -> dict[str, float]:
@@ -251,33 +239,26 @@ def class_agnostic_metrics(dataset: CocoDetection, detections: list[dict[str, An
     return coco_metrics(merged, pooled)
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from mobilenets.engine.checkpoints import load_trained
-    from mobilenets.engine.distributed import resolve_device
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    trained = load_trained(args.checkpoint, resolve_device(args.device))
+def class_names(trained: Any) -> list[str]:
     classes = list(trained.metadata.get("classes") or [])
     num_classes = trained.model.config.num_classes
-    if len(classes) != num_classes:
-        classes = [str(i + 1) for i in range(num_classes)]
-    return trained, classes, int(trained.args.get("resolution", 320))
+    return classes if len(classes) == num_classes else [str(i + 1) for i in range(num_classes)]
 
 
 def split_of(trained: Any, data: str | None, resolution: int, split: str = "val") -> CocoDetection:
     """A trained detector's ``split`` at ``resolution`` in the eval transform: ``data`` (default: what it was
     trained on; for "val" its ``--val-data`` first) is 'embedded', a COCO annotations file or a folder holding
     one (or ``train/`` and ``val/`` ones)."""
-    data = data or (trained.args.get("val_data") if split == "val" else None)
-    if data and data != EMBEDDED:
-        path = Path(data) / "annotations.json" if Path(data).is_dir() else Path(data)
-        if Path(data).is_dir() and not path.is_file():
-            path = Path(data) / split / "annotations.json"
+    stored = trained.config.data
+    if data is None and split == "val" and stored.val_data:
+        data, images = stored.val_data, trained.config.options.val_images
+    elif data is None:
+        data, images = stored.data, trained.config.options.images if split == "train" else None
     else:
-        train, val = resolve_data(data or trained.args.get("data", EMBEDDED), None)
-        path = val if split == "val" else train
-    dataset = CocoDetection(path, transform=EvalTransform(_size(resolution)))
+        images = None
+    source = find_split(embedded_scenes() if data == EMBEDDED else data, split, images)
+    path = source.annotations
+    dataset = CocoDetection(path, source.images, transform=EvalTransform(_size(resolution)))
     _report_problems(dataset)
     if dataset.num_classes != trained.model.config.num_classes:
         raise InputError(
@@ -287,28 +268,28 @@ def split_of(trained: Any, data: str | None, resolution: int, split: str = "val"
     return dataset
 
 
-def evaluate_main(args: argparse.Namespace) -> int:
-    """``mobilenets eval``: COCO AP, AP50, AP75, AP small/medium/large; ``--json``."""
-    trained, _, resolution = _load(args)
-    dataset = split_of(trained, args.data, resolution)
-    val = dataset.source
-    loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate, num_workers=args.workers)
+def evaluate_checkpoint(trained: Any, cfg: EvalConfig, predictor: Any = None) -> dict[str, Any]:
+    """COCO AP, AP50, AP75, AP small/medium/large on ``cfg.data`` (default: the run's validation data) of
+    ``predictor`` (anything with the detector's ``predict``; default: the model)."""
+    dataset = split_of(trained, cfg.data, trained.config.model.resolution)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collate, num_workers=cfg.workers)
     device = next(trained.model.parameters()).device
     batches = ({"images": b["images"].to(device), "targets": b["targets"]} for b in loader)
-    detections = detect_batches(trained.model, batches, dataset.category_ids)
+    detections = detect_batches(predictor or trained.model, batches, dataset.category_ids)
     metrics = coco_metrics(dataset, detections)
-    result = {"checkpoint": str(trained.path), "data": str(val), "images": len(dataset), **metrics,
+    result = {"checkpoint": str(trained.path), "data": str(dataset.source), "images": len(dataset), **metrics,
               "problems": dict(dataset.problems)}  # fmt: skip
-    if getattr(args, "class_agnostic", False):
+    if cfg.class_agnostic:
         result["class_agnostic"] = class_agnostic_metrics(dataset, detections, trained.model.config.nms_iou)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    print(f"{trained.path}  on {val}  ({len(dataset)} images)")
-    print("  " + "   ".join(f"{k} {metrics[k]:.4f}" for k in METRIC_NAMES))
+    return result
+
+
+def eval_lines(result: dict[str, Any], cfg: EvalConfig) -> list[str]:
+    lines = [f"{result['checkpoint']}  on {result['data']}  ({result['images']} images)"]
+    lines.append("  " + "   ".join(f"{k} {result[k]:.4f}" for k in METRIC_NAMES))
     if "class_agnostic" in result:
-        print("  class-agnostic: " + "   ".join(f"{k} {result['class_agnostic'][k]:.4f}" for k in METRIC_NAMES))
-    return 0
+        lines.append("  class-agnostic: " + "   ".join(f"{k} {result['class_agnostic'][k]:.4f}" for k in METRIC_NAMES))
+    return lines
 
 
 def draw_detections(image: np.ndarray, detections: list[dict[str, Any]], path: Path) -> None:
@@ -327,25 +308,24 @@ def draw_detections(image: np.ndarray, detections: list[dict[str, Any]], path: P
     canvas.save(path)
 
 
-def predict_main(args: argparse.Namespace) -> int:
-    """``mobilenets predict``: boxes, classes and scores per image (JSON with ``--json``) and a PNG per image
-    with them drawn, under ``--out``. Unreadable inputs are reported; exit status 1 if any."""
-    from mobilenets.classification.task import expand_inputs
-
-    trained, classes, resolution = _load(args)
-    size = _size(resolution)
+def predict_images(trained: Any, cfg: PredictConfig, paths: Sequence[Path], stems: Sequence[str]) -> list[dict]:
+    """Boxes, classes and scores per image — every detection scoring at least ``cfg.score_threshold``, at most
+    ``cfg.max_detections`` (default: the model's own limit) — and a PNG per image with them drawn, named
+    ``<stem>_detections.png`` under ``cfg.out``. An unreadable image gets ``error``."""
+    classes = class_names(trained)
+    size = _size(trained.config.model.resolution)
     device = next(trained.model.parameters()).device
-    out_dir = Path(args.out)
+    limit = cfg.max_detections or trained.model.config.max_detections
     results: list[dict[str, Any]] = []
-    for path in expand_inputs(args.inputs):
+    for path, stem in zip(paths, stems, strict=True):
         try:
-            with Image.open(path) as img:
-                image = np.asarray(img.convert("RGB"))
-        except (OSError, ValueError) as e:
-            results.append({"image": str(path), "error": f"cannot read image: {e}"})
+            image = np.asarray(load_rgb(path))
+        except UnreadableImage as e:  # reported, and the other images still predicted
+            results.append({"image": str(path), "error": str(e)})
             continue
         resized, _, _ = resize(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), size)
-        out = trained.model.predict(to_tensor(resized)[None].to(device))[0]
+        with torch.no_grad():
+            out = trained.model.predict(to_tensor(resized)[None].to(device))[0]
         h, w = image.shape[:2]
         scale = torch.tensor([w / size[1], h / size[0], w / size[1], h / size[0]], device=out["boxes"].device)
         dets = [
@@ -353,18 +333,14 @@ def predict_main(args: argparse.Namespace) -> int:
              "box": [round(v, 1) for v in box]}
             for box, score, label in zip((out["boxes"] * scale).tolist(), out["scores"].tolist(),
                                          out["labels"].tolist(), strict=True)
-            if score >= args.score_threshold
-        ][: args.top_k if args.top_k and args.top_k > 0 else None]  # fmt: skip
-        png = out_dir / f"{path.stem}_detections.png"
+            if score >= cfg.score_threshold
+        ][:limit]  # fmt: skip
+        png = Path(cfg.out) / f"{stem}_detections.png"
         draw_detections(image, dets, png)
         results.append({"image": str(path), "detections": dets, "png": str(png)})
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for r in results:
-            if "error" in r:
-                print(f"{r['image']}: error: {r['error']}", file=sys.stderr)
-                continue
-            found = ", ".join(f"{d['class']} {d['score']:.2f}" for d in r["detections"]) or "nothing"
-            print(f"{r['image']}: {found}  -> {r['png']}")
-    return 1 if any("error" in r for r in results) else 0
+    return results
+
+
+def prediction_line(result: dict[str, Any]) -> str:
+    found = ", ".join(f"{d['class']} {d['score']:.2f}" for d in result["detections"]) or "nothing"
+    return f"{result['image']}: {found}  -> {result['png']}"

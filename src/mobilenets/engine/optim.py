@@ -12,74 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from copy import deepcopy
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from mobilenets.errors import ConfigError
+# The recipe (optimiser, schedule, presets) is configuration and lives with the other configs.
+from mobilenets.config import PRESETS, Recipe, resolve_recipe
 
-
-@dataclass(frozen=True)
-class Recipe:
-    """Everything the optimiser and schedule need; ``resolve_recipe`` fills it from a preset and overrides."""
-
-    optimizer: str  # "rmsproptf" | "sgd" | "adamw"
-    lr: float
-    weight_decay: float
-    schedule: str  # "exponential" (× decay_rate per epoch) | "cosine"
-    decay_rate: float = 0.98
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    ema_decay: float = 0.0  # 0 = no EMA
-    momentum: float = 0.9
-    rmsprop_decay: float = 0.9
-    eps: float = 1.0
-
-
-PRESETS: dict[str, Recipe] = {
-    "paper": Recipe("rmsproptf", lr=0.045, weight_decay=4e-5, schedule="exponential", eps=1.0),
-    "modern": Recipe(
-        "sgd", lr=0.1, weight_decay=4e-5, schedule="cosine", warmup_epochs=1.0, label_smoothing=0.1, ema_decay=0.999
-    ),
-}
-_ADAMW_DEFAULTS = {"lr": 2e-3, "weight_decay": 0.05}
-
-
-def resolve_recipe(
-    preset: str,
-    optimizer: str | None = None,
-    lr: float | None = None,
-    weight_decay: float | None = None,
-    warmup_epochs: float | None = None,
-    label_smoothing: float | None = None,
-    ema_decay: float | None = None,
-) -> Recipe:
-    """The preset with every non-None override applied (AdamW brings its own lr / weight-decay defaults)."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-    base = PRESETS[preset]
-    fields = base.__dict__.copy()
-    if optimizer is not None:
-        if optimizer not in ("rmsproptf", "sgd", "adamw"):
-            raise ConfigError(f"unknown optimizer {optimizer!r}; expected rmsproptf, sgd or adamw")
-        fields["optimizer"] = optimizer
-        if optimizer == "adamw" and base.optimizer != "adamw":
-            fields.update(_ADAMW_DEFAULTS)
-    overrides = {
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "warmup_epochs": warmup_epochs,
-        "label_smoothing": label_smoothing,
-        "ema_decay": ema_decay,
-    }
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    recipe = Recipe(**fields)
-    if recipe.lr <= 0 or recipe.weight_decay < 0 or not 0 <= recipe.ema_decay < 1:
-        raise ConfigError(f"invalid recipe: lr {recipe.lr}, weight decay {recipe.weight_decay}, EMA {recipe.ema_decay}")
-    if not 0 <= recipe.label_smoothing < 1:
-        raise ConfigError(f"label smoothing must be in [0, 1), got {recipe.label_smoothing}")
-    return recipe
+__all__ = ["EMA", "PRESETS", "RMSpropTF", "Recipe", "build_optimizer", "lr_at", "param_groups", "resolve_recipe"]
 
 
 def is_depthwise(module: nn.Module) -> bool:

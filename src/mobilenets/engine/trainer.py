@@ -1,4 +1,4 @@
-"""The one training loop every task uses: ``train(build_task, args)``.
+"""The one training loop every task uses: ``train(build_task, config)``.
 
 Exactness is designed in rather than hoped for: the data order is a pure function of (seed, epoch, step)
 (``engine.data``), the learning rate a pure function of the step (``engine.optim.lr_at``), and a checkpoint
@@ -8,14 +8,13 @@ sums and the log rows. Resuming therefore replays the same arithmetic an uninter
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,87 +26,26 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mobilenets.checkpoint import load_into
-from mobilenets.engine import checkpoints
+from mobilenets.config import TrainConfig
+from mobilenets.engine import checkpoints, runs
 from mobilenets.engine.allocator import keep_freed_memory
 from mobilenets.engine.data import EvalBatchSampler, SeededDataset, ShardedBatchSampler, mix_seed, to_device
 from mobilenets.engine.distributed import Dist, all_gather_object, all_reduce_sum, barrier, setup, teardown
 from mobilenets.engine.logs import RunLog
-from mobilenets.engine.optim import EMA, Recipe, build_optimizer, lr_at, resolve_recipe
+from mobilenets.engine.optim import EMA, build_optimizer, lr_at
 from mobilenets.engine.task import Task
 from mobilenets.errors import ConfigError, MobilenetsError
 
 # Test hook: SIGKILL this process right after optimiser step N (and any checkpoint due at N) — a real kill -9.
 KILL_AT_STEP_ENV = "MOBILENETS_TEST_KILL_AT_STEP"
-# Flags that describe this invocation rather than the run: on --resume they come from the command line.
-RUNTIME_FLAGS = ("workers", "threads", "device", "no_progress", "log_every", "max_steps", "resume", "out")
 
 
-DEFAULT_EPOCHS = 10
+# Step scalars that are counts (images skipped as unreadable): the epoch's row holds their total, not a mean.
+COUNTED = ("skipped",)
 
 
 class NonFiniteLoss(MobilenetsError):
     """The loss became NaN or infinite; the message names the last good checkpoint."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The engine's view of ``mobilenets train``'s common flags (task flags stay on the namespace)."""
-
-    out: Path
-    epochs: int
-    batch_size: int
-    accum_steps: int
-    seed: int
-    workers: int
-    device: str
-    bf16: bool
-    channels_last: bool
-    checkpoint_every: int
-    eval_every: int
-    max_steps: int
-    log_every: int
-    progress: bool
-    init: str | None
-    recipe: Recipe
-
-    @classmethod
-    def from_namespace(cls, args: argparse.Namespace) -> TrainConfig:
-        recipe = resolve_recipe(
-            args.preset, args.optimizer, args.lr, args.weight_decay, args.warmup_epochs, args.label_smoothing,
-            args.ema_decay,
-        )  # fmt: skip
-        cfg = cls(
-            out=Path(args.out), epochs=args.epochs or DEFAULT_EPOCHS, batch_size=args.batch_size,
-            accum_steps=args.accum_steps,
-            seed=args.seed, workers=args.workers, device=args.device, bf16=args.bf16,
-            channels_last=args.channels_last, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
-            max_steps=args.max_steps, log_every=args.log_every, progress=not args.no_progress, init=args.init,
-            recipe=recipe,
-        )  # fmt: skip
-        for name in ("epochs", "batch_size", "accum_steps", "eval_every"):
-            if getattr(cfg, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-        if cfg.workers < 0 or cfg.checkpoint_every < 0 or cfg.max_steps < 0:
-            raise ConfigError("--workers, --checkpoint-every and --max-steps must be >= 0")
-        return cfg
-
-
-def serialisable_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The namespace minus what JSON cannot hold (the CLI's ``func``)."""
-    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
-
-
-def merge_resume_args(stored: dict[str, Any], current: argparse.Namespace) -> argparse.Namespace:
-    merged = dict(stored)
-    for key in RUNTIME_FLAGS:
-        if hasattr(current, key):
-            merged[key] = getattr(current, key)
-    if getattr(current, "epochs", None) is not None:
-        merged["epochs"] = current.epochs  # extending a finished run is allowed
-    if merged.get("out") is None:
-        resume = Path(current.resume)
-        merged["out"] = str(resume if resume.is_dir() else resume.parent)
-    return argparse.Namespace(**{**vars(current), **merged})
 
 
 def _seed_everything(seed: int) -> None:
@@ -118,43 +56,52 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def train(build_task: Callable[[argparse.Namespace], Task], args: argparse.Namespace) -> dict[str, Any]:
-    """Train ``build_task(args)`` as ``args`` says; returns a summary (best metric, last row, run folder)."""
-    d = setup(args.device)
+def train(build_task: Callable[[TrainConfig], Task], config: TrainConfig) -> dict[str, Any]:
+    """Train ``build_task(config)`` as ``config`` says; returns a summary (best metric, last row, run folder).
+    With ``config.run.resume`` the run continues from its last checkpoint: ``config`` is then the run's stored
+    config with this invocation's runtime fields (``mobilenets.config.RESUMABLE``)."""
+    d = setup(config.run.device)
     try:
-        return _train(build_task, args, d)
+        with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
+            return _train(build_task, config, d, held)
     finally:
         teardown(d)
 
 
-def _train(build_task: Callable[[argparse.Namespace], Task], args: argparse.Namespace, d: Dist) -> dict[str, Any]:
-    resumed = checkpoints.load_resume(args.resume) if args.resume else None
-    if resumed is not None:
-        args = merge_resume_args(resumed.train_meta.get("args", {}), args)
-    if args.out is None:
+def _train(
+    build_task: Callable[[TrainConfig], Task], config: TrainConfig, d: Dist, held: contextlib.ExitStack
+) -> dict[str, Any]:
+    run, optim = config.run, config.optim
+    resumed = checkpoints.load_resume(run.resume) if run.resume else None
+    if run.out is None:
         raise ConfigError("--out is required (the folder for checkpoints and logs)")
-    cfg = TrainConfig.from_namespace(args)
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
+    out = Path(run.out)
+    if d.is_main:  # one writer per run folder; a new run never replaces an old one unasked (engine/runs.py)
+        held.enter_context(runs.claim(out, resuming=resumed is not None, overwrite=run.overwrite))
+        if resumed is not None and resumed.note:
+            print(resumed.note, file=sys.stderr)
+    recipe = config.recipe
+    if run.threads:
+        torch.set_num_threads(run.threads)
     if d.device.type == "cpu":
         keep_freed_memory()  # activations reused step to step instead of re-faulted (engine/allocator.py)
-    _seed_everything(mix_seed(cfg.seed, d.rank))
+    _seed_everything(mix_seed(run.seed, d.rank))
 
-    task = build_task(args)
+    task = build_task(config)
     model = task.build_model()
-    if cfg.init and resumed is None:
-        checkpoints.init_from(model, cfg.init)
+    if config.model.init and resumed is None:
+        checkpoints.init_from(model, config.model.init)
     model.to(d.device)
-    if cfg.channels_last:
+    if run.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg.recipe)
-    ema = EMA(model, cfg.recipe.ema_decay) if cfg.recipe.ema_decay else None
+    optimizer = build_optimizer(model, recipe)
+    ema = EMA(model, recipe.ema_decay) if recipe.ema_decay else None
 
     train_set, val_set = task.datasets()
-    train_seeded, val_seeded = SeededDataset(train_set, cfg.seed), SeededDataset(val_set, cfg.seed)
-    sampler = ShardedBatchSampler(len(train_set), cfg.batch_size, d.world, d.rank, cfg.accum_steps, cfg.seed)
+    train_seeded, val_seeded = SeededDataset(train_set, run.seed), SeededDataset(val_set, run.seed)
+    sampler = ShardedBatchSampler(len(train_set), optim.batch_size, d.world, d.rank, optim.accum_steps, run.seed)
     spe = sampler.steps_per_epoch
-    total_steps = cfg.epochs * spe if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * spe)
+    total_steps = optim.epochs * spe if not run.max_steps else min(run.max_steps, optim.epochs * spe)
 
     loop: dict[str, Any] = {"epoch": 0, "epoch_step": 0, "step": 0, "best": -math.inf, "rows": [], "sums": {}}
     last_ckpt: str = "none (no checkpoint written yet)"
@@ -175,15 +122,15 @@ def _train(build_task: Callable[[argparse.Namespace], Task], args: argparse.Name
     net: nn.Module = model
     if d.enabled:
         net = DistributedDataParallel(model, device_ids=[d.device] if d.device.type == "cuda" else None)
-    log = RunLog(cfg.out, loop["rows"]) if d.is_main else None
+    log = RunLog(out, loop["rows"]) if d.is_main else None
     train_meta = {
         "task": task.name,
-        "args": serialisable_args(args),
+        "config": config.to_dict(),
         "metadata": task.metadata() if hasattr(task, "metadata") else {},
     }
     kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0"))
-    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    images_per_step = cfg.batch_size * cfg.accum_steps * d.world
+    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=run.bf16)
+    images_per_step = optim.batch_size * optim.accum_steps * d.world
     run_start, run_start_step = time.perf_counter(), loop["step"]
 
     def save(tag: str) -> str:
@@ -197,36 +144,36 @@ def _train(build_task: Callable[[argparse.Namespace], Task], args: argparse.Name
         path = ""
         if d.is_main:
             meta = {**train_meta, "epoch": loop["epoch"], "step": loop["step"]}
-            path = str(checkpoints.save_checkpoint(cfg.out, tag, model, meta, state))
+            path = str(checkpoints.save_checkpoint(out, tag, model, meta, state))
         barrier(d)
         return path or last_ckpt
 
-    lr = lr_at(cfg.recipe, loop["step"], spe, total_steps)
+    lr = lr_at(recipe, loop["step"], spe, total_steps)
     stop = False
-    while loop["epoch"] < cfg.epochs and not stop:
+    while loop["epoch"] < optim.epochs and not stop:
         epoch = loop["epoch"]
         sampler.set_epoch(epoch, loop["epoch_step"])
         train_seeded.epoch = epoch
         loader = DataLoader(
-            train_seeded, batch_sampler=sampler, collate_fn=task.collate, num_workers=cfg.workers,
-            generator=torch.Generator().manual_seed(mix_seed(cfg.seed, epoch, d.rank)),
+            train_seeded, batch_sampler=sampler, collate_fn=task.collate, num_workers=run.workers,
+            generator=torch.Generator().manual_seed(mix_seed(run.seed, epoch, d.rank)),
             pin_memory=d.device.type == "cuda",
         )  # fmt: skip
         net.train()
         sums: dict[str, float] = dict(loop["sums"]) or {"n": 0.0, "loss": 0.0}
         bar = tqdm(
-            total=spe, initial=loop["epoch_step"], desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-            disable=not (cfg.progress and d.is_main), dynamic_ncols=True, leave=True,
+            total=spe, initial=loop["epoch_step"], desc=f"epoch {epoch + 1}/{optim.epochs}", unit="step",
+            disable=not (run.progress and d.is_main), dynamic_ncols=True, leave=True,
         )  # fmt: skip
         epoch_start, epoch_start_step = time.perf_counter(), loop["epoch_step"]
         for i, batch in enumerate(loader):
-            micro = i % cfg.accum_steps
+            micro = i % optim.accum_steps
             if micro == 0:
-                lr = lr_at(cfg.recipe, loop["step"], spe, total_steps)
+                lr = lr_at(recipe, loop["step"], spe, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-            batch = to_device(batch, d.device, cfg.channels_last)
-            sync = micro == cfg.accum_steps - 1
+            batch = to_device(batch, d.device, run.channels_last)
+            sync = micro == optim.accum_steps - 1
             ctx = net.no_sync() if d.enabled and not sync else contextlib.nullcontext()
             with ctx:
                 with autocast:
@@ -235,9 +182,10 @@ def _train(build_task: Callable[[argparse.Namespace], Task], args: argparse.Name
                 if not bool(all_reduce_sum(finite, d).item() == d.world):
                     raise NonFiniteLoss(
                         f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {loop['step'] + 1}; "
-                        f"last good checkpoint: {last_ckpt} (resume with --resume {cfg.out} and a lower --lr)"
+                        f"last good checkpoint: {checkpoints.last_good(out)} (resume with --resume {out} and a "
+                        "lower --lr)"
                     )
-                (loss / cfg.accum_steps).backward()
+                (loss / optim.accum_steps).backward()
             sums["n"] += 1
             sums["loss"] += float(loss.detach())
             for k, v in scalars.items():
@@ -259,11 +207,11 @@ def _train(build_task: Callable[[argparse.Namespace], Task], args: argparse.Name
                 run_eta=f"{(total_steps - loop['step']) / max(run_rate, 1e-9) / 60:.1f}min",
             )  # fmt: skip
             bar.update(1)
-            if log is not None and cfg.log_every and loop["step"] % cfg.log_every == 0:
+            if log is not None and run.log_every and loop["step"] % run.log_every == 0:
                 log.scalar("step/loss", float(loss.detach()), loop["step"])
                 log.scalar("step/lr", lr, loop["step"])
-            last_step = cfg.max_steps and loop["step"] >= cfg.max_steps
-            due = cfg.checkpoint_every and loop["step"] % cfg.checkpoint_every == 0
+            last_step = run.max_steps and loop["step"] >= run.max_steps
+            due = run.checkpoint_every and loop["step"] % run.checkpoint_every == 0
             if due and loop["epoch_step"] < spe and not last_step:
                 last_ckpt = save(f"e{epoch:04d}-s{loop['step']:09d}")
             if kill_at and loop["step"] == kill_at:
@@ -281,16 +229,16 @@ def _train(build_task: Callable[[argparse.Namespace], Task], args: argparse.Name
                 strict=True,
             )
         )
-        means = {k: v / totals["n"] for k, v in totals.items()}
+        means = {k: v if k in COUNTED else v / totals["n"] for k, v in totals.items()}
         row: dict[str, Any] = {"epoch": epoch + 1, "step": loop["step"], "lr": lr}
         row.update({f"train_{k}": round(v, 6) for k, v in means.items() if k != "n"})
         row["images_per_s"] = round((loop["epoch_step"] - epoch_start_step) * images_per_step / epoch_time, 1)
         row["epoch_time_s"] = round(epoch_time, 2)
         loop["epoch"], loop["epoch_step"], loop["sums"] = epoch + 1, 0, {}
-        if (epoch + 1) % cfg.eval_every == 0 or loop["epoch"] >= cfg.epochs or stop:
+        if (epoch + 1) % run.eval_every == 0 or loop["epoch"] >= optim.epochs or stop:
             eval_model = ema.module if ema is not None else model
             metrics = evaluate(
-                task, eval_model, val_seeded, cfg.batch_size, cfg.workers, d, cfg.bf16, cfg.channels_last
+                task, eval_model, val_seeded, optim.batch_size, run.workers, d, run.bf16, run.channels_last
             )
             row.update({f"val_{k}": round(float(v), 6) for k, v in metrics.items()})
             score = float(metrics[task.primary_metric])
@@ -298,7 +246,7 @@ def _train(build_task: Callable[[argparse.Namespace], Task], args: argparse.Name
                 loop["best"] = score
                 if d.is_main:
                     best_meta = {**train_meta, "epoch": loop["epoch"], "step": loop["step"], "metrics": metrics}
-                    checkpoints.save_model(eval_model, cfg.out / "best.safetensors", best_meta)
+                    checkpoints.save_model(eval_model, out / "best.safetensors", best_meta)
         loop["rows"] = [*loop["rows"], row]
         if log is not None:
             log.add(row)
@@ -308,7 +256,7 @@ def _train(build_task: Callable[[argparse.Namespace], Task], args: argparse.Name
         log.close()
     return {
         "rank": d.rank,
-        "out": str(cfg.out),
+        "out": str(out),
         "best": loop["best"],
         "primary_metric": task.primary_metric,
         "last": loop["rows"][-1] if loop["rows"] else {},

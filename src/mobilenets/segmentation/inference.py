@@ -5,10 +5,7 @@ probabilities after resizing them back to the input size (DeepLab's ``predict_la
 sizes follow DeepLab: ``int((size - 1) * scale + 1)``, which keeps 513-style sizes (≡ 1 mod 2^k) aligned with
 the strides — 513 at scales 0.5 … 1.75 gives 257, 385, 513, 641, 769, 897.
 
-Multiply-adds of a strategy are the model's count summed over every forward pass it makes. Table 7 counts atrous
-convolutions as TensorFlow runs them (space-to-batch: the dilated input is padded to a multiple of the rate and
-cut into rate² blocks, so a 3×3 conv at rate 6 on 33×33 computes 36·6² = 1296 positions instead of 1089);
-``tf_atrous=True`` adds that padding, which is what reproduces the paper's 5.8B and 387B (see README).
+The multiply-adds of a strategy are counted in ``mobilenets.analysis.dense``.
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobilenets.analysis.profile import profile
 from mobilenets.errors import ConfigError
 
 SINGLE_SCALE: tuple[float, ...] = (1.0,)
@@ -67,44 +63,3 @@ def predict_labels(
 ) -> torch.Tensor:
     """Per-pixel class indices N×H×W (the arg-max of ``predict_probs``)."""
     return predict_probs(model, images, scales, flip).argmax(1)
-
-
-def _space_to_batch_positions(size: int, kernel: int, rate: int) -> int:
-    # tf.nn.convolution with dilation: SAME base padding (k-1)·rate, then padded up to a multiple of the rate,
-    # cut into rate×rate blocks, each convolved VALID with the undilated kernel.
-    padded = size + (kernel - 1) * rate
-    padded += -padded % rate
-    return rate * (padded // rate - kernel + 1)
-
-
-def tf_atrous_madds(model: nn.Module, resolution: int | tuple[int, int]) -> int:
-    """Multiply-adds as TensorFlow computes atrous convs (space-to-batch padding), for one image."""
-    prof = profile(model, resolution)
-    modules = dict(model.named_modules())
-    total = 0
-    for layer in prof.layers:
-        total += layer.madds
-        module = modules[layer.name]
-        if isinstance(module, nn.Conv2d) and module.dilation[0] > 1:
-            h, w = layer.output_shape[1:]
-            per_position = layer.madds // (h * w)
-            kh, kw = module.kernel_size
-            positions = _space_to_batch_positions(h, kh, module.dilation[0]) * _space_to_batch_positions(
-                w, kw, module.dilation[1]
-            )
-            total += per_position * (positions - h * w)
-    return total
-
-
-def inference_madds(
-    model: nn.Module,
-    resolution: int,
-    scales: Sequence[float] = SINGLE_SCALE,
-    flip: bool = False,
-    tf_atrous: bool = False,
-) -> int:
-    """Multiply-adds of one ``resolution``² image under a strategy: summed over scales, ×2 with flips."""
-    _check_scales(scales)
-    count = tf_atrous_madds if tf_atrous else (lambda m, r: profile(m, r).madds)
-    total = sum(count(model, scaled_size(resolution, s)) for s in scales)
-    return total * (2 if flip else 1)

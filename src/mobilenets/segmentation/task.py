@@ -1,5 +1,5 @@
-"""The segmentation task for the one training engine, and ``mobilenets eval`` / ``predict`` for segmenters
-(the contract is in ``mobilenets.engine.task``).
+"""The segmentation task for the one training engine (contract: ``mobilenets.engine.task``), and the evaluation
+and prediction of segmentation checkpoints as data (the commands print).
 
 ``mobilenets train --task segment --model deeplabv3_mobilenet_v2 --data embedded|VOC|FOLDER --resolution CROP``:
 per-pixel cross-entropy ignoring 255; the best checkpoint is picked by validation mIoU.
@@ -7,10 +7,7 @@ per-pixel cross-entropy ignoring 255; the best checkpoint is picked by validatio
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,8 +19,9 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from mobilenets.config import EvalConfig, PredictConfig, TrainConfig
 from mobilenets.data.images import UnreadableImage, load_rgb
-from mobilenets.data.transforms import to_tensor
+from mobilenets.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from mobilenets.errors import ConfigError, InputError
 from mobilenets.registry import create_model
 from mobilenets.segmentation.data import (
@@ -39,47 +37,8 @@ from mobilenets.segmentation.data import (
     scene_classes,
     voc_palette,
 )
-from mobilenets.segmentation.inference import DEEPLAB_EVAL_SCALES, inference_madds, predict_labels, predict_probs
+from mobilenets.segmentation.inference import DEEPLAB_EVAL_SCALES, predict_labels, predict_probs
 from mobilenets.segmentation.metrics import IGNORE_INDEX, confusion_matrix, reduce_confusion, summarise
-
-
-def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    """Segmentation's own flags (see ``mobilenets.engine.task`` for the common ones)."""
-    g = parser.add_argument_group("segmentation")
-    if command == "train":
-        g.add_argument("--aspp", dest="aspp", action="store_true", default=None, help="DeepLabv3: full ASPP")
-        g.add_argument("--no-aspp", dest="aspp", action="store_false", help="DeepLabv3: reduced head (Table 7)")
-        g.add_argument(
-            "--scale-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"),
-            help="random scale jitter before the crop (DeepLab: 0.5 2.0)",
-        )  # fmt: skip
-        g.add_argument("--no-hflip", action="store_true", help="no random left-right flips")
-        g.add_argument(
-            "--head-context", dest="context", type=int, default=None, metavar="K",
-            help="LR-ASPP: a K×K depthwise-separable block on the 1/16 branch (odd K; not in the paper)",
-        )  # fmt: skip
-        g.add_argument(
-            "--naming-pool", dest="naming_pool", type=int, default=None, metavar="K",
-            help="LR-ASPP: a branch naming object classes from K×K-pooled 1/16 features, started from --init's "
-            "classifier when its classes match (odd K; not in the paper)",
-        )  # fmt: skip
-        g.add_argument(
-            "--top-k-pixels", dest="top_k_pixels", type=float, default=1.0, metavar="F",
-            help="average the loss over the hardest fraction F of labelled pixels only (DeepLab's "
-            "top_k_percent_pixels; 1 = every pixel)",
-        )  # fmt: skip
-        g.add_argument("--classes", help="class names file (one per line) for folder data; default: VOC's 21")
-        g.add_argument("--scenes", type=int, nargs=2, default=(2000, 200), metavar=("TRAIN", "VAL"),
-                       help="embedded data: number of generated scenes per split")  # fmt: skip
-        g.add_argument("--scene-size", type=int, default=128, help="embedded data: scene side in pixels")
-    elif command in ("eval", "predict"):
-        g.add_argument("--scales", type=float, nargs="+", default=[1.0], help="input scales (MF: 0.5 0.75 ... 1.75)")
-        g.add_argument("--flip", action="store_true", help="also average the left-right mirrored input (MF)")
-        g.add_argument("--mf", action="store_true", help=f"DeepLab's MF: scales {DEEPLAB_EVAL_SCALES} + flips")
-        if command == "eval":
-            g.add_argument("--per-class", action="store_true", help="print every class's IoU")
-        else:
-            g.add_argument("--out", default="predictions", help="folder for <name>_mask.png and <name>_overlay.png")
 
 
 def _read_classes(path: str | None) -> list[str]:
@@ -124,29 +83,27 @@ class SegmentTask:
     primary_metric = "miou"
     top_k = 1.0  # fraction of labelled pixels the loss averages (--top-k-pixels)
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.transform = SegTransform(
-            crop=args.resolution,
-            scale=tuple(args.scale_range),
-            hflip=not args.no_hflip,  # type: ignore[arg-type]
-        )
-        given = _read_classes(args.classes) if args.classes else None
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        o = config.options
+        self.transform = SegTransform(crop=config.model.resolution, scale=tuple(o.scale_range), hflip=o.hflip)  # type: ignore[arg-type]
+        given = _read_classes(o.classes) if o.classes else None
         self.classes, self.train_set, self.val_set = build_datasets(
-            args.data, given, self.transform, args.scenes, args.scene_size
+            config.data.data, given, self.transform, o.scenes, o.scene_size
         )
-        if args.num_classes is not None and args.num_classes != len(self.classes):
-            raise ConfigError(f"--num-classes {args.num_classes} but the data has {len(self.classes)} classes")
-        self.top_k = float(getattr(args, "top_k_pixels", 1.0))
-        if not 0 < self.top_k <= 1:
-            raise ConfigError(f"--top-k-pixels must be in (0, 1], got {self.top_k}")
+        n = config.model.num_classes
+        if n is not None and n != len(self.classes):
+            raise ConfigError(f"--num-classes {n} but the data has {len(self.classes)} classes")
+        self.top_k = o.top_k_pixels
 
     def build_model(self) -> nn.Module:
+        m, o = self.config.model, self.config.options
         overrides: dict[str, object] = {"num_classes": len(self.classes)}
-        for key in ("width", "output_stride", "dropout", "aspp", "context", "naming_pool"):
-            if getattr(self.args, key, None) is not None:
-                overrides[key] = getattr(self.args, key)
-        return create_model(self.args.model, **overrides)
+        for key, value in (("width", m.width), ("output_stride", m.output_stride), ("dropout", m.dropout),
+                           ("aspp", o.aspp), ("context", o.context), ("naming_pool", o.naming_pool)):  # fmt: skip
+            if value is not None:
+                overrides[key] = value
+        return create_model(m.name, **overrides)
 
     def datasets(self) -> tuple[Dataset, Dataset]:
         return self.train_set, self.val_set
@@ -183,8 +140,8 @@ def pixel_loss(logits: torch.Tensor, masks: torch.Tensor, top_k: float = 1.0) ->
     return labelled.topk(k, sorted=False).values.mean()
 
 
-def build_task(args: argparse.Namespace) -> SegmentTask:
-    return SegmentTask(args)
+def build_task(config: TrainConfig) -> SegmentTask:
+    return SegmentTask(config)
 
 
 @torch.no_grad()
@@ -200,75 +157,69 @@ def accumulate(
     return confusion
 
 
-def _strategy(args: argparse.Namespace) -> tuple[list[float], bool]:
-    if args.mf:
+def strategy(cfg: EvalConfig | PredictConfig) -> tuple[list[float], bool]:
+    """(scales, flip) of an eval / predict config: DeepLab's MF, or the scales and flip asked for."""
+    if cfg.mf:
         return list(DEEPLAB_EVAL_SCALES), True
-    return list(args.scales), bool(args.flip)
+    return list(cfg.scales), bool(cfg.flip)
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from mobilenets.engine.checkpoints import load_trained
-    from mobilenets.engine.distributed import resolve_device
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    return load_trained(args.checkpoint, device), device
+def class_names(trained: Any) -> list[str]:
+    return list(trained.metadata.get("classes") or [str(i) for i in range(trained.model.config.num_classes)])
 
 
 def split_of(trained: Any, data: str | None, split: str = "val") -> tuple[str, list[str], Dataset]:
     """(data, class names, dataset) of a trained segmenter's ``split`` in its eval transform: ``data`` (default:
     the data it was trained on) is 'embedded' — the scenes it was trained with, same count and size — a VOC folder
     or a train/ + val/ images/masks folder."""
-    targs = trained.args
-    classes = list(trained.metadata.get("classes") or [str(i) for i in range(trained.model.config.num_classes)])
-    mean, std = tuple(trained.metadata.get("mean", (0.485, 0.456, 0.406))), tuple(trained.metadata.get("std", ()))
-    transform = SegTransform(mean=mean, std=std or (0.229, 0.224, 0.225))
-    data = data or (targs.get("val_data") if split == "val" else None) or targs.get("data") or EMBEDDED
+    config = trained.config
+    classes = class_names(trained)
+    mean, std = tuple(trained.metadata.get("mean", IMAGENET_MEAN)), tuple(trained.metadata.get("std", IMAGENET_STD))
+    transform = SegTransform(mean=mean, std=std)
+    data = data or (config.data.val_data if split == "val" else None) or config.data.data
     if data == EMBEDDED:
         if len(classes) != len(scene_classes()):
             raise InputError(
                 f"the embedded scenes have {len(scene_classes())} classes but checkpoint {trained.path} was trained "
                 f"for {len(classes)}"
             )
-        count = (targs.get("scenes") or (2000, 200))[split == "val"]
-        size = int(targs.get("scene_size") or 128)
-        return data, classes, SceneDataset(split, count, size, transform)
+        scenes, size = config.options.scenes, config.options.scene_size  # the scenes it was trained with
+        return data, classes, SceneDataset(split, scenes[split == "val"], size, transform)
     return data, classes, SegmentationDataset(pairs_for(data, split), len(classes), transform)
 
 
-def evaluate_main(args: argparse.Namespace) -> int:
-    """``mobilenets eval``: mIoU, per-class IoU and pixel accuracy (single scale, or ``--scales``/``--flip``/``--mf``),
-    with the strategy's multiply-adds per image."""
-    trained, device = _load(args)
-    data, classes, dataset = split_of(trained, args.data)
-    loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate, num_workers=args.workers)
-    scales, flip = _strategy(args)
+def evaluate_checkpoint(trained: Any, cfg: EvalConfig, predictor: Any = None) -> dict[str, Any]:
+    """mIoU, per-class IoU and pixel accuracy on ``cfg.data`` (default: the run's validation data), single scale
+    or ``cfg.scales`` / ``flip`` / ``mf``, of ``predictor`` (image batch -> logits; default: the model)."""
+    device = next(trained.model.parameters()).device
+    data, classes, dataset = split_of(trained, cfg.data)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collate, num_workers=cfg.workers)
+    scales, flip = strategy(cfg)
     batches = ({k: v.to(device) for k, v in b.items()} for b in loader)
-    confusion = accumulate(trained.model, batches, len(classes), scales, flip)
+    confusion = accumulate(predictor or trained.model, batches, len(classes), scales, flip)
     first = dataset[0]["mask"].shape
-    madds = inference_madds(trained.model.cpu(), int(first[0]), scales, flip) if first[0] == first[1] else None
-    result: dict[str, Any] = {
+    return {
         "checkpoint": str(trained.path),
         "data": str(data),
         "images": len(dataset),
+        "image_size": int(first[0]) if first[0] == first[1] else None,
         "scales": scales,
         "flip": flip,
-        "madds_per_image": madds,
         **summarise(confusion, classes),
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    strategy = "single scale" if scales == [1.0] and not flip else f"scales {scales}{' + flips' if flip else ''}"
-    print(f"{trained.path}  on {data}  ({len(dataset)} images, {strategy})")
-    print(f"  mIoU {result['miou']:.4f}   pixel acc {result['pixel_acc']:.4f}")
-    if madds is not None:
-        print(f"  multiply-adds per image {madds / 1e9:.3f}B")
-    print("  per-class IoU:")
+
+
+def eval_lines(result: dict[str, Any], cfg: EvalConfig) -> list[str]:
+    scales, flip = result["scales"], result["flip"]
+    strategy_ = "single scale" if scales == [1.0] and not flip else f"scales {scales}{' + flips' if flip else ''}"
+    lines = [f"{result['checkpoint']}  on {result['data']}  ({result['images']} images, {strategy_})"]
+    lines.append(f"  mIoU {result['miou']:.4f}   pixel acc {result['pixel_acc']:.4f}")
+    if result.get("madds_per_image") is not None:
+        lines.append(f"  multiply-adds per image {result['madds_per_image'] / 1e9:.3f}B")
+    lines.append("  per-class IoU:")
     for name, iou in result["per_class_iou"].items():
-        print(f"    {name:24s} {'-' if iou is None else f'{iou:.4f}'}")
-    return 0
+        lines.append(f"    {name:24s} {'-' if iou is None else f'{iou:.4f}'}")
+    return lines
 
 
 def colourise(labels: np.ndarray) -> np.ndarray:
@@ -290,19 +241,16 @@ def write_prediction(image: Image.Image, labels: np.ndarray, out: Path, stem: st
     return mask_path, overlay_path
 
 
-def predict_main(args: argparse.Namespace) -> int:
-    """``mobilenets predict``: a mask PNG and a colour overlay per image; unreadable inputs are reported, not
-    fatal (exit status 1 if any)."""
-    from mobilenets.classification.task import expand_inputs
-
-    trained, device = _load(args)
-    classes = list(trained.metadata.get("classes") or [str(i) for i in range(trained.model.config.num_classes)])
-    mean = tuple(trained.metadata.get("mean", (0.485, 0.456, 0.406)))
-    std = tuple(trained.metadata.get("std", (0.229, 0.224, 0.225)))
-    scales, flip = _strategy(args)
-    out = Path(args.out)
+def predict_images(trained: Any, cfg: PredictConfig, paths: Sequence[Path], stems: Sequence[str]) -> list[dict]:
+    """A mask PNG and a colour overlay per image (``<stem>_mask.png``, ``<stem>_overlay.png`` under ``cfg.out``)
+    and each class's share of the pixels; an unreadable image gets ``error``."""
+    device = next(trained.model.parameters()).device
+    classes = class_names(trained)
+    mean = tuple(trained.metadata.get("mean", IMAGENET_MEAN))
+    std = tuple(trained.metadata.get("std", IMAGENET_STD))
+    scales, flip = strategy(cfg)
     results: list[dict[str, Any]] = []
-    for path in expand_inputs(args.inputs):
+    for path, stem in zip(paths, stems, strict=True):
         try:
             image = load_rgb(path)
         except UnreadableImage as e:
@@ -311,17 +259,13 @@ def predict_main(args: argparse.Namespace) -> int:
         x = to_tensor(np.asarray(image, np.uint8), mean, std)[None].to(device)
         probs = predict_probs(trained.model, x, scales, flip)[0]
         labels = probs.argmax(0).cpu().numpy()
-        mask_path, overlay_path = write_prediction(image, labels, out, path.stem)
+        mask_path, overlay_path = write_prediction(image, labels, Path(cfg.out), stem)
         counts = np.bincount(labels.ravel(), minlength=len(classes))
         present = {classes[i]: round(float(c) / labels.size, 4) for i, c in enumerate(counts) if c}
         results.append({"image": str(path), "mask": str(mask_path), "overlay": str(overlay_path), "classes": present})
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for r in results:
-            if "error" in r:
-                print(f"{r['image']}: error: {r['error']}", file=sys.stderr)
-                continue
-            shares = ", ".join(f"{k} {v:.1%}" for k, v in r["classes"].items())
-            print(f"{r['image']}: {r['mask']}  {r['overlay']}  ({shares})")
-    return 1 if any("error" in r for r in results) else 0
+    return results
+
+
+def prediction_line(result: dict[str, Any]) -> str:
+    shares = ", ".join(f"{k} {v:.1%}" for k, v in result["classes"].items())
+    return f"{result['image']}: {result['mask']}  {result['overlay']}  ({shares})"
