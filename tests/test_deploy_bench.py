@@ -1,4 +1,5 @@
-"""`mobilenets bench` and `mobilenets tradeoff` produce their JSON and figures (no timing assertions)."""
+"""`mobilenets bench` (infer, tradeoff) produces its JSON and figures; the timing primitives interleave as they say
+(no timing assertions)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobilenets.analysis.bench import Candidate, measure_interleaved, p90, real_images, recalibrate_batchnorm
+from mobilenets.bench.photos import real_images, recalibrate_batchnorm
+from mobilenets.bench.timing import Candidate, accuracy, measure_interleaved, p90, round_order
 from mobilenets.cli import main
 from mobilenets.registry import create_model
 
@@ -36,10 +38,18 @@ def test_p90_is_order_free_and_within_the_data() -> None:
     assert p90([7.0]) == 7.0 and p90([3.0, 1.0]) == 3.0
 
 
-def test_training_bench_alternates_which_model_goes_first() -> None:
-    from mobilenets.analysis.bench import round_order
-
+def test_rounds_alternate_which_path_goes_first() -> None:
     assert [round_order(["ours", "timm"], r)[0] for r in range(4)] == ["ours", "timm", "ours", "timm"]
+
+
+def test_accuracy_of_logits_and_of_feature_lists() -> None:
+    ref = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.1, 0.0]])  # the first row is confident (p > 0.5), the second not
+    y = torch.tensor([[4.0, 0.0, 0.0], [0.2, 0.1, 0.0]])  # the second row's top-1 flips
+    check = accuracy(y, ref)
+    assert check["max_abs_diff"] == pytest.approx(0.2) and check["rel_error"] == pytest.approx(0.2 / 16.01**0.5)
+    assert check["top1_agreement"] == 0.5 and check["confident"] == 1 and check["confident_agreement"] == 1.0
+    taps = accuracy([torch.ones(2, 4), torch.zeros(2, 3)], (torch.ones(2, 4), torch.ones(2, 3)))
+    assert taps["max_abs_diff"] == 1.0 and "top1_agreement" not in taps
 
 
 def test_paths_are_timed_in_interleaved_rounds() -> None:
@@ -54,11 +64,9 @@ def test_paths_are_timed_in_interleaved_rounds() -> None:
 
     x1, x32 = torch.ones(1, 2), torch.ones(32, 2)
     a, b = Candidate("a", True, "fp32", path("a", 1.0)), Candidate("b", False, "fp32", path("b", 2.0), compare=False)
-    results = measure_interleaved(
-        [a, b], x1, x32, torch.ones(1, 2), runs=10, batch32_runs=2, rounds=5, log=lambda _: None
-    )
+    results = measure_interleaved([a, b], x1, x32, x32, runs=10, batch32_runs=2, rounds=5, log=lambda _: None)
     assert [r.name for r in results] == ["a", "b"]
-    assert results[0].max_abs_diff == 0.0 and results[1].max_abs_diff is None
+    assert results[0].max_abs_diff == 0.0 and results[0].rel_error == 0.0 and results[1].max_abs_diff is None
     batch1 = [name for name, n in calls if n == 1]
     # after the warm-up, five rounds of (2 untimed + 2 timed) calls per path, every other round in reverse order
     timed = batch1[-40:]
@@ -68,21 +76,23 @@ def test_paths_are_timed_in_interleaved_rounds() -> None:
     assert all(len(r.batch1_ms_round_medians) == 5 and min(r.batch1_ms_round_medians) > 0 for r in results)
 
 
-def test_bench_command_json(tmp_path: Path) -> None:
+def test_bench_model_alone_is_infer(tmp_path: Path) -> None:
+    # `mobilenets bench MODEL` (the form from before the sub-modes) runs `bench infer MODEL`
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    code = main(["bench", "mobilenet_v3_small", "--resolution", "64", "--threads", "1", "--runs", "2",
+    code = main(["bench", "mobilenet_v3_small", "--resolution", "64", "--threads", "1", "--runs", "2", "--rounds", "1",
                  "--batch32-runs", "1", "--no-peers", "--json", str(out), "--plot", str(png)])  # fmt: skip
     assert code == 0
     report = json.loads(out.read_text())
-    assert report["threads"] == 1 and "torch" in report["versions"] and "machine" in report
-    names = {r["name"] for r in report["results"]}
+    assert report["threads"] == 1 and "torch" in report["versions"]
+    assert set(report["host"]["isa"]) >= {"avx2", "avx512f", "avx512_vnni", "amx_tile"} and report["host"]["cpu_model"]
+    (section,) = report["models"]
+    assert section["model"] == "mobilenet_v3_small" and section["resolution"] == 64
+    names = {r["name"] for r in section["results"]}
     assert {"ours eager", "ours frozen TorchScript", "onnxruntime fp32", "onnxruntime int8"} <= names
-    # V3 is not one the fused engine runs: its rows are skipped with the reason in the notes
-    assert "ours fused engine" not in names and any("fused engine skipped" in n for n in report["notes"])
-    assert set(report["goals"]) == {"fp32", "int8", "eager"}
-    for r in report["results"]:
-        assert {"name", "ours", "precision", "batch1_ms_median", "batch32_img_s"} <= set(r)
-        if r["ours"]:
+    assert {"fp32", "reduced", "eager", "moonshot", "excluded"} == set(section["goals"])
+    for r in section["results"]:
+        assert {"name", "ours", "precision", "runtime", "detail", "batch1_ms_median", "batch32_img_s"} <= set(r)
+        if r["ours"] and r["precision"] == "fp32":
             assert r["max_abs_diff"] <= 1e-4
     assert png.stat().st_size > 0
 
@@ -95,20 +105,22 @@ def test_bench_has_the_fused_engine_for_v2(tmp_path: Path) -> None:
     except EngineUnavailable as e:  # pragma: no cover - no compiler / AVX2 here
         pytest.skip(str(e))
     out = tmp_path / "bench.json"
-    code = main(["bench", "mobilenet_v2", "--resolution", "64", "--threads", "2", "--runs", "2", "--rounds", "2",
+    code = main(["bench", "infer", "mobilenet_v2@64", "--threads", "2", "--runs", "2", "--rounds", "2",
                  "--batch32-runs", "1", "--no-peers", "--json", str(out)])  # fmt: skip
     assert code == 0
     report = json.loads(out.read_text())
-    rows = {r["name"]: r for r in report["results"]}
-    fp32, int8 = rows["ours fused engine"], rows["ours fused engine int8"]
+    rows = {r["name"]: r for r in report["models"][0]["results"]}
+    fp32 = rows["ours fused engine"]
     assert fp32["precision"] == "fp32" and fp32["max_abs_diff"] <= 1e-4 and fp32["peak_activation_bytes"] > 0
-    assert int8["precision"] == "int8" and int8["ours"] and int8["batch1_ms_median"] > 0
-    assert report["goals"]["int8"]["ours"] == "ours fused engine int8" and report["rounds"] == 2
+    assert fp32["runtime"] == "fused engine" and fp32["detail"]
+    reduced = [r for r in rows.values() if r["runtime"] == "fused engine" and r["precision"] != "fp32"]
+    assert reduced and all(r["ours"] and r["batch1_ms_median"] > 0 and r["rel_error"] is not None for r in reduced)
+    assert report["rounds"] == 2
 
 
 def test_tradeoff_command(tmp_path: Path) -> None:
     png, js = tmp_path / "f.png", tmp_path / "f.json"
-    code = main(["tradeoff", "--out", str(png), "--json", str(js), "--runs", "1", "--widths", "0.35", "0.5",
+    code = main(["bench", "tradeoff", "--out", str(png), "--json", str(js), "--runs", "1", "--widths", "0.35", "0.5",
                  "--resolutions", "64", "96"])  # fmt: skip
     assert code == 0
     points = json.loads(js.read_text())["points"]

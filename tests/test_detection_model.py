@@ -142,7 +142,7 @@ def test_bad_config() -> None:
 
 def test_bench_detect_writes_json(tmp_path, capsys) -> None:
     out = tmp_path / "latency.json"
-    args = ["bench-detect", "ssdlite_mobilenet_v3_small", "--resolution", "64", "--num-classes", "3"]
+    args = ["bench", "detect", "ssdlite_mobilenet_v3_small", "--resolution", "64", "--num-classes", "3"]
     assert main([*args, "--warmup", "1", "--runs", "2", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["batch"] == 1 and result["resolution"] == 64

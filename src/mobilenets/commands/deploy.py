@@ -1,4 +1,4 @@
-"""`mobilenets memory`, `export`, `bench` and `tradeoff`: deployment and measurement."""
+"""`mobilenets memory` and `export`: deployment and measurement (timing lives in ``mobilenets bench``)."""
 
 from __future__ import annotations
 
@@ -50,30 +50,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2, help="threads for --latency-runs (PyTorch and ONNX Runtime)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("bench", help="CPU latency / throughput / memory: our paths and peer runtimes in one run")
-    p.add_argument("model", nargs="?", default="mobilenet_v2")
-    p.add_argument("--resolution", type=int, default=224)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--runs", type=int, default=50, help="timed batch-1 calls per path (after warm-up)")
-    p.add_argument("--batch32-runs", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=5, help="interleaved passes over the paths the runs are spread over")
-    p.add_argument("--checkpoint", help="trained weights (default: random init, BN re-estimated on real photos)")
-    p.add_argument("--no-peers", action="store_true", help="skip timm and OpenVINO")
-    p.add_argument("--compile", action="store_true", help="add a torch.compile (Inductor) row; compiles ~1 min")
-    p.add_argument("--json", dest="json_out", metavar="OUT", help="write the report here")
-    p.add_argument("--plot", metavar="OUT.png", help="bar chart of batch-1 latency")
-    p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser("tradeoff", help="V2 Figure 5-style plot: MAdds vs params and measured latency, every α × size")
-    p.add_argument("model", nargs="?", default="mobilenet_v2")
-    p.add_argument("--out", required=True, metavar="OUT.png")
-    p.add_argument("--runs", type=int, default=20, help="timed batch-1 calls per point; 0 = counts only")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--widths", type=float, nargs="+")
-    p.add_argument("--resolutions", type=int, nargs="+")
-    p.add_argument("--json", dest="json_out", metavar="OUT.json")
-    p.set_defaults(func=cmd_tradeoff)
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
@@ -159,6 +135,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             summary["fused_engine"] = f"skipped: {e}"
     if args.latency_runs > 0:
         files = {"onnx_fp32": fp32, **({"onnx_int8": out} if args.int8 else {})}
+        from mobilenets.bench.export import export_latency
+
         summary["latency"] = export_latency(trained.model, files, x[:1], args.latency_runs, args.threads)
     if args.json:
         print_json(summary)
@@ -167,74 +145,3 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"{key:18s} {value}")
     return 0
 
-
-def export_latency(model: torch.nn.Module, files: dict, x: torch.Tensor, runs: int, threads: int) -> dict:
-    """Batch-1 median milliseconds of ``model`` (PyTorch eager, the graph the ONNX files hold) and of each ONNX
-    file in ONNX Runtime, ``runs`` calls each spread over 5 interleaved rounds (as the benchmark times them), and
-    each file's speed-up over the first (fp32) file."""
-    import statistics
-
-    from mobilenets.analysis.bench import interleaved_times, pooled
-    from mobilenets.deploy.export import export_graph, ort_session, run_onnx_all
-
-    torch.set_num_threads(threads)
-    graph, _ = export_graph(model)
-    sessions = {name: ort_session(f, threads) for name, f in files.items()}
-    calls = {"pytorch": lambda: graph(x), **{name: (lambda s=s: run_onnx_all(s, x)) for name, s in sessions.items()}}
-    with torch.no_grad():
-        times = interleaved_times(calls, runs, rounds=5)
-    medians = {name: round(statistics.median(pooled(rounds)), 2) for name, rounds in times.items()}
-    first = next(iter(files))
-    report: dict = {"threads": threads, "runs": runs, "batch1_ms_median": medians}
-    report["speedup_over_" + first] = {n: round(medians[first] / medians[n], 2) for n in files if n != first}
-    return report
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    import json
-    import sys
-    from pathlib import Path
-
-    from mobilenets.analysis.bench import plot_bench, run_bench
-    from mobilenets.checkpoint import atomic_write
-
-    log = (lambda line: print(line, file=sys.stderr)) if args.json_out is None else print
-    report = run_bench(
-        args.model, args.resolution, args.threads, args.runs, args.batch32_runs, args.checkpoint,
-        peers=not args.no_peers, log=log, compile_path=args.compile, rounds=args.rounds,
-    )  # fmt: skip
-    for note in report["notes"]:
-        log(f"note: {note}")
-    for key, goal in report["goals"].items():
-        shown = "n/a" if goal["ratio"] is None else f"{goal['ratio']:.2f}"
-        line = f"goal {key}: {goal['ours']} / {goal['peer']} = {shown} (goal <= {goal['goal']})"
-        if (rounds := goal.get("rounds")) is not None:
-            line += f"; per round {rounds['median']:.2f} (p10-p90 {rounds['p10']:.2f}-{rounds['p90']:.2f})"
-            line += f", met in {rounds['met']} of {rounds['of']}"
-        log(line)
-    if args.json_out:
-        text = json.dumps(report, indent=2)
-        atomic_write(args.json_out, lambda tmp: Path(tmp).write_text(text))
-    else:
-        print_json(report)
-    if args.plot:
-        plot_bench(report, args.plot)
-    return 0
-
-
-def cmd_tradeoff(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from mobilenets.analysis.tradeoff import RESOLUTIONS, WIDTHS, plot_tradeoff, points_to_dicts, tradeoff_points
-    from mobilenets.checkpoint import atomic_write
-
-    points = tradeoff_points(
-        args.model, args.widths or WIDTHS, args.resolutions or RESOLUTIONS, args.runs, args.threads
-    )
-    plot_tradeoff(points, args.out, args.model)
-    if args.json_out:
-        text = json.dumps({"model": args.model, "threads": args.threads, "points": points_to_dicts(points)}, indent=2)
-        atomic_write(args.json_out, lambda tmp: Path(tmp).write_text(text))
-    print(f"wrote {args.out}")
-    return 0

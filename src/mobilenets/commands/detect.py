@@ -1,4 +1,4 @@
-"""`mobilenets data scenes` (the generated detection / segmentation scenes) and `mobilenets bench-detect`.
+"""`mobilenets data scenes`: the generated detection / segmentation scenes (latency: `mobilenets bench detect`).
 
 Training, evaluation and prediction go through the one engine: ``mobilenets train --task detect``,
 ``mobilenets eval`` and ``mobilenets predict`` (``mobilenets.detection.task``).
@@ -7,9 +7,7 @@ Training, evaluation and prediction go through the one engine: ``mobilenets trai
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 from mobilenets.errors import ConfigError
 
@@ -29,16 +27,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_data_scenes)
 
-    b = sub.add_parser("bench-detect", help="batch-1 detection latency with post-processing (JSON)")
-    b.add_argument("model", nargs="?", default="ssdlite_mobilenet_v2")
-    b.add_argument("--resolution", type=int, default=320)
-    b.add_argument("--num-classes", type=int, default=80)
-    b.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    b.add_argument("--warmup", type=int, default=5)
-    b.add_argument("--runs", type=int, default=30)
-    b.add_argument("--out", help="also write the JSON here")
-    b.set_defaults(func=cmd_bench)
-
 
 def cmd_data_scenes(args: argparse.Namespace) -> int:
     from mobilenets.data.scenes import SceneConfig, write_split
@@ -56,15 +44,4 @@ def cmd_data_scenes(args: argparse.Namespace) -> int:
 
         path = write_split(args.out, split, count, config, progress=report)
         print(path)
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from mobilenets.cli import print_json
-    from mobilenets.detection.bench import bench_latency
-
-    result = bench_latency(args.model, args.resolution, args.num_classes, args.threads, args.warmup, args.runs)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
-    print_json(result)
     return 0
