@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mobilenets.analysis.bench import BenchResult, goal_ratios
 from mobilenets.deploy import fused
 from mobilenets.errors import ConfigError, InputError
 from model_util import trained_like
@@ -217,34 +216,3 @@ def test_int8_packing_and_grids() -> None:
     assert scale == pytest.approx(4 / 127) and zero == round(1 / scale)
     assert fused.activation_quantization(0.5, 6.0) == (pytest.approx(6 / 127), 0)  # widened to include 0
 
-
-def test_goal_ratios() -> None:
-    def row(name: str, ours: bool, precision: str, ms: float, diff: float | None = 0.0) -> BenchResult:
-        return BenchResult(name, ours, precision, ms, ms, 1.0, diff, None)
-
-    goals = goal_ratios(
-        [
-            row("ours eager", True, "fp32", 20.0),
-            row("ours fast but wrong", True, "fp32", 1.0, diff=1e-2),  # outside the tolerance: not counted
-            row("ours fused engine", True, "fp32", 4.5),
-            row("onnxruntime fp32", False, "fp32", 5.0),
-            row("openvino fp32", False, "fp32", 6.0),
-            row("onnxruntime int8", False, "int8", 3.0),
-            row("timm mobilenetv2_100 eager", False, "fp32", 25.0, diff=None),
-        ]
-    )
-    assert goals["fp32"]["ours"] == "ours fused engine" and goals["fp32"]["peer"] == "onnxruntime fp32"
-    assert goals["fp32"]["ratio"] == pytest.approx(0.9) and goals["fp32"]["met"]
-    assert goals["int8"]["ratio"] is None and not goals["int8"]["met"]  # no int8 path of ours in this list
-    assert goals["eager"]["ratio"] == pytest.approx(0.8) and goals["eager"]["met"]
-    assert "rounds" not in goals["fp32"]  # rows without per-round medians
-
-
-def test_goal_ratios_per_round() -> None:
-    # The same two paths' ratio within each interleaved round, beside the ratio of the run's medians.
-    ours = BenchResult("ours fused engine", True, "fp32", 4.6, 5.0, 1.0, 0.0, None, "", [4.0, 5.0, 4.6, 4.5])
-    peer = BenchResult("onnxruntime fp32", False, "fp32", 5.0, 5.0, 1.0, 0.0, None, "", [5.0, 5.0, 5.0, 4.5])
-    rounds = goal_ratios([ours, peer])["fp32"]["rounds"]
-    assert rounds["of"] == 4 and rounds["met"] == 1  # 0.8, 1.0, 0.92, 1.0: one round at or below 0.9
-    assert rounds["median"] == pytest.approx(0.96)
-    assert rounds["p10"] == pytest.approx(0.836) and rounds["p90"] == pytest.approx(1.0)

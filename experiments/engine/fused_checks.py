@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from mobilenets import create_model
-from mobilenets.analysis.bench import real_images, recalibrate_batchnorm, time_calls
+from mobilenets.bench.photos import real_images, recalibrate_batchnorm
+from mobilenets.bench.timing import time_calls
 from mobilenets.deploy import fused
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))

@@ -20,14 +20,9 @@ import statistics
 import torch
 
 from mobilenets import create_model
-from mobilenets.analysis.bench import (
-    TIMM_NAMES,
-    _import_timm,
-    interleaved_times,
-    pooled,
-    real_images,
-    recalibrate_batchnorm,
-)
+from mobilenets.bench.peers import TIMM_NAMES, _import_timm
+from mobilenets.bench.photos import real_images, recalibrate_batchnorm
+from mobilenets.bench.timing import interleaved_times, pooled
 from mobilenets.models.layers import PointwiseConv2d
 
 

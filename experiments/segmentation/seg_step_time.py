@@ -17,7 +17,7 @@ import statistics
 import torch
 
 from mobilenets import create_model
-from mobilenets.classification.bench import step_time
+from mobilenets.bench.train import step_time
 from mobilenets.engine.allocator import keep_freed_memory
 
 

@@ -105,7 +105,7 @@ def bench_model(
         candidates += peers.onnxruntime_candidates(fp32_path, int8_path, threads)
         if peers_on:
             candidates += peers.openvino_candidates(fp32_path, int8_path, threads, isa, notes)
-            candidates += peers.litert_candidates(model, x1, calibration, threads, Path(tmp), notes)
+            candidates += peers.litert_candidates(model, spec.resolution, calibration, threads, Path(tmp), notes)
             if not spec.backbone_only:
                 candidates += peers.timm_candidates(spec.name, images, notes)
         log(f"timing {len(candidates)} paths in {rounds} interleaved rounds ({runs} batch-1 calls, "
@@ -178,13 +178,22 @@ def fused_candidates(
     isa: Mapping[str, bool | None],
     notes: list[str],
 ) -> list[Candidate]:
-    """The fused engine's rows, labelled by the precision and instruction set the engine says it runs."""
+    """The fused engine's rows (fp32, int8 and, on a CPU with AMX-BF16, bf16), labelled by the precision and
+    instruction-set level the engine says it runs (``engine.precision``, ``engine.isa``)."""
+    import inspect
+
     from mobilenets.deploy.fused import FusedEngine
 
     builds: list[tuple[str, Callable[[], Any]]] = [
         ("fp32", lambda: FusedEngine(model, threads)),
         ("int8", lambda: FusedEngine(model, threads, calibration=calibration)),
     ]
+    if not isa.get("amx_bf16"):
+        notes.append("fused engine bf16 row skipped: this CPU has no AMX-BF16")
+    elif "precision" not in inspect.signature(FusedEngine).parameters:
+        notes.append("fused engine bf16 row skipped: this engine has no bf16 precision")
+    else:
+        builds.append(("bf16", lambda: FusedEngine(model, threads, precision="bf16")))
     out = []
     for wanted, make in builds:
         try:

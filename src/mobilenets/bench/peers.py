@@ -9,7 +9,7 @@ on its default XNNPACK delegate. timm's eager model is PyTorch eager with its ow
 from __future__ import annotations
 
 import contextlib
-import importlib
+import importlib.util
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -123,64 +123,40 @@ def openvino_candidates(
     return out
 
 
-def _tflite_module() -> Any:
-    """The project's TFLite export, wherever it lives (the export work moves it into deploy/)."""
-    for name in ("mobilenets.deploy.tflite", "mobilenets.deploy.export.tflite"):
-        with contextlib.suppress(ModuleNotFoundError):
-            return importlib.import_module(name)
-    return None
-
-
 def litert_candidates(
-    model: nn.Module, x: torch.Tensor, calibration: list[torch.Tensor], threads: int, tmp: Path, notes: list[str]
+    model: nn.Module, resolution: int, calibration: list[torch.Tensor], threads: int, tmp: Path, notes: list[str]
 ) -> list[Candidate]:
-    """LiteRT (XNNPACK) fp32 and int8 rows through the project's own TFLite export, where both are installed."""
-    tflite = _tflite_module()
-    if tflite is None:
-        notes.append("LiteRT rows skipped: this tree has no TFLite export (mobilenets.deploy.tflite)")
-        return []
+    """LiteRT (XNNPACK) fp32 and int8 rows through the project's own TFLite export (``deploy.tflite``: fp32, and
+    PT2E full-integer int8 calibrated on the photos), where ``litert-torch`` and ``ai-edge-litert`` are installed.
+    The file is converted for one image: its batch-32 figure is 32 single-image calls."""
     try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        notes.append("LiteRT rows skipped: ai-edge-litert not installed (pip install ai-edge-litert litert-torch)")
+        from mobilenets.deploy import tflite
+    except ImportError as e:
+        notes.append(f"LiteRT rows skipped: no TFLite export here ({e})")
+        return []
+    missing = [m for m in ("litert_torch", "ai_edge_litert") if importlib.util.find_spec(m) is None]
+    if missing:
+        notes.append(f'LiteRT rows skipped: {", ".join(missing)} not installed (pip install "mobilenets[tflite]")')
         return []
     out = []
     for precision in ("fp32", "int8"):
         path = tmp / f"{precision}.tflite"
+        meta = {"task": getattr(model, "task", "features"), "input": {"layout": "NHWC"}, "precision": precision}
         try:
-            tflite.export_tflite(model, path, x.shape[-1], **({"calibration": calibration} if precision == "int8"
-                                                              else {}))  # fmt: skip
-        except Exception as e:  # an unsupported model or a converter failure: say why, keep the other rows
+            tflite.export_tflite(model, path, resolution, meta, calibration if precision == "int8" else None)
+        except Exception as e:  # a graph the converter refuses: say why, keep the other rows
             notes.append(f"LiteRT {precision} row skipped: the TFLite export failed ({type(e).__name__}: {e})")
             continue
-        interpreter = Interpreter(model_path=str(path), num_threads=threads)
-        out.append(Candidate(f"litert {precision}", False, precision, _litert_predict(interpreter),
-                             note="the project's TFLite export", runtime="litert",
-                             detail="XNNPACK (default delegate)"))  # fmt: skip
+        artefact = tflite.tflite_artefact(path, threads)
+
+        def predict(x: torch.Tensor, artefact: Any = artefact) -> list[torch.Tensor]:
+            return [torch.from_numpy(y) for y in artefact(x)]
+
+        detail = "XNNPACK (default delegate)" + (", full-integer PT2E int8" if precision == "int8" else "")
+        out.append(Candidate(f"litert {artefact.precision}", False, artefact.precision, predict,
+                             note="the project's TFLite export, one image per call", runtime="litert",
+                             detail=detail))  # fmt: skip
     return out
-
-
-def _litert_predict(interpreter: Any) -> Any:
-    # The interpreter has fixed shapes: resized (and re-allocated) when the batch changes.
-    state = {"batch": None}
-    inputs = interpreter.get_input_details()[0]
-    outputs = interpreter.get_output_details()
-
-    def predict(x: torch.Tensor) -> list[torch.Tensor]:
-        if state["batch"] != len(x):
-            interpreter.resize_tensor_input(inputs["index"], list(_layout(x, inputs["shape"]).shape))
-            interpreter.allocate_tensors()
-            state["batch"] = len(x)
-        interpreter.set_tensor(inputs["index"], _layout(x, inputs["shape"]).numpy())
-        interpreter.invoke()
-        return [torch.from_numpy(interpreter.get_tensor(o["index"]).copy()) for o in outputs]
-
-    return predict
-
-
-def _layout(x: torch.Tensor, shape: Any) -> torch.Tensor:
-    # LiteRT models are usually NHWC; the export says which by its input shape.
-    return x.permute(0, 2, 3, 1).contiguous() if len(shape) == 4 and shape[-1] == x.shape[1] else x
 
 
 def _import_timm() -> Any:

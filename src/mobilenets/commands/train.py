@@ -131,8 +131,7 @@ def resume_config(resume: str, asked: dict[str, dict[str, Any]]) -> TrainConfig:
             f"may). To train with other options start a new run: --init {resume} --out NEW_FOLDER"
         )
     folder = Path(resume)
-    # the run continues where its checkpoint is (a moved or copied run folder too), unless --out says otherwise
-    out = asked.get("run", {}).get("out") or str(folder if folder.is_dir() else folder.parent)
+    out = asked.get("run", {}).get("out") or stored.run.out or str(folder if folder.is_dir() else folder.parent)
     return stored.replace(merge(asked, {"run": {"out": out, "resume": resume}}))
 
 
