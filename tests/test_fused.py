@@ -1,7 +1,10 @@
 """The fused C++ engine (``mobilenets.deploy.fused``) against the eager model on the same weights.
 
-Tolerance: max abs difference of the logits ≤ 1e-4 (float rounding in another summation order; measured
-≤ 2e-6 on these models, whose BatchNorm is randomised so that folding matters and logits are O(1)).
+Tolerance: fp32, max abs difference of the logits ≤ 1e-4 (float rounding in another summation order; measured
+≤ 2e-6 on these models, whose BatchNorm is randomised so that folding matters and logits are O(1)). int8 and bf16
+against their PyTorch twins (the same rounding of inputs and weights), bounded relative to their own error.
+Every ISA level this CPU has runs (``fused.supported_isas()``); the narrower ones are forced, so an AVX-512 / AMX
+host also covers the AVX2 path; the levels this CPU lacks are skipped, never executed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from mobilenets.errors import ConfigError, InputError
 from model_util import trained_like
 
 ATOL = 1e-4
+SUPPORTED = fused.supported_isas() if fused.cpu_supported() is None else []
 
 try:
     fused.load_library()
@@ -21,8 +25,8 @@ except fused.EngineUnavailable as e:  # pragma: no cover - machines without a co
     pytest.skip(f"fused engine unavailable here: {e}", allow_module_level=True)
 
 
-def _check(model: torch.nn.Module, shapes: list[tuple[int, ...]], threads: int) -> None:
-    engine = fused.FusedEngine(model, threads=threads)
+def _check(model: torch.nn.Module, shapes: list[tuple[int, ...]], threads: int, isa: str | None = None) -> None:
+    engine = fused.FusedEngine(model, threads=threads, isa=isa)
     for shape in shapes:
         x = torch.randn(*shape)
         with torch.no_grad():
@@ -177,27 +181,106 @@ def test_pack_panels_layout() -> None:
     assert padded.numel() == 2 * 16 and padded.reshape(2, 16)[:, 10:].abs().sum() == 0
 
 
+def _isa(isa: str) -> str:
+    if isa not in SUPPORTED:
+        pytest.skip(f"this CPU lacks the engine's {isa} level")
+    return isa
+
+
+@pytest.mark.parametrize("isa", list(fused.ISAS))
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small_minimal", "mobilenet_v1"])
+def test_fp32_engine_equals_eager_on_every_isa(isa: str, name: str) -> None:
+    # Wide maps (row ring) and small ones, 16-wide and 8-wide channel panels, one and two threads.
+    model = trained_like(name, width=0.5, num_classes=10)
+    for threads in (1, 2):
+        _check(model, [(1, 3, 96, 128), (3, 3, 64, 64)], threads, isa=_isa(isa))
+
+
+@pytest.mark.parametrize("isa", list(fused.ISAS))
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small_minimal"])
-def test_int8_engine_equals_its_fake_quantized_model(name: str) -> None:
+def test_int8_engine_equals_its_fake_quantized_model(isa: str, name: str) -> None:
     # The engine's int8 error must be the quantisation's, i.e. that of its fake-quantised PyTorch twin: the same
     # integer sums give logits equal to ~1e-7 for most images, but a value that lies within float rounding of a
     # rounding boundary of the activation codes (the fp32 parts sum in another order) can land on the neighbouring
     # code and move an image's logits by ~1e-3. So the bound is on norms: ‖engine − twin‖ ≤ 0.3 ‖twin − fp32‖
-    # (measured ≤ 0.16 over 16 width/seed cases; a wrong scale or zero point gives ~1 or more).
+    # (measured ≤ 0.16 over 16 width/seed cases on AVX2; a wrong scale or zero point gives ~1 or more). VNNI's
+    # full-range grid (codes 0..255, weights ±127) halves the twin's error, so a flip weighs more there: ≤ 0.5.
     torch.manual_seed(0)
     model = trained_like(name, width=0.5, num_classes=10)
     calibration = list(torch.randn(16, 3, 64, 64).split(8))
-    engine = fused.FusedEngine(model, threads=2, calibration=calibration)
-    assert engine.precision == "int8"
-    twin = fused.fake_quantized(model, calibration)
+    engine = fused.FusedEngine(model, threads=2, calibration=calibration, isa=_isa(isa))
+    assert engine.precision == "int8" and engine.isa == isa
+    twin = fused.fake_quantized(model, calibration, fused.int8_grid(isa))
+    bound = 0.3 if isa == "avx2" else 0.5
     for seed, (h, w) in enumerate([(96, 64), (64, 96), (32, 160)]):
         torch.manual_seed(seed)
         x = torch.randn(5, 3, h, w)
         with torch.no_grad():
             want, fp32 = twin(x), model(x)
         got = engine(x)
-        assert (got - want).norm() <= 0.3 * (want - fp32).norm()
+        assert (got - want).norm() <= bound * (want - fp32).norm()
         assert ((got - want).abs().amax(1) < 1e-5).sum() >= 2  # most images: the same sums exactly
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v1", "mobilenet_v3_large_minimal"])
+def test_bf16_engine_equals_its_rounded_model(name: str) -> None:
+    # AMX sums the bf16 products in fp32 in another order than PyTorch, and a sum that lies within that rounding of
+    # a bf16 rounding boundary of the next layer's input lands on the neighbouring bf16 value: a bound on norms
+    # again, ‖engine − twin‖ ≤ 0.3 ‖twin − fp32‖, and every image's top-1 equal to the twin's.
+    _isa("amx")
+    torch.manual_seed(0)
+    model = trained_like(name, width=0.5, num_classes=10)
+    twin = fused.bf16_rounded(model)
+    for threads in (1, 2):
+        engine = fused.FusedEngine(model, threads=threads, precision="bf16", isa="amx")
+        assert engine.precision == "bf16"
+        x = torch.randn(4, 3, 96, 128)
+        with torch.no_grad():
+            want, fp32 = twin(x), model(x)
+        got = engine(x)
+        assert (got - want).norm() <= 0.3 * (want - fp32).norm()
+        assert torch.equal(got.argmax(1), want.argmax(1))
+
+
+def test_isa_is_chosen_forced_and_guarded(monkeypatch) -> None:
+    model = trained_like("mobilenet_v2", width=0.35, num_classes=4)
+    assert fused.FusedEngine(model, threads=1).isa == SUPPORTED[-1]  # the widest this CPU has
+    monkeypatch.setenv(fused.ISA_ENV, "avx2")
+    assert fused.FusedEngine(model, threads=1).isa == "avx2"
+    monkeypatch.setenv(fused.ISA_ENV, "sse2")
+    with pytest.raises(ConfigError, match="unknown engine ISA 'sse2'"):
+        fused.FusedEngine(model, threads=1)
+    monkeypatch.delenv(fused.ISA_ENV)
+    # A CPU without AVX-512 / AMX never loads those libraries: the level is refused before anything runs.
+    monkeypatch.setattr(fused, "supported_isas", lambda: ["avx2"])
+    for isa in ("avx512", "amx"):
+        with pytest.raises(fused.EngineUnavailable, match=f"cannot run the engine's {isa} level"):
+            fused.FusedEngine(model, threads=1, isa=isa)
+    with pytest.raises(fused.EngineUnavailable, match="bf16 engine needs the amx level"):
+        fused.FusedEngine(model, threads=1, isa="avx2", precision="bf16")
+    with pytest.raises(ConfigError, match="unknown engine precision"):
+        fused.FusedEngine(model, precision="fp16")
+
+
+class _FakeLib:
+    def __init__(self, version: int, conv: int, layer: int) -> None:
+        self.mn_abi_version = lambda: version
+        self.mn_struct_size = lambda which: (conv, layer)[which]
+
+
+def test_abi_mismatch_is_refused_at_load() -> None:
+    import ctypes
+
+    conv, layer = ctypes.sizeof(fused._Conv), ctypes.sizeof(fused._Layer)
+    fused.check_abi(_FakeLib(fused.ABI_VERSION, conv, layer), "lib.so")  # this version's: accepted
+    with pytest.raises(fused.EngineUnavailable, match=r"lib.so has ABI 1 .* expects ABI 2"):
+        fused.check_abi(_FakeLib(1, conv, layer), "lib.so")
+    with pytest.raises(fused.EngineUnavailable, match="MnLayer 8 B"):
+        fused.check_abi(_FakeLib(fused.ABI_VERSION, conv, 8), "lib.so")
+    with pytest.raises(fused.EngineUnavailable, match="reports no ABI version"):
+        fused.check_abi(object(), "old.so")  # type: ignore[arg-type]
+    lib = fused.load_library(SUPPORTED[0])  # the real library agrees with its mirror
+    assert lib.mn_abi_version() == fused.ABI_VERSION and lib.mn_struct_size(1) == layer
 
 
 def test_int8_engine_needs_calibration_images() -> None:
@@ -215,4 +298,3 @@ def test_int8_packing_and_grids() -> None:
     scale, zero = fused.activation_quantization(-1.0, 3.0)
     assert scale == pytest.approx(4 / 127) and zero == round(1 / scale)
     assert fused.activation_quantization(0.5, 6.0) == (pytest.approx(6 / 127), 0)  # widened to include 0
-

@@ -1,18 +1,22 @@
-"""The fused engine: MobileNetV1 / V2 / minimalistic V3 classifiers run by ``fused_engine.cpp`` (fp32 or int8;
-AVX2 + FMA, CPU).
+"""The fused engine: MobileNetV1 / V2 / minimalistic V3 classifiers run by the C++ sources in ``csrc/`` (fp32,
+int8 or bf16; x86-64 CPUs with AVX2 + FMA, faster kernels where the CPU has AVX-512 / VNNI / AMX).
 
 ``FusedEngine(model)`` folds BatchNorm, packs the weights for the C++ kernels and runs NCHW batches; its logits
 equal the eager model's within float rounding (``tests/test_fused.py``: ≤ 1e-4). ``FusedEngine(model,
-calibration=batches)`` runs the stem, the 1×1 convolutions and the classifier in int8 (7-bit activation codes ×
-int8 weights within ±63), calibrated on real images (its error is that of its fake-quantised twin,
-``tests/test_fused.py``). What it does that a graph runtime does not (V2 §5.1's hardware argument): inverted
-residual blocks on wide maps never materialise their expansion — each thread streams its rows through a ring of
-three expanded rows and projects every depthwise output row at once — and the whole network runs in one parallel
-region with a spin barrier per block.
+calibration=batches)`` runs the stem, the 1×1 convolutions and the classifier in int8, calibrated on real images
+(its error is that of its fake-quantised twin, ``tests/test_fused.py``); ``precision="bf16"`` (AMX CPUs) runs the
+1×1 convolutions on bf16 inputs and weights with fp32 sums. What it does that a graph runtime does not (V2 §5.1's
+hardware argument): inverted residual blocks on wide maps never materialise their expansion — each thread streams
+its rows through a ring of three expanded rows and projects every depthwise output row at once — and the whole
+network runs in one parallel region with a spin barrier per block.
 
-The library is compiled on first use with the system C++ compiler (``$CXX``, default ``g++``) into
-``$MOBILENETS_CACHE`` (default ``~/.cache/mobilenets``), keyed by the source's hash; ``EngineUnavailable``
-says why when it cannot be (no compiler, no AVX2/FMA, not x86-64).
+ISA levels (``ISAS``): ``avx2`` (AVX2 + FMA), ``avx512`` (AVX-512 F/BW/VL/DQ + VNNI: 16-lane fp32 kernels and
+``vpdpbusd`` int8 on full-range weights), ``amx`` (also AVX512_BF16 and AMX tiles: bf16 1×1 convolutions). One
+library is compiled per level on first use with the system C++ compiler (``$CXX``, default ``g++``) into
+``$MOBILENETS_CACHE`` (default ``~/.cache/mobilenets``), keyed by the sources' hash, and the widest level this CPU
+has is loaded — a narrower one when asked (``isa=`` or ``MOBILENETS_ENGINE_ISA``). The CPU's flags are read
+before a library is loaded, so a CPU never runs instructions it lacks. ``EngineUnavailable`` says why when the
+engine cannot run (no compiler, no AVX2/FMA, not x86-64, a level this CPU lacks, a library of another ABI).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -36,27 +41,41 @@ from mobilenets.models.blocks import DepthwiseSeparable, InvertedResidual
 from mobilenets.models.layers import ConvBNAct
 from mobilenets.models.mobilenet import MobileNet, check_image_batch
 
-SOURCE = Path(__file__).with_name("fused_engine.cpp")
+SOURCE_DIR = Path(__file__).with_name("csrc")
+ABI_VERSION = 2  # MN_ABI_VERSION in csrc/abi.h
 _STEM, _BLOCK, _POINTWISE, _POOL_FC = 1, 2, 3, 4
 _ACTS = {"linear": 0, "relu": 1, "relu6": 2}
 MAX_HEIGHT = 65533  # the engine shares out rows in 16-bit counters (the stem's: height + 2)
+PRECISIONS = ("fp32", "int8", "bf16")
+
+# ISA level → (MN_ISA value, the /proc/cpuinfo flags it needs, compiler flags), narrowest first.
+_AVX512_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni")
+ISAS: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]] = {
+    "avx2": (1, ("avx2", "fma"), ("-mavx2", "-mfma")),
+    "avx512": (2, ("avx2", "fma", *_AVX512_FLAGS),
+               ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni")),
+    "amx": (3, ("avx2", "fma", *_AVX512_FLAGS, "avx512_bf16", "amx_tile", "amx_bf16"),
+            ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni",
+             "-mavx512bf16", "-mamx-tile", "-mamx-bf16")),
+}  # fmt: skip
+ISA_ENV = "MOBILENETS_ENGINE_ISA"
 
 
 class EngineUnavailable(MobilenetsError):
-    """The fused engine cannot run on this machine (no C++ compiler, no AVX2/FMA, not x86-64)."""
+    """The fused engine cannot run on this machine (no C++ compiler, no AVX2/FMA, not x86-64, another ABI)."""
 
 
 class _Conv(ctypes.Structure):
-    # Mirrors ``struct Conv`` in fused_engine.cpp field by field.
+    # Mirrors ``struct MnConv`` in csrc/abi.h field by field (checked against the library's size at load).
     _fields_ = [
-        *[(n, ctypes.c_void_p) for n in ("w", "bias", "q", "scale", "corr")],
+        *[(n, ctypes.c_void_p) for n in ("w", "bias", "q", "scale", "corr", "wb")],
         ("inv_scale", ctypes.c_float),
-        ("zero", ctypes.c_int32),
+        *[(n, ctypes.c_int32) for n in ("zero", "qmax", "reserved")],
     ]
 
 
 class _Layer(ctypes.Structure):
-    # Mirrors ``struct Layer`` in fused_engine.cpp field by field.
+    # Mirrors ``struct MnLayer`` in csrc/abi.h field by field.
     _fields_ = [
         *[(n, ctypes.c_int32) for n in ("kind", "cin", "cmid", "cout", "stride", "act_mid", "act_out")],
         *[(n, ctypes.c_int32) for n in ("has_expand", "residual", "stem_in_chans")],
@@ -65,11 +84,25 @@ class _Layer(ctypes.Structure):
         ("b_dw", ctypes.c_void_p),
         ("out", _Conv),
         ("dw_codes", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
     ]
 
 
+@cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
 def cpu_supported() -> str | None:
-    """None if this CPU can run the engine, else why not."""
+    """None if this CPU can run the engine (at its narrowest level, AVX2), else why not."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"the fused engine needs an x86-64 CPU, not {platform.machine()}"
     capability = torch.backends.cpu.get_cpu_capability()  # "AVX2" means AVX2 and FMA
@@ -78,37 +111,98 @@ def cpu_supported() -> str | None:
     return None
 
 
-@cache
-def load_library() -> ctypes.CDLL:
-    """Compile (once per source version) and load the engine's shared library."""
+def supported_isas() -> list[str]:
+    """The ISA levels this CPU can run, narrowest first (only avx2 where the CPU's flags cannot be read)."""
+    if cpu_supported():
+        return []
+    flags = cpu_flags()
+    return ["avx2"] + [isa for isa in ("avx512", "amx") if flags and set(ISAS[isa][1]) <= flags]
+
+
+def resolve_isa(isa: str | None = None) -> str:
+    """The level to run: ``isa``, else ``$MOBILENETS_ENGINE_ISA``, else the widest this CPU has."""
     reason = cpu_supported()
     if reason:
         raise EngineUnavailable(reason)
-    source = SOURCE.read_bytes()
+    asked = isa or os.environ.get(ISA_ENV) or None
+    supported = supported_isas()
+    if asked is None:
+        return supported[-1]
+    if asked not in ISAS:
+        raise ConfigError(f"unknown engine ISA {asked!r} (from {'isa=' if isa else ISA_ENV}); one of {', '.join(ISAS)}")
+    if asked not in supported:
+        missing = sorted(set(ISAS[asked][1]) - cpu_flags())
+        raise EngineUnavailable(f"this CPU cannot run the engine's {asked} level (missing: {', '.join(missing)})")
+    return asked
+
+
+def _sources() -> list[Path]:
+    return sorted([*SOURCE_DIR.glob("*.cpp"), *SOURCE_DIR.glob("*.h")])
+
+
+def check_abi(lib: ctypes.CDLL, name: str) -> None:
+    """Raise EngineUnavailable unless the library's ABI version and struct sizes are those ctypes mirrors."""
+    try:
+        version, conv, layer = lib.mn_abi_version(), lib.mn_struct_size(0), lib.mn_struct_size(1)
+    except AttributeError:
+        raise EngineUnavailable(f"{name} reports no ABI version: it is not this version's fused engine") from None
+    want = (ABI_VERSION, ctypes.sizeof(_Conv), ctypes.sizeof(_Layer))
+    if (version, conv, layer) != want:
+        raise EngineUnavailable(
+            f"{name} has ABI {version} (MnConv {conv} B, MnLayer {layer} B) but fused.py expects ABI {want[0]} "
+            f"(MnConv {want[1]} B, MnLayer {want[2]} B): rebuild it from this version's sources"
+        )
+
+
+def _compile(isa: str) -> Path:
+    """The library for one ISA level, compiled unless the cache holds it."""
+    sources = _sources()
+    level, _, isa_flags = ISAS[isa]
     cxx = os.environ.get("CXX", "g++")
-    flags = ["-O3", "-mavx2", "-mfma", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno"]
-    key = hashlib.sha256(source + " ".join([cxx, *flags]).encode()).hexdigest()[:16]
+    flags = ["-O3", *isa_flags, f"-DMN_ISA={level}", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno"]
+    digest = hashlib.sha256(" ".join([cxx, *flags]).encode())
+    for path in sources:
+        digest.update(path.name.encode() + path.read_bytes())
     cache_dir = Path(os.environ.get("MOBILENETS_CACHE", Path.home() / ".cache" / "mobilenets"))
-    target = cache_dir / f"fused_engine-{key}.so"
-    if not target.exists():
-        if shutil.which(cxx) is None:
-            raise EngineUnavailable(f"the fused engine is compiled on first use and needs a C++ compiler ({cxx!r})")
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-                built = Path(tmp) / target.name
-                result = subprocess.run(
-                    [cxx, *flags, str(SOURCE), "-o", str(built)], capture_output=True, text=True, check=False
-                )
-                if result.returncode != 0:
-                    raise EngineUnavailable(f"compiling {SOURCE.name} failed:\n{result.stderr.strip()[-2000:]}")
-                os.replace(built, target)  # atomic: a concurrent process sees the whole library or none
-        except OSError as e:
-            raise EngineUnavailable(
-                f"cannot build the fused engine in {cache_dir} ({e.strerror or e}); set MOBILENETS_CACHE to a "
-                "writable folder"
-            ) from None
+    target = cache_dir / f"fused_engine-{isa}-{digest.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    if shutil.which(cxx) is None:
+        raise EngineUnavailable(f"the fused engine is compiled on first use and needs a C++ compiler ({cxx!r})")
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+            built = Path(tmp) / target.name
+            cpp = [str(p) for p in sources if p.suffix == ".cpp"]
+            result = subprocess.run([cxx, *flags, *cpp, "-o", str(built)], capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise EngineUnavailable(f"compiling the fused engine ({isa}) failed:\n{result.stderr.strip()[-2000:]}")
+            os.replace(built, target)  # atomic: a concurrent process sees the whole library or none
+    except OSError as e:
+        raise EngineUnavailable(
+            f"cannot build the fused engine in {cache_dir} ({e.strerror or e}); set MOBILENETS_CACHE to a "
+            "writable folder"
+        ) from None
+    return target
+
+
+@cache
+def load_library(isa: str = "avx2") -> ctypes.CDLL:
+    """Compile (once per source version and ISA level) and load the engine's shared library for ``isa``."""
+    if isa not in supported_isas():
+        resolve_isa(isa)  # raises the reason
+    target = _compile(isa)
     lib = ctypes.CDLL(str(target))
+    for name in ("mn_abi_version", "mn_isa", "mn_prepare"):
+        if hasattr(lib, name):
+            getattr(lib, name).restype = ctypes.c_int32
+            getattr(lib, name).argtypes = []
+    if hasattr(lib, "mn_struct_size"):
+        lib.mn_struct_size.restype = ctypes.c_int64
+        lib.mn_struct_size.argtypes = [ctypes.c_int32]
+    check_abi(lib, target.name)
+    if lib.mn_prepare() != 0:
+        raise EngineUnavailable(f"the OS refused the engine's {isa} level (AMX tile state: arch_prctl)")
     for name in ("mn_scratch_floats", "mn_image_floats"):
         getattr(lib, name).restype = ctypes.c_int64
         getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
@@ -138,26 +232,53 @@ def pack_panels_int8(q_kn: torch.Tensor) -> torch.Tensor:
     return torch.cat([panel.reshape(k // 4, 4, -1).permute(0, 2, 1).reshape(-1) for panel in panels]).contiguous()
 
 
-# Codes the int8 kernel multiplies: activations 0..127 (7 bits), weights ±63. AVX2 without VNNI sums products in
-# int16 before int32, and the kernel adds four products there: 4 · 127 · 63 = 32004 < 32767 cannot overflow.
-ACTIVATION_LEVELS = 127
-INT8_WEIGHT_MAX = 63
+def pack_panels_bf16(weight_kn: torch.Tensor) -> torch.Tensor:
+    """A K × N weight matrix as the AMX kernel reads it, bf16 bits in int16: K zero-padded to a multiple of 32 and
+    N to 16, then per panel of 16 columns [K/2][16][2] — the pairs of consecutive k that tdpbf16ps reads per lane."""
+    k, n = weight_kn.shape
+    kp = -(-k // 32) * 32
+    padded = torch.zeros(kp, -(-n // 16) * 16, dtype=torch.float32)
+    padded[:k, :n] = weight_kn
+    bits = padded.to(torch.bfloat16).view(torch.int16)
+    panels = [bits[:, col : col + 16].reshape(kp // 2, 2, 16).permute(0, 2, 1) for col in range(0, bits.shape[1], 16)]
+    return torch.cat([panel.reshape(-1) for panel in panels]).contiguous()
 
 
-def quantize_weights(weight_kn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8 codes (|q| ≤ 63) and scales of a K × N fp32 weight matrix."""
-    scale = weight_kn.abs().amax(0) / INT8_WEIGHT_MAX
+@dataclass(frozen=True)
+class Int8Grid:
+    """The codes the int8 kernels multiply: activations 0..levels (a scale and zero point per tensor), weights
+    within ±weight_max (a scale per output channel)."""
+
+    levels: int
+    weight_max: int
+
+
+# AVX2 without VNNI sums products in int16 before int32, and its kernel adds four products there: 7-bit codes and
+# weights within ±63 keep 4 · 127 · 63 = 32004 < 32767. VNNI's vpdpbusd sums into int32 directly: the full range.
+AVX2_GRID = Int8Grid(levels=127, weight_max=63)
+VNNI_GRID = Int8Grid(levels=255, weight_max=127)
+ACTIVATION_LEVELS, INT8_WEIGHT_MAX = AVX2_GRID.levels, AVX2_GRID.weight_max
+
+
+def int8_grid(isa: str) -> Int8Grid:
+    """The int8 grid the engine's ``isa`` level uses."""
+    return AVX2_GRID if isa == "avx2" else VNNI_GRID
+
+
+def quantize_weights(weight_kn: torch.Tensor, weight_max: int = INT8_WEIGHT_MAX) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 codes (|q| ≤ weight_max) and scales of a K × N fp32 weight matrix."""
+    scale = weight_kn.abs().amax(0) / weight_max
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(weight_kn / scale).clamp(-INT8_WEIGHT_MAX, INT8_WEIGHT_MAX).to(torch.int8)
+    q = torch.round(weight_kn / scale).clamp(-weight_max, weight_max).to(torch.int8)
     return q, scale
 
 
-def activation_quantization(low: float, high: float) -> tuple[float, int]:
-    """Scale and zero point of the 7-bit activation codes covering [low, high] (widened to include 0, so that 0 is
-    exact)."""
+def activation_quantization(low: float, high: float, levels: int = ACTIVATION_LEVELS) -> tuple[float, int]:
+    """Scale and zero point of the activation codes 0..levels covering [low, high] (widened to include 0, so that 0
+    is exact)."""
     low, high = min(low, 0.0), max(high, 0.0)
-    scale = (high - low) / ACTIVATION_LEVELS if high > low else 1.0
-    return scale, int(min(ACTIVATION_LEVELS, max(0, round(-low / scale))))
+    scale = (high - low) / levels if high > low else 1.0
+    return scale, int(min(levels, max(0, round(-low / scale))))
 
 
 def _pad8(v: torch.Tensor) -> torch.Tensor:
@@ -241,82 +362,114 @@ def _projection(block: nn.Module) -> ConvBNAct:
     return block.pointwise if isinstance(block, DepthwiseSeparable) else block.project
 
 
-def _codes_scale(block: nn.Module, ranges: Ranges) -> float | None:
+def _codes_scale(block: nn.Module, ranges: Ranges, grid: Int8Grid) -> float | None:
     """The scale of the projection's input codes when the int8 engine makes them in the depthwise epilogue from
-    weights pre-divided by it: a ReLU / ReLU6 output (zero point 0; the clamp to 127 stands in for the activation).
-    None for a block whose depthwise output is quantised the ordinary way."""
+    weights pre-divided by it: a ReLU / ReLU6 output (zero point 0; the clamp to the top code stands in for the
+    activation). None for a block whose depthwise output is quantised the ordinary way."""
     if block.spec.act not in ("relu", "relu6"):
         return None
-    scale, zero = activation_quantization(*ranges[_projection(block).conv])
+    scale, zero = activation_quantization(*ranges[_projection(block).conv], grid.levels)
     return scale if zero == 0 else None
 
 
 @torch.no_grad()
-def fake_quantized(model: MobileNet, calibration: list[torch.Tensor]) -> nn.Module:
+def fake_quantized(model: MobileNet, calibration: list[torch.Tensor], grid: Int8Grid = AVX2_GRID) -> nn.Module:
     """What the int8 engine computes, in PyTorch (its reference in tests and ``experiments/engine/fused_checks.py``): a
     BN-folded copy in which every layer the engine runs in int8 (``calibrate``) sees its input rounded to the
-    calibrated 7-bit grid (codes 0..127) and its weights rounded to int8 codes (|q| ≤ 63) per output channel; the
+    calibrated grid (codes 0..grid.levels) and its weights to int8 codes (|q| ≤ grid.weight_max) per output
+    channel (``int8_grid(engine.isa)`` is the grid an engine uses); the
     rest is fp32. Where the engine divides the depthwise weights by the codes' scale (``_codes_scale``), so does the
     copy, with the activation left to the codes' clamp, so that both round the same sums."""
     folded = fold_batchnorm(model)
     ranges = calibrate(folded, calibration)
     prescaled: set[nn.Module] = set()
     for block in folded.blocks:
-        scale = _codes_scale(block, ranges)
+        scale = _codes_scale(block, ranges, grid)
         if scale is not None:
             block.depthwise.conv.weight.copy_(block.depthwise.conv.weight / scale)
             block.depthwise.conv.bias.copy_(block.depthwise.conv.bias / scale)
             block.depthwise.act = nn.Identity()
             prescaled.add(_projection(block).conv)
     for module, (low, high) in ranges.items():
-        scale, zero = activation_quantization(low, high)
-        q, w_scale = quantize_weights(module.weight.detach().flatten(1).t())
+        scale, zero = activation_quantization(low, high, grid.levels)
+        q, w_scale = quantize_weights(module.weight.detach().flatten(1).t(), grid.weight_max)
         module.weight.copy_((q.float() * w_scale).t().reshape(module.weight.shape))
         # The engine multiplies by a float32 1/scale (by 1 where the depthwise made the codes' sums already).
         inv = torch.tensor(1.0 if module in prescaled else 1.0 / scale, dtype=torch.float32)
 
-        def grid(
+        def on_grid(
             _: nn.Module,
             inputs: tuple[torch.Tensor, ...],
             inv: torch.Tensor = inv,
             zero: int = zero,
             scale: float = scale,
+            levels: int = grid.levels,
         ) -> tuple[torch.Tensor]:
-            codes = torch.clamp(torch.round(inputs[0] * inv) + zero, 0, ACTIVATION_LEVELS)
+            codes = torch.clamp(torch.round(inputs[0] * inv) + zero, 0, levels)
             return ((codes - zero) * scale,)
 
-        module.register_forward_pre_hook(grid)
+        module.register_forward_pre_hook(on_grid)
     return folded
+
+
+def _bf16_round(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
+    return (inputs[0].to(torch.bfloat16).float(),)
+
+
+@torch.no_grad()
+def bf16_rounded(model: MobileNet) -> nn.Module:
+    """What the bf16 engine computes, in PyTorch: a BN-folded copy whose 1×1 convolutions (expansions,
+    projections, V1's pointwise, the head; not the stem, the depthwise or the linear layers) see their inputs and
+    weights rounded to bf16 and sum in fp32."""
+    folded = fold_batchnorm(model)
+    for module in _bf16_convs(folded):
+        module.weight.copy_(module.weight.to(torch.bfloat16).float())
+        module.register_forward_pre_hook(_bf16_round)
+    return folded
+
+
+def _bf16_convs(model: MobileNet) -> list[nn.Module]:
+    units = [model.head] if model.head is not None else []
+    for block in model.blocks:
+        units.append(_projection(block))
+        if isinstance(block, InvertedResidual) and block.expand is not None:
+            units.append(block.expand)
+    return [unit.conv for unit in units]
 
 
 class _Builder:
     """Turns a BN-folded model into the engine's layer list, keeping alive the tensors its pointers refer to."""
 
-    def __init__(self, ranges: Ranges | None) -> None:
-        self.ranges = ranges  # None: fp32 everywhere
+    def __init__(self, ranges: Ranges | None, grid: Int8Grid, bf16: bool = False) -> None:
+        self.ranges = ranges  # None: fp32 (or bf16) everywhere
+        self.grid = grid
+        self.bf16 = bf16  # the 1×1 convolutions in bf16
         self.keep: list[torch.Tensor] = []
 
     def ptr(self, t: torch.Tensor) -> int:
         self.keep.append(t)
         return t.data_ptr()
 
-    def conv(self, module: nn.Module, weight_kn: torch.Tensor, bias: torch.Tensor) -> _Conv:
-        """A K × N matrix product (+ bias), in int8 when calibrated ranges are given."""
+    def conv(self, module: nn.Module, weight_kn: torch.Tensor, bias: torch.Tensor, bf16: bool = False) -> _Conv:
+        """A K × N matrix product (+ bias), in int8 when calibrated ranges are given, in bf16 when asked."""
         c = _Conv(bias=self.ptr(_pad8(bias)))
+        if bf16:
+            c.wb = self.ptr(pack_panels_bf16(weight_kn))
+            return c
         if self.ranges is None:
             c.w = self.ptr(pack_panels(weight_kn))
             return c
-        scale, zero = activation_quantization(*self.ranges[module])
-        q, w_scale = quantize_weights(weight_kn)
+        scale, zero = activation_quantization(*self.ranges[module], self.grid.levels)
+        q, w_scale = quantize_weights(weight_kn, self.grid.weight_max)
         c.q = self.ptr(pack_panels_int8(q))
         c.scale = self.ptr(_pad8(w_scale * scale))
         c.corr = self.ptr(_pad8(-zero * q.sum(0, dtype=torch.int32)))
-        c.inv_scale, c.zero = 1.0 / scale, zero
+        c.inv_scale, c.zero, c.qmax = 1.0 / scale, zero, self.grid.levels
         return c
 
     def pointwise(self, unit: ConvBNAct) -> _Conv:
         w, b = _conv_weights(unit)
-        return self.conv(unit.conv, w.flatten(1).t(), b)
+        return self.conv(unit.conv, w.flatten(1).t(), b, bf16=self.bf16)
 
     def program(self, model: MobileNet) -> list[_Layer]:
         layers: list[_Layer] = []
@@ -342,7 +495,7 @@ class _Builder:
             else:
                 raise ConfigError(f"the fused engine cannot run a {type(block).__name__}")
             wd, bd = _depthwise(block.depthwise)
-            codes_scale = None if self.ranges is None else _codes_scale(block, self.ranges)
+            codes_scale = None if self.ranges is None else _codes_scale(block, self.ranges, self.grid)
             if codes_scale is not None:  # the depthwise sums become the projection's codes before rounding (Sink)
                 wd, bd = (wd / codes_scale).contiguous(), (bd / codes_scale).contiguous()
                 layer.dw_codes = 1
@@ -374,23 +527,42 @@ class FusedEngine:
     logits (or the pooled features when the model has no classifier). ``threads`` defaults to PyTorch's.
     Batches with at least ``threads`` images run one image per thread; smaller ones share every layer.
     ``calibration``: batches of real images in the model's input transform; given, the engine runs in int8.
+    ``precision``: "fp32", "int8" (needs ``calibration``) or "bf16" (the ``amx`` level); by default int8 when
+    calibration images are given, else fp32. ``isa``: the level to run (``ISAS``; default ``$MOBILENETS_ENGINE_ISA``
+    or the widest this CPU has). ``engine.isa`` and ``engine.precision`` say what it runs.
     The weights are copied at construction: later changes to ``model`` are not seen.
     """
 
     def __init__(
-        self, model: nn.Module, threads: int | None = None, calibration: list[torch.Tensor] | None = None
+        self,
+        model: nn.Module,
+        threads: int | None = None,
+        calibration: list[torch.Tensor] | None = None,
+        precision: str | None = None,
+        isa: str | None = None,
     ) -> None:
         if not isinstance(model, MobileNet):
             raise ConfigError(f"the fused engine runs MobileNet classifiers, not {type(model).__name__}")
         _check_supported(model)
-        self.lib = load_library()
+        precision = precision or ("fp32" if calibration is None else "int8")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown engine precision {precision!r}; one of {', '.join(PRECISIONS)}")
+        if precision == "int8" and not calibration:
+            raise ConfigError("int8 calibration needs at least one batch of images")
+        if precision != "int8" and calibration is not None:
+            raise ConfigError(f"calibration images are for the int8 engine, not {precision}")
+        self.isa = resolve_isa(isa)
+        if precision == "bf16" and self.isa != "amx":
+            raise EngineUnavailable(
+                f"the bf16 engine needs the amx level (AMX tiles, AVX512_BF16); this runs {self.isa}"
+            )
+        self.precision = precision
+        self.lib = load_library(self.isa)
         self.in_chans = model.config.in_chans
         self.threads = threads or torch.get_num_threads()
         folded = fold_batchnorm(model)
-        if calibration is not None and not calibration:
-            raise ConfigError("int8 calibration needs at least one batch of images")
-        self.precision = "fp32" if calibration is None else "int8"
-        builder = _Builder(None if calibration is None else calibrate(folded, calibration))
+        ranges = calibrate(folded, calibration) if precision == "int8" and calibration else None
+        builder = _Builder(ranges, int8_grid(self.isa), bf16=precision == "bf16")
         layers = builder.program(folded)
         self._tensors = builder.keep
         self._array = (_Layer * len(layers))(*layers)

@@ -1,0 +1,92 @@
+// The C API fused.py calls through ctypes (declared in abi.h).
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <vector>
+
+#include "abi.h"
+#include "graph.h"
+#include "kernels.h"
+#include "plan.h"
+#include "threads.h"
+
+using namespace mn;
+
+extern "C" {
+
+int32_t mn_abi_version() { return MN_ABI_VERSION; }
+
+int64_t mn_struct_size(int32_t which) {
+  switch (which) {
+    case MN_STRUCT_CONV: return sizeof(MnConv);
+    case MN_STRUCT_LAYER: return sizeof(MnLayer);
+    default: return -1;
+  }
+}
+
+int32_t mn_isa() { return MN_ISA; }
+
+// Linux hands out the AMX tile state (8 KB per thread's context) only to a process that asks for it first.
+int32_t mn_prepare() {
+#if MN_ISA >= MN_ISA_AMX
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0 ? 0 : 1;
+#else
+  return 0;
+#endif
+}
+
+// Floats of scratch memory one image run by `threads` threads together uses: every activation the engine
+// holds lives in it (buffers are reused layer after layer), so this bounds its live activation memory.
+int64_t mn_image_floats(const MnLayer* layers, int n_layers, int H, int W, int threads) {
+  return group_floats(make_plan(layers, n_layers, H, W), threads);
+}
+
+// Floats of scratch memory that mn_run needs for a H×W input with this many threads.
+int64_t mn_scratch_floats(const MnLayer* layers, int n_layers, int H, int W, int threads) {
+  const Plan plan = make_plan(layers, n_layers, H, W);
+  return threads * group_floats(plan, 1) + group_floats(plan, threads);
+}
+
+// Run N images (NCHW, fp32) through the program; out gets N rows of out_stride floats. With at least as many
+// images as threads each thread runs whole images alone (no barriers); the rest are shared by all threads.
+int mn_run(const MnLayer* layers, int n_layers, const float* input, int N, int C, int H, int W, float* out,
+           int out_stride, int threads, float* scratch) {
+  if (threads < 1 || N < 0) return 1;
+  if (H + 2 > kMaxItems) return 2;
+  const Plan plan = make_plan(layers, n_layers, H, W);
+  bool bf16 = false;  // AMX tiles are configured per thread, and only when a layer uses them
+  for (int i = 0; i < n_layers; ++i) bf16 |= layers[i].expand.wb || layers[i].out.wb;
+  const int64_t image = static_cast<int64_t>(C) * H * W;
+  const int alone = N / threads * threads;  // images run one per thread
+  std::vector<Scratch> solo;
+  float* base = scratch;
+  for (int t = 0; t < threads; ++t) {
+    solo.push_back(carve(plan, 1, base));
+    base += group_floats(plan, 1);
+  }
+  const Scratch shared = carve(plan, threads, base);
+  Team team(threads);
+  auto work = [&](int t) {
+    // Denormals flushed to zero in every thread (the caller's setting is restored below): activations of a
+    // random-initialised network decay into them, and CPUs handle them tens of times slower.
+    _mm_setcsr(_mm_getcsr() | 0x8040);
+    if (bf16) tiles_configure();
+    Team own(1);
+    Member alone_member{own, 0}, shared_member{team, t};
+    for (int n = t; n < alone; n += threads)
+      run_image(layers, n_layers, input + n * image, H, W, out + static_cast<int64_t>(n) * out_stride, solo[t],
+                alone_member);
+    for (int n = alone; n < N; ++n)
+      run_image(layers, n_layers, input + n * image, H, W, out + static_cast<int64_t>(n) * out_stride, shared,
+                shared_member);
+    if (bf16) tiles_release();
+  };
+  const unsigned int csr = _mm_getcsr();
+  pool_run(threads, work);
+  _mm_setcsr(csr);
+  return 0;
+}
+
+}  // extern "C"

@@ -1,0 +1,203 @@
+// The graph walk: one image through the whole program, block by block, by the threads of a team.
+//
+// Why it exists (V2 §5.1, the hardware argument): an inverted residual block's wide expansion never has to be
+// materialised whole. For large feature maps each thread keeps a ring of three expanded rows, computes one
+// depthwise output row from them and projects it straight away, so the t-times-wider tensor lives only in
+// the core's cache. Small maps (whose expansion fits in L2 anyway) run layer by layer with the threads
+// sharing out channel panels. One parallel region covers the whole network; threads meet at a spin barrier
+// after each block instead of a thread-pool dispatch per operator, and take rows and panels as they go (see
+// Share) rather than a fixed share each.
+#include "graph.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernels.h"
+#include "simd.h"
+#include "stem.h"
+
+namespace mn {
+namespace {
+
+template <typename T>
+void run_stem(const MnLayer& L, const float* img, int H, int W, float* out, int Ho, int Wo, T* padded, T* col,
+              Member& me) {
+  stem_pad(L, img, H, W, padded, col, me);
+  me.wait();
+  Share rows(me, Ho);
+  for (int y; (y = rows.next()) >= 0;) stem_row(L, padded, W, col, y, Wo, out + static_cast<int64_t>(y) * Wo * L.cout);
+}
+
+// A block on a wide map: each thread streams its output rows through a ring of three expanded rows, made by
+// produce(r, slot) (the expansion of input row r; or, for a first block without expansion or residual, the stem's
+// output row r: its input is then never materialised). produced = false: the depthwise reads `in` itself.
+template <typename Produce>
+void run_block_rows(const MnLayer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* ring,
+                    uint8_t* qrow, Member& me, bool produced, Produce&& produce) {
+  const int E = L.cmid;
+  const int64_t row_in = static_cast<int64_t>(W) * L.cin, row_e = static_cast<int64_t>(W) * E;
+  float* slots = ring;                 // 3 rows of W × E
+  float* dw = ring + 3 * row_e;        // one depthwise output row (Wo × E)
+  float* zero = dw + row_e;            // padding row
+  std::memset(zero, 0, sizeof(float) * row_e);
+  int held[3] = {-1, -1, -1};  // the input row each slot holds (row r goes to slot r % 3)
+  const float* rows[3];
+  Share share(me, Ho);
+  for (int y; (y = share.next()) >= 0;) {
+    const int lo = y * L.stride - 1;
+    for (int r = std::max(lo, 0); produced && r <= std::min(lo + 2, H - 1); ++r) {
+      if (held[r % 3] == r) continue;
+      produce(r, slots + (r % 3) * row_e);
+      held[r % 3] = r;
+    }
+    for (int k = 0; k < 3; ++k) {
+      const int r = lo + k;
+      if (r < 0 || r >= H)
+        rows[k] = zero;
+      else
+        rows[k] = produced ? slots + (r % 3) * row_e : in + r * row_in;
+    }
+    // An int8 projection gets the depthwise row as 7-bit codes straight away.
+    const Sink sink{dw, L.out.q ? qrow : nullptr, L.out.inv_scale, L.out.zero, L.out.qmax, L.dw_codes != 0};
+    depthwise_row(rows, W, Wo, L.stride, E, L.w_dw, L.b_dw, sink, 0, E, L.dw_codes ? MN_LINEAR : L.act_mid);
+    const float* res = L.residual ? in + static_cast<int64_t>(y) * row_in : nullptr;
+    conv1x1(L.out, Wo, L.cout, E, dw, E, sink.q, out + static_cast<int64_t>(y) * Wo * L.cout, L.cout, res, L.cout,
+            L.act_out, 0, panels(L.cout), qrow);
+  }
+}
+
+// A block on a small map: whole-map GEMMs, the threads sharing out channel panels (no ring needed: it fits in
+// L2): a panel's expansion and then its depthwise channels, a barrier, then the projection's panels.
+void run_block_whole(const MnLayer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* wide0,
+                     float* wide1, float* zero, uint8_t* qrow, uint8_t* qwide, Member& me) {
+  const int E = L.cmid;
+  const int64_t row_e = static_cast<int64_t>(W) * E;
+  const float* expanded = L.has_expand ? wide0 : in;
+  const uint8_t* codes = nullptr;  // an int8 expansion's input codes
+  Share share(me, panels(E), panel_chunk(panels(E), me.threads()));
+  for (int p0, p1; share.next(&p0, &p1);) {
+    if (L.has_expand) {
+      // Each thread quantises the whole (thin) input for itself, at its first panel: cheaper than a barrier.
+      if (!codes) codes = input_codes(L.expand, in, L.cin, H * W, L.cin, qrow);
+      conv1x1(L.expand, H * W, E, L.cin, in, L.cin, codes, wide0, E, nullptr, 0, L.act_mid, p0, p1, nullptr);
+    }
+    const int c0 = 16 * p0, c1 = std::min(E, 16 * p1);
+    const float* rows[3];
+    for (int y = 0; y < Ho; ++y) {
+      for (int k = 0; k < 3; ++k) {
+        const int r = y * L.stride - 1 + k;
+        rows[k] = (r < 0 || r >= H) ? zero : expanded + r * row_e;
+      }
+      // An int8 projection reads 7-bit codes: each thread writes those of its own channels.
+      const int64_t at = static_cast<int64_t>(y) * Wo * E;
+      const Sink sink{wide1 + at, L.out.q ? qwide + at : nullptr, L.out.inv_scale, L.out.zero, L.out.qmax,
+                      L.dw_codes != 0};
+      depthwise_row(rows, W, Wo, L.stride, E, L.w_dw, L.b_dw, sink, c0, c1, L.dw_codes ? MN_LINEAR : L.act_mid);
+    }
+  }
+  me.wait();
+  Share projection(me, panels(L.cout), panel_chunk(panels(L.cout), me.threads()));
+  for (int p0, p1; projection.next(&p0, &p1);)
+    conv1x1(L.out, Ho * Wo, L.cout, E, wide1, E, L.out.q ? qwide : nullptr, out, L.cout, L.residual ? in : nullptr,
+            L.cout, L.act_out, p0, p1, qrow);
+}
+
+}  // namespace
+
+void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int W, float* logits, const Scratch& s,
+               Member& me) {
+  const int t = me.t, T = me.threads();
+  float* cur = s.act0;
+  float* nxt = s.act1;
+  int h = H, w = W, c = 0;
+  for (int i = 0; i < n_layers; ++i) {
+    const MnLayer& L = layers[i];
+    if (L.kind == MN_STEM) {
+      const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
+      const MnLayer* B = i + 1 < n_layers ? &layers[i + 1] : nullptr;
+      // A first block without expansion or residual takes the stem's rows straight into its ring (V2: 112 × 112 ×
+      // 32 fp32 never written out and read back).
+      const bool fuse = B && B->kind == MN_BLOCK && !B->has_expand && !B->residual && wo >= kFuseMinWidth;
+      const int bo = fuse ? (ho - 1) / B->stride + 1 : ho, bwo = fuse ? (wo - 1) / B->stride + 1 : wo;
+      auto stem = [&](auto* padded, auto* col) {  // uint8_t for an int8 stem, float otherwise
+        if (!fuse) {
+          run_stem(L, img, h, w, cur, ho, wo, padded, col, me);
+          return;
+        }
+        stem_pad(L, img, h, w, padded, col, me);
+        me.wait();
+        run_block_rows(*B, nullptr, ho, wo, cur, bo, bwo, s.ring[t], s.qrow[t], me, true,
+                       [&](int r, float* slot) { stem_row(L, padded, w, col, r, wo, slot); });
+      };
+      if (L.out.q)
+        stem(reinterpret_cast<uint8_t*>(s.padded), reinterpret_cast<uint8_t*>(s.row[t]));
+      else
+        stem(s.padded, s.row[t]);
+      h = bo, w = bwo, c = fuse ? B->cout : L.cout;
+      i += fuse;  // the fused block is done too
+      me.wait();
+      continue;
+    }
+    if (L.kind == MN_BLOCK) {
+      const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
+      if (w >= kFuseMinWidth) {
+        const int E = L.cmid;
+        run_block_rows(L, cur, h, w, nxt, ho, wo, s.ring[t], s.qrow[t], me, L.has_expand != 0,
+                       [&](int r, float* slot) {
+                         conv1x1(L.expand, w, E, L.cin, cur + static_cast<int64_t>(r) * w * L.cin, L.cin, nullptr,
+                                 slot, E, nullptr, 0, L.act_mid, 0, panels(E), s.qrow[t]);
+                       });
+      } else {
+        // The ring's zero row serves as padding here (sized for the widest small map).
+        float* zero = s.ring[t] + 4 * static_cast<int64_t>(std::min(w, kFuseMinWidth)) * L.cmid;
+        std::memset(zero, 0, sizeof(float) * static_cast<int64_t>(w) * L.cmid);
+        run_block_whole(L, cur, h, w, nxt, ho, wo, s.wide0, s.wide1, zero, s.qrow[t], s.qwide, me);
+      }
+      h = ho, w = wo, c = L.cout;
+    } else if (L.kind == MN_POINTWISE) {
+      // Each thread quantises the whole input for itself, then takes panels.
+      const uint8_t* codes = input_codes(L.out, cur, L.cin, h * w, L.cin, s.qrow[t]);
+      Share share(me, panels(L.cout), panel_chunk(panels(L.cout), T));
+      for (int p0, p1; share.next(&p0, &p1);)
+        conv1x1(L.out, h * w, L.cout, L.cin, cur, L.cin, codes, nxt, L.cout, nullptr, 0, L.act_out, p0, p1, nullptr);
+      c = L.cout;
+    } else if (L.kind == MN_POOL_FC) {
+      // Global average pool (each thread its channels), [V3's pre-logits 1×1 layer,] then the classifier (each
+      // thread its output panels).
+      int c0, c1;
+      split(c / 8, t, T, &c0, &c1);
+      const float inv = 1.0f / static_cast<float>(h * w);
+      for (int ch = 8 * c0; ch < 8 * c1; ch += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int q = 0; q < h * w; ++q)
+          acc = _mm256_add_ps(acc, _mm256_loadu_ps(cur + static_cast<int64_t>(q) * c + ch));
+        _mm256_storeu_ps(s.pooled + ch, _mm256_mul_ps(acc, _mm256_set1_ps(inv)));
+      }
+      me.wait();
+      const float* features = s.pooled;
+      int n_features = L.cin;
+      int p0, p1;
+      if (L.has_expand) {
+        float* pre = s.pooled + L.cin;
+        split(panels(L.cmid), t, T, &p0, &p1);
+        conv1x1(L.expand, 1, L.cmid, L.cin, s.pooled, L.cin, nullptr, pre, L.cmid, nullptr, 0, L.act_mid, p0, p1,
+                s.qrow[t]);
+        me.wait();
+        features = pre, n_features = L.cmid;
+      }
+      const int n_out = (L.cout + 7) / 8 * 8;
+      if (L.out.bias) {
+        split(panels(n_out), t, T, &p0, &p1);
+        conv1x1(L.out, 1, n_out, n_features, features, n_features, nullptr, logits, n_out, nullptr, 0, MN_LINEAR, p0, p1,
+                s.qrow[t]);
+      } else if (t == 0) {
+        std::memcpy(logits, features, sizeof(float) * n_features);
+      }
+      me.wait();
+      return;
+    }
+    std::swap(cur, nxt);
+    me.wait();
+  }
+}
+}  // namespace mn

@@ -1,0 +1,61 @@
+// The compute kernels (one file each: gemm_fp32.cpp, gemm_int8.cpp, gemm_bf16.cpp, depthwise.cpp) and the 1×1
+// convolution that picks one of the three GEMMs by the weights a convolution carries (conv1x1.cpp).
+#pragma once
+
+#include <cstdint>
+
+#include "abi.h"
+
+namespace mn {
+
+// C[m, n] = act(A[m, :] · B[:, n] + bias[n]) (+ R[m, n]) over M pixels, output channel panels [p0, p1) only (a
+// thread's share); Bp packed in panels of 16 columns (the last may be 8), each K-major.
+void gemm_fp32(int M, int N, int K, const float* A, int lda, const float* Bp, const float* bias, float* C, int ldc,
+               const float* R, int ldr, int act, int p0, int p1);
+
+// The same with int8 weights on the input's codes A (M × K, rows lda apart): act(scale · (Σ a·q + corr) + bias).
+void gemm_int8(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, float* C, int ldc, const float* R,
+               int ldr, int act, int p0, int p1);
+
+// The same with bf16 weights on AMX tiles, A rounded to bf16 as it goes (AMX builds only).
+void gemm_bf16(int M, int N, int K, const float* A, int lda, const MnConv& cv, float* C, int ldc, const float* R,
+               int ldr, int act, int p0, int p1);
+
+// Sets up this thread's AMX tiles (a no-op below AMX builds); tiles_release gives them back.
+void tiles_configure();
+void tiles_release();
+
+// The codes of an M × K block of fp32: round(x / scale) + zero clamped to 0..qmax.
+void quantize_rows(const float* X, int ldx, int M, int K, uint8_t* Q, int ldq, float inv_scale, int zero, int qmax);
+
+// The codes an int8 convolution reads of an M × K input (rows lda apart), quantised into buf (rows K apart);
+// nullptr for an fp32 or bf16 convolution.
+const uint8_t* input_codes(const MnConv& cv, const float* A, int lda, int M, int K, uint8_t* buf);
+
+// A 1×1 convolution over M pixels in the precision its weights say. An int8 one quantises A into qbuf first,
+// unless the caller passes the codes (Aq) itself.
+void conv1x1(const MnConv& cv, int M, int N, int K, const float* A, int lda, const uint8_t* Aq, float* C, int ldc,
+             const float* R, int ldr, int act, int p0, int p1, uint8_t* qbuf);
+
+// Where a depthwise row goes: fp32 (f), or straight to the codes an int8 projection reads (q), which spares a
+// store, a reload and a quantisation pass. Offsets count elements (pixel · C + channel) in both.
+// Scaled: the depthwise weights were divided by the codes' scale and the zero point is 0 (a ReLU / ReLU6 output),
+// so the sums are the codes before rounding and clamping; the activation is left to the clamp to 0..qmax (ReLU6's
+// 6 lies at or above code qmax, the calibrated maximum being at most 6). Four instructions fewer per vector.
+struct Sink {
+  enum Mode : int { FP32 = 0, SCALED_CODES = 1, CODES = 2 };
+  float* f;
+  uint8_t* q;
+  float inv_scale;
+  int zero;
+  int qmax;
+  bool scaled;
+  int mode() const { return !q ? FP32 : scaled ? SCALED_CODES : CODES; }
+};
+
+// One output row of a 3×3 depthwise convolution (padding 1) for channels [c0, c1). rows[0..2] are the input
+// rows y·s−1, y·s, y·s+1 (a zero row where they fall outside the image), each Wi pixels of C channels.
+void depthwise_row(const float* const rows[3], int Wi, int Wo, int stride, int C, const float* w, const float* bias,
+                   const Sink& out, int c0, int c1, int act);
+
+}  // namespace mn

@@ -1,0 +1,42 @@
+// The memory plan: one walk over the program sizes every buffer (the run and the scratch queries share it), and
+// carve() lays one group's buffers out in the caller's scratch.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "abi.h"
+
+namespace mn {
+
+// Sizes of every buffer, from one walk over the program (the run and the scratch query share it).
+struct Plan {
+  int64_t act = 0;        // largest activation map (floats), two of them ping-pong
+  int64_t wide = 0;       // largest whole expanded map of a small-map block (two: expansion, depthwise)
+  int64_t ring = 0;       // per thread: three expanded rows + one depthwise row + one zero row
+  int64_t row_buf = 0;    // per thread: stem im2col row
+  int64_t pooled = 0;
+  int64_t padded = 0;     // the stem's zero-padded NHWC copy of the image
+  int64_t qrow = 0;       // per thread, bytes: the 7-bit codes of one int8 GEMM's input
+  int64_t qwide = 0;      // bytes: the codes of a small-map block's depthwise output
+};
+
+constexpr int kFuseMinWidth = 28;  // maps at least this wide stream rows through the ring; narrower run whole
+
+Plan make_plan(const MnLayer* layers, int n_layers, int H, int W);
+
+struct Scratch {  // one group's views into the caller's scratch memory
+  float *act0, *act1, *wide0, *wide1, *pooled, *padded;
+  uint8_t* qwide;
+  std::vector<float*> ring;  // per thread of the group
+  std::vector<float*> row;
+  std::vector<uint8_t*> qrow;
+};
+
+// Floats of scratch one group of `threads` threads uses.
+int64_t group_floats(const Plan& p, int threads);
+
+// One group's buffers, from base on.
+Scratch carve(const Plan& p, int threads, float* base);
+
+}  // namespace mn

@@ -1,0 +1,124 @@
+// Vector helpers shared by the kernels. MN_ISA (set by fused.py's build) says which instructions the library may
+// use: MN_ISA_AVX2 (AVX2 + FMA), MN_ISA_AVX512 (AVX-512 F/BW/VL/DQ + VNNI), MN_ISA_AMX (also AVX512_BF16 and the
+// AMX tiles). A library is only loaded on a CPU that has its level (fused.py reads the CPU flags first), so code
+// under `#if MN_ISA >= …` never runs where the instructions are missing.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "abi.h"
+
+#ifndef MN_ISA
+#define MN_ISA MN_ISA_AVX2
+#endif
+
+namespace mn {
+
+inline __m256 activate(__m256 v, int act) {
+  if (act == MN_RELU) return _mm256_max_ps(v, _mm256_setzero_ps());
+  if (act == MN_RELU6) return _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(6.0f));
+  return v;
+}
+
+// Eight 32-bit lanes of fp32 (the AVX2 vector) and, on AVX-512 builds, sixteen: the depthwise kernel and the
+// epilogues are written once over these.
+struct V8 {
+  using T = __m256;
+  static constexpr int N = 8;
+  static T load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
+  static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static T act(T v, int a) { return activate(v, a); }
+  // round(v) clamped to 0..qmax, as N bytes at q.
+  static void store_codes(uint8_t* q, T v, int qmax) {
+    const __m256i i = _mm256_cvtps_epi32(v);
+    const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+    const __m128i b = _mm_min_epu8(_mm_packus_epi16(w16, w16), _mm_set1_epi8(static_cast<char>(qmax)));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q), b);
+  }
+  // round(v / scale) + zero clamped to 0..qmax, as N bytes at q.
+  static void store_quantized(uint8_t* q, T v, float inv_scale, int zero, int qmax);
+};
+
+#if MN_ISA >= MN_ISA_AVX512
+inline __m512 activate(__m512 v, int act) {
+  if (act == MN_RELU) return _mm512_max_ps(v, _mm512_setzero_ps());
+  if (act == MN_RELU6) return _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(6.0f));
+  return v;
+}
+
+struct V16 {
+  using T = __m512;
+  static constexpr int N = 16;
+  static T load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
+  static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static T act(T v, int a) { return activate(v, a); }
+  static void store_codes(uint8_t* q, T v, int qmax) {
+    __m512i i = _mm512_cvtps_epi32(v);
+    i = _mm512_min_epi32(_mm512_max_epi32(i, _mm512_setzero_si512()), _mm512_set1_epi32(qmax));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(i));
+  }
+  static void store_quantized(uint8_t* q, T v, float inv_scale, int zero, int qmax) {
+    __m512i i = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(inv_scale))), _mm512_set1_epi32(zero));
+    i = _mm512_min_epi32(_mm512_max_epi32(i, _mm512_setzero_si512()), _mm512_set1_epi32(qmax));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(i));
+  }
+};
+#endif
+
+// The codes of eight values, round(x / scale) + zero clamped to 0..qmax, in the low 8 bytes.
+inline __m128i codes8(__m256 x, __m256 inv_scale, __m256i zero, int qmax) {
+  const __m256i v = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x, inv_scale)), zero);
+  const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  return _mm_min_epu8(_mm_packus_epi16(w16, w16), _mm_set1_epi8(static_cast<char>(qmax)));
+}
+
+inline void store_codes(uint8_t* q, __m256 x, __m256 inv_scale, __m256i zero, int qmax) {
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(q), codes8(x, inv_scale, zero, qmax));
+}
+
+// The codes of eight pixels of three channel rows, interleaved as 24 bytes r0 g0 b0 r1 g1 b1 … at q.
+inline void store_rgb_codes(uint8_t* q, const float* r, const float* g, const float* b, __m256 inv, __m256i zero,
+                            int qmax) {
+  const __m128i rg = _mm_unpacklo_epi64(codes8(_mm256_loadu_ps(r), inv, zero, qmax),
+                                        codes8(_mm256_loadu_ps(g), inv, zero, qmax));
+  const __m128i bb = codes8(_mm256_loadu_ps(b), inv, zero, qmax);
+  // Output byte p takes pixel p / 3 of channel p % 3: red and green from rg (bytes 0–7, 8–15), blue from bb.
+  const __m128i lo = _mm_or_si128(
+      _mm_shuffle_epi8(rg, _mm_setr_epi8(0, 8, -1, 1, 9, -1, 2, 10, -1, 3, 11, -1, 4, 12, -1, 5)),
+      _mm_shuffle_epi8(bb, _mm_setr_epi8(-1, -1, 0, -1, -1, 1, -1, -1, 2, -1, -1, 3, -1, -1, 4, -1)));
+  const __m128i hi = _mm_or_si128(
+      _mm_shuffle_epi8(rg, _mm_setr_epi8(13, -1, 6, 14, -1, 7, 15, -1, -1, -1, -1, -1, -1, -1, -1, -1)),
+      _mm_shuffle_epi8(bb, _mm_setr_epi8(-1, 5, -1, -1, 6, -1, -1, 7, -1, -1, -1, -1, -1, -1, -1, -1)));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), lo);
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(q + 16), hi);
+}
+
+inline void V8::store_quantized(uint8_t* q, T v, float inv_scale, int zero, int qmax) {
+  mn::store_codes(q, v, _mm256_set1_ps(inv_scale), _mm256_set1_epi32(zero), qmax);
+}
+
+inline int panels(int n) { return (n + 15) / 16; }
+
+// Row tiles for M rows: full tiles of `rows`, but a remainder shorter than 4 is merged with the last full tile
+// and the two split evenly (a tile of 1–3 rows has too few accumulators to hide the FMA latency).
+template <typename F>
+inline void row_tiles(int M, int rows, F&& f) {
+  int m = 0;
+  const int rem = M % rows;
+  const int full_end = (rem > 0 && rem < 4 && M > rows) ? M - rem - rows : M - rem;
+  for (; m < full_end; m += rows) f(m, rows);
+  const int left = M - m;
+  if (left > rows) {
+    f(m, (left + 1) / 2);
+    f(m + (left + 1) / 2, left / 2);
+  } else if (left > 0) {
+    f(m, left);
+  }
+}
+
+}  // namespace mn
