@@ -24,10 +24,13 @@ _COMMAND_MODULES = (
     "mobilenets.commands.train",
     "mobilenets.commands.eval",
     "mobilenets.commands.predict",
-    "mobilenets.commands.core",
-    "mobilenets.commands.detect",
-    "mobilenets.commands.segment",
-    "mobilenets.commands.deploy",
+    "mobilenets.commands.ablate",
+    "mobilenets.commands.profile",
+    "mobilenets.commands.published",
+    "mobilenets.commands.memory",
+    "mobilenets.commands.convert",
+    "mobilenets.commands.data",
+    "mobilenets.commands.export",
     "mobilenets.commands.bench",
 )
 

@@ -8,7 +8,7 @@ Each section checks its own values in ``__post_init__`` (one line naming the val
 command before any work. The command line is generated from the fields (``Option`` metadata: flag, help,
 choices), recipe files (TOML) and ``--set section.field=value`` fill the same fields, and a checkpoint stores
 ``TrainConfig.to_dict()``; ``eval``, ``predict``, ``export`` and ``--resume`` read it back with ``from_dict``.
-Checkpoints written before the config existed stored the flat ``argparse`` namespace; ``from_flat`` reads those
+Checkpoints written before the config existed stored the flat namespace of the command line; ``from_flat`` reads those
 through the same fields (``Option.legacy`` names a key that changed).
 """
 
@@ -79,15 +79,22 @@ class Recipe:
     momentum: float = 0.9
     rmsprop_decay: float = 0.9
     eps: float = 1.0
+    # The batch ``lr`` belongs to: a default lr is scaled by batch / reference_batch (0: never scaled).
+    reference_batch: int = 0
 
 
+# Default learning rates follow the linear scaling rule (Goyal et al. 2017, §2.1: "when the minibatch size is
+# multiplied by k, multiply the learning rate by k") from the batch each was published for: V2 §6.1's 0.045 at
+# batch 96, and SGD's 0.1 at batch 256 (Goyal et al.'s reference). An unscaled 0.1 at batch 8 diverges on a
+# small folder; an explicit --lr is used as given.
 PRESETS: dict[str, Recipe] = {
-    "paper": Recipe("rmsproptf", lr=0.045, weight_decay=4e-5, schedule="exponential", eps=1.0),
+    "paper": Recipe("rmsproptf", lr=0.045, weight_decay=4e-5, schedule="exponential", eps=1.0, reference_batch=96),
     "modern": Recipe(
-        "sgd", lr=0.1, weight_decay=4e-5, schedule="cosine", warmup_epochs=1.0, label_smoothing=0.1, ema_decay=0.999
+        "sgd", lr=0.1, weight_decay=4e-5, schedule="cosine", warmup_epochs=1.0, label_smoothing=0.1, ema_decay=0.999,
+        reference_batch=256,
     ),
-}
-_ADAMW_DEFAULTS = {"lr": 2e-3, "weight_decay": 0.05}
+}  # fmt: skip
+_ADAMW_DEFAULTS = {"lr": 2e-3, "weight_decay": 0.05, "reference_batch": 0}  # Adam's step is scale-free: unscaled
 
 
 def resolve_recipe(
@@ -98,8 +105,11 @@ def resolve_recipe(
     warmup_epochs: float | None = None,
     label_smoothing: float | None = None,
     ema_decay: float | None = None,
+    batch_size: int | None = None,
 ) -> Recipe:
-    """The preset with every non-None override applied (AdamW brings its own lr / weight-decay defaults)."""
+    """The preset with every non-None override applied (AdamW brings its own lr / weight-decay defaults).
+    Without ``lr``, the preset's is scaled linearly to ``batch_size`` (images per optimiser step of one process)
+    from the preset's ``reference_batch``."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     base = PRESETS[preset]
@@ -118,6 +128,8 @@ def resolve_recipe(
         "ema_decay": ema_decay,
     }
     fields.update({k: v for k, v in overrides.items() if v is not None})
+    if lr is None and batch_size and fields["reference_batch"]:
+        fields["lr"] = fields["lr"] * batch_size / fields["reference_batch"]
     recipe = Recipe(**fields)
     if recipe.lr <= 0 or recipe.weight_decay < 0 or not 0 <= recipe.ema_decay < 1:
         raise ConfigError(f"invalid recipe: lr {recipe.lr}, weight decay {recipe.weight_decay}, EMA {recipe.ema_decay}")
@@ -151,7 +163,7 @@ def check_int(name: str, value: int | None, low: int, high: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ConfigError(f"{name} must be an integer, got {value!r}")
     if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low:,} and {high:,}, got {value:,}")
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
 
 
 def check_resolution(name: str, value: int, multiple: int = 1) -> None:
@@ -212,7 +224,7 @@ class DataConfig:
 class OptimConfig:
     preset: str = opt("modern", "paper: RMSProp, V2 §6.1; modern: SGD + cosine", choices=tuple(PRESETS))
     optimizer: str | None = opt(None, "override the preset's optimiser", choices=("rmsproptf", "sgd", "adamw"))
-    lr: float | None = opt(None, "peak learning rate (preset default)")
+    lr: float | None = opt(None, "peak learning rate (default: scaled to the batch B, 0.1·B/256 or 0.045·B/96)")
     weight_decay: float | None = opt(None, "preset default; never on depthwise filters, BatchNorm or biases")
     warmup_epochs: float | None = opt(None, "linear warm-up (preset default)")
     label_smoothing: float | None = opt(None, "classification loss (preset default)")
@@ -236,7 +248,7 @@ class OptimConfig:
     def recipe(self) -> Recipe:
         return resolve_recipe(
             self.preset, self.optimizer, self.lr, self.weight_decay, self.warmup_epochs, self.label_smoothing,
-            self.ema_decay,
+            self.ema_decay, batch_size=self.batch_size * self.accum_steps,
         )  # fmt: skip
 
 
@@ -394,7 +406,7 @@ class TrainConfig:
 
     @classmethod
     def from_flat(cls, args: dict[str, Any], task: str | None = None) -> TrainConfig:
-        """A pre-config checkpoint's stored ``argparse`` namespace, read through the same fields."""
+        """A pre-config checkpoint's stored command-line namespace, read through the same fields."""
         task = task or args.get("task") or "classify"
         nested: dict[str, dict[str, Any]] = {}
         for name, sec in [*SECTIONS.items(), (task, TASK_OPTIONS.get(task, ClassifyOptions))]:

@@ -1,6 +1,6 @@
 """The published parameter and multiply-add counts of MobileNetV1/V2/V3, each beside our count.
 
-    python -m mobilenets.analysis.published [--json] [--source v2_tfslim]     (or: mobilenets published)
+    mobilenets published [--json] [--source v2_tfslim]
 
 Conventions — what the papers and TF-Slim count (V1 §3, V2 Table 4, V3 Table 3):
 
@@ -19,9 +19,7 @@ the tests hold equal to the hook-based :func:`mobilenets.profile` on real models
 
 from __future__ import annotations
 
-import argparse
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from mobilenets.models.specs import ARCH_OF_MODEL, NetSpec, build_spec
 
@@ -289,46 +287,3 @@ def compare(figures: list[Figure] = FIGURES) -> list[Row]:
             )
         )
     return rows
-
-
-def _mark(ok: bool | None) -> str:
-    return {True: "=", False: "≠", None: " "}[ok]
-
-
-def print_table(rows: list[Row]) -> None:
-    source = None
-    for r in rows:
-        f = r.figure
-        if f.source != source:
-            source = f.source
-            print(f"\n{SOURCES[source]}")
-            header = f"{'model':27s} {'α':>4s} {'res':>4s} | {'MAdds (M)':>9s} {'ours':>7s}   | {'params (M)':>10s}"
-            print(f"  {'':9s} {header} ours")
-        madds = f"{f.madds or '-':>9s} {r.madds:7.1f} {_mark(r.madds_agree)}"
-        params = f"{f.params or '-':>10s} {r.params:6.3f} {_mark(r.params_agree)}"
-        notes = "; ".join(n for n in (r.madds_note, r.params_note) if n)
-        line = f"  {f.table:9s} {f.model:27s} {f.width:4.2f} {f.resolution:4d} | {madds} | {params}"
-        print(line + (f"  ({notes})" if notes else ""))
-    agree = sum(x is True for r in rows for x in (r.madds_agree, r.params_agree))
-    total = sum(x is not None for r in rows for x in (r.madds_agree, r.params_agree))
-    print(f"\n{agree} of {total} published figures agree with our count ('=': rounded/truncated or within 1%).")
-    print(
-        f"Counted with {NUM_CLASSES} classes; params without BatchNorm, except TF-Slim V1 (its checkpoint variables)."
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mobilenets.analysis.published", description=__doc__.split("\n")[0])
-    parser.add_argument("--source", choices=sorted(SOURCES), action="append", help="only these tables")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    rows = compare([f for f in FIGURES if not args.source or f.source in args.source])
-    if args.json:
-        print(json.dumps([{**asdict(r.figure), **{k: v for k, v in asdict(r).items() if k != "figure"}} for r in rows]))
-    else:
-        print_table(rows)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""`mobilenets train` and `mobilenets ablate`: flags → a ``TrainConfig`` → the one engine.
+"""`mobilenets train`: flags → a ``TrainConfig`` → the one engine.
 
 The flags depend on the task, so the command line is parsed in two explicit stages: the first reads only
 ``--task``, ``--recipe`` and ``--resume`` (the task is the flag's, else the recipe's, else the resumed run's, else
@@ -54,10 +54,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "see `mobilenets train --task TASK --help`",
     )  # fmt: skip
     p.set_defaults(func=cmd_train, takes_rest=True)
-    p = sub.add_parser(
-        "ablate", add_help=False, help="V2 Figure 6 on real data: linear vs ReLU6, shortcut placement, k seeds"
-    )
-    p.set_defaults(func=cmd_ablate, takes_rest=True)
 
 
 def _first_stage(argv: list[str]) -> argparse.Namespace:
@@ -131,7 +127,8 @@ def resume_config(resume: str, asked: dict[str, dict[str, Any]]) -> TrainConfig:
             f"may). To train with other options start a new run: --init {resume} --out NEW_FOLDER"
         )
     folder = Path(resume)
-    out = asked.get("run", {}).get("out") or stored.run.out or str(folder if folder.is_dir() else folder.parent)
+    # the run continues where its checkpoint is (a moved or copied run folder too), unless --out says otherwise
+    out = asked.get("run", {}).get("out") or str(folder if folder.is_dir() else folder.parent)
     return stored.replace(merge(asked, {"run": {"out": out, "resume": resume}}))
 
 
@@ -149,24 +146,4 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     summary = train(task_module(config.task).build_task, config)
     if summary.get("rank", 0) == 0:
         print(f"best {summary['primary_metric']} {summary['best']:.4f}; run folder {summary['out']}")
-    return 0
-
-
-def cmd_ablate(args: argparse.Namespace, rest: list[str]) -> int:
-    from mobilenets.classification.ablate import VARIANTS, markdown_table, run_ablation
-    from mobilenets.engine.trainer import train
-
-    parsed, config = parse(rest, ablate=True)
-    if config.task != "classify":
-        raise ConfigError("ablate trains classifiers; --task must be classify")
-    if config.run.out is None:
-        raise ConfigError("--out is required (one run folder per variant and seed goes under it)")
-    variants = parsed.variants or list(VARIANTS)
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise ConfigError(f"unknown variant(s) {unknown}; expected some of {list(VARIANTS)}")
-    build = task_module("classify").build_task
-    summary = run_ablation(train, build, config, variants, parsed.seeds, Path(config.run.out))
-    print(markdown_table(summary), end="")
-    print(f"written: {config.run.out}/ablation.json, ablation.md, ablation.png")
     return 0

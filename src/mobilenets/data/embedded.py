@@ -3,12 +3,12 @@
 ``fashion_mnist_subset.npz`` holds ``train_images``/``train_labels`` drawn from Fashion-MNIST's training split and
 ``test_images``/``test_labels`` from its test split (so held-out accuracy is measured on images the full data set
 also keeps for testing). Fashion-MNIST is © Zalando SE, MIT licence: see ``fashion_mnist_LICENSE.txt``.
-Rebuild with ``python -m mobilenets.data.embedded`` (needs Debian's dataset-fashion-mnist).
+Rebuild with ``mobilenets data embedded --out FILE`` (needs Fashion-MNIST's IDX files, e.g. Debian's
+dataset-fashion-mnist).
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -39,19 +39,10 @@ def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray
 
 
 def build(out: Path, train_per_class: int, test_per_class: int, root: Path | None = None, seed: int = 0) -> None:
+    """Write ``per_class`` random images of every class of each split of the IDX data under ``root`` to ``out``."""
     arrays = {}
     for split, k in (("train", train_per_class), ("test", test_per_class)):
         images, labels = fashion_mnist.load_split(split, root)
         idx = balanced_subset(labels, k, seed)
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = images[idx], labels[idx].astype(np.uint8)
     np.savez_compressed(out, **arrays)
-
-
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=build.__doc__ or __doc__)
-    p.add_argument("--train-per-class", type=int, default=3000)
-    p.add_argument("--test-per-class", type=int, default=200)
-    p.add_argument("--root", type=Path)
-    p.add_argument("--out", type=Path, default=PATH)
-    a = p.parse_args()
-    build(a.out, a.train_per_class, a.test_per_class, a.root)

@@ -4,46 +4,34 @@ The engine owns the loop: devices, DDP, autocast, channels_last, optimiser and s
 curves, atomic checkpoints, exact resume, non-finite-loss stops. A task owns what differs: its model, data,
 loss and metric. Nothing else may grow a second training loop.
 
-THE CONTRACT (detection and segmentation implement exactly this)
-================================================================
+THE CONTRACT (classification, detection and segmentation implement exactly this; none of them prints)
+=====================================================================================================
 
-1. A task package exposes a module ``mobilenets.<package>.task`` (``classification``, ``detection``,
-   ``segmentation``; see ``TASK_MODULES``) with four module-level functions:
+1. A task package exposes a module ``mobilenets.<package>.task`` (``TASK_MODULES``) with:
 
-   ``add_arguments(parser: argparse.ArgumentParser, command: str) -> None``
-       Add the task's OWN flags for ``command`` in {"train", "eval", "predict"}. Never re-add a common flag
-       (``COMMON_TRAIN_FLAGS`` / ``COMMON_EVAL_FLAGS`` / ``COMMON_PREDICT_FLAGS`` below): argparse would raise.
-       Set defaults here; ``args`` then always has every attribute.
-   ``build_task(args: argparse.Namespace) -> Task``
-       ``args`` is the parsed ``mobilenets train`` namespace (common + task flags). Called on every rank and
-       again on ``--resume`` with the namespace stored in the checkpoint (so store nothing outside ``args``).
-   ``evaluate_main(args: argparse.Namespace) -> int``
-       ``mobilenets eval --checkpoint C ...`` after the CLI read the task name from C. Load with
-       ``mobilenets.engine.checkpoints.load_trained(args.checkpoint, device)`` (model in eval mode, EMA weights
-       when the run had EMA, the stored train namespace and the task's ``metadata()``). Print a summary, or
-       JSON with ``--json`` (``mobilenets.cli.print_json``). Return the exit status.
-   ``predict_main(args: argparse.Namespace) -> int``
-       ``mobilenets predict --checkpoint C INPUTS...`` likewise (``args.inputs``: list of paths).
+   ``build_task(config: mobilenets.config.TrainConfig) -> Task``
+       Called on every rank, and on ``--resume`` with the run's stored config. Everything a task needs is in
+       ``config`` (``config.model``, ``config.data``, ``config.optim``, ``config.run`` and its own section
+       ``config.options``); store nothing outside it.
+   ``evaluate_checkpoint(trained, cfg: EvalConfig, predictor=None) -> dict``
+       ``mobilenets eval``: the task's metrics of a loaded checkpoint (``engine.checkpoints.load_trained``: model
+       in eval mode, its stored ``TrainConfig``, its ``metadata()``) on ``cfg.data``, by default the run's own
+       validation data rebuilt from the stored config. ``predictor`` (a deploy path: the fused engine, an ONNX
+       session) takes the model's place, so a deployed model is scored by the same metric code.
+   ``eval_lines(result, cfg) -> list[str]``
+       The text summary the command prints (``--json`` prints ``result``).
+   ``predict_images(trained, cfg: PredictConfig, paths, ...) -> list[dict]`` and ``prediction_line(result)``
+       ``mobilenets predict``: one result per input; an unreadable input gets an ``error`` entry instead.
 
-   The CLI (``mobilenets.commands.classify``) imports the module lazily: ``mobilenets train --task detect``
-   imports ``mobilenets.detection.task``; eval/predict read the task from the checkpoint's metadata.
+   The commands (``mobilenets.commands.train`` / ``eval`` / ``predict``) import the module lazily; eval and
+   predict read the task from the checkpoint's metadata.
 
-2. Common flags the CLI defines (attribute names on ``args``):
-   train:   task, model, width, resolution, num_classes, output_stride, dropout, data, val_data, val_split,
-            epochs, batch_size (per process), accum_steps, lr, weight_decay, preset ("paper" | "modern"),
-            optimizer, warmup_epochs, label_smoothing, ema_decay, out, resume, seed, workers, init, threads,
-            device ("cpu" | "cuda" | "auto"), bf16, channels_last, checkpoint_every (steps, 0 = per epoch
-            only), eval_every (epochs), max_steps (0 = no limit; for smoke tests), log_every, no_progress.
-            ``label_smoothing`` is for the task's loss to read (classification uses it; others may ignore it).
-   eval:    checkpoint, data, batch_size, workers, device, threads, json, out (folder for plots; optional).
-   predict: checkpoint, inputs (positional, files or folders), top_k, device, threads, json.
-
-3. The ``Task`` object (below). Rules the engine relies on:
+2. The ``Task`` object (below). Rules the engine relies on:
    - ``loss`` must run the model through ``model(...)`` (its ``forward``): under DDP ``model`` is the
      ``DistributedDataParallel`` wrapper and any other method would skip gradient synchronisation.
      ``evaluate`` gets the bare module (or the EMA copy) in eval mode, so it may call any method.
    - Every tensor in what ``collate`` returns (nested dicts/lists/tuples) is moved to the device; 4-D float
-     tensors are also made channels_last when ``--channels-last`` is on.
+     tensors are also made channels_last when ``run.channels_last`` is on.
    - Randomness in ``__getitem__`` (augmentation) is made reproducible by the engine: it wraps each dataset
      in ``engine.data.SeededDataset``, which seeds ``torch``, ``random`` and ``numpy`` from (seed, epoch,
      index) around each item. Use those global generators; do not seed anything yourself.
@@ -51,15 +39,15 @@ THE CONTRACT (detection and segmentation implement exactly this)
      all-reduce its sufficient statistics (``torch.distributed.all_reduce`` on counts, or
      ``engine.distributed.all_gather_object`` for detections) so every rank returns the same metrics.
    - ``primary_metric`` names a key of ``evaluate``'s result, higher is better; it picks ``best.safetensors``.
-   - Optional: ``metadata() -> dict[str, str]`` (e.g. class names as JSON) stored in every checkpoint and
-     returned by ``load_trained``; ``train_transform_summary() -> str`` is not needed.
+   - Optional: ``metadata() -> dict`` (class names, transform) stored in every checkpoint and returned by
+     ``load_trained``.
 
-4. What a run writes under ``--out`` (rank 0 only): ``last.json`` (pointer to the newest complete
+3. What a run writes under ``run.out`` (rank 0 only): ``last.json`` (pointer to the newest complete
    checkpoint, written last and atomically), ``checkpoints/<tag>.safetensors`` (model weights, loadable by
-   ``create_model(name, weights=...)``; metadata also holds the task name and train args) +
-   ``checkpoints/<tag>.state.pt`` (optimiser, EMA, RNG states, epoch, step), ``best.safetensors`` (best
-   ``primary_metric``, EMA weights when EMA is on), ``metrics.csv``, ``tb/`` (TensorBoard), ``curves.png``.
-   ``mobilenets eval --checkpoint`` accepts the run folder, ``last.json``, or any ``*.safetensors`` above.
+   ``create_model(name, weights=...)``; its metadata also holds the task name and the whole ``TrainConfig``)
+   with the training state beside it, ``best.safetensors`` (best ``primary_metric``, EMA weights when EMA is
+   on), ``metrics.csv``, ``tb/`` (TensorBoard), ``curves.png``. ``mobilenets eval --checkpoint`` accepts the run
+   folder, ``last.json``, or any ``*.safetensors`` above.
 """
 
 from __future__ import annotations
@@ -76,46 +64,6 @@ TASK_MODULES = {
     "detect": "mobilenets.detection.task",
     "segment": "mobilenets.segmentation.task",
 }
-
-COMMON_TRAIN_FLAGS = [
-    "--task",
-    "--model",
-    "--width",
-    "--resolution",
-    "--num-classes",
-    "--output-stride",
-    "--dropout",
-    "--data",
-    "--val-data",
-    "--val-split",
-    "--epochs",
-    "--batch-size",
-    "--accum-steps",
-    "--lr",
-    "--weight-decay",
-    "--preset",
-    "--optimizer",
-    "--warmup-epochs",
-    "--label-smoothing",
-    "--ema-decay",
-    "--out",
-    "--resume",
-    "--seed",
-    "--workers",
-    "--init",
-    "--threads",
-    "--device",
-    "--bf16",
-    "--channels-last",
-    "--checkpoint-every",
-    "--eval-every",
-    "--max-steps",
-    "--log-every",
-    "--no-progress",
-]
-COMMON_EVAL_FLAGS = ["--checkpoint", "--data", "--batch-size", "--workers", "--device", "--threads", "--json", "--out"]
-COMMON_PREDICT_FLAGS = ["--checkpoint", "--top-k", "--device", "--threads", "--json"]
-
 
 class Task(Protocol):
     name: str  # "classify" | "detect" | "segment"

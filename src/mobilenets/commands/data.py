@@ -1,8 +1,5 @@
-"""`mobilenets data scenes`: the generated detection / segmentation scenes (latency: `mobilenets bench detect`).
-
-Training, evaluation and prediction go through the one engine: ``mobilenets train --task detect``,
-``mobilenets eval`` and ``mobilenets predict`` (``mobilenets.detection.task``).
-"""
+"""`mobilenets data scenes` (the generated detection / segmentation scenes) and `mobilenets data embedded` (rebuild
+the Fashion-MNIST subset shipped in the package)."""
 
 from __future__ import annotations
 
@@ -27,6 +24,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_data_scenes)
 
+    e = data_sub.add_parser(
+        "embedded", help="rebuild the class-balanced Fashion-MNIST subset shipped in the package (from IDX files)"
+    )
+    e.add_argument("--root", help="a Fashion-MNIST IDX folder (default: Debian's dataset-fashion-mnist)")
+    e.add_argument("--train-per-class", type=int, default=3000)
+    e.add_argument("--test-per-class", type=int, default=200)
+    e.add_argument("--out", required=True, help="the .npz to write (the package's own: mobilenets/data/…)")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=cmd_data_embedded)
+
 
 def cmd_data_scenes(args: argparse.Namespace) -> int:
     from mobilenets.data.scenes import SceneConfig, write_split
@@ -44,4 +51,19 @@ def cmd_data_scenes(args: argparse.Namespace) -> int:
 
         path = write_split(args.out, split, count, config, progress=report)
         print(path)
+    return 0
+
+
+def cmd_data_embedded(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mobilenets.data.embedded import build
+
+    if args.train_per_class < 1 or args.test_per_class < 1:
+        raise ConfigError("--train-per-class and --test-per-class must be >= 1")
+    out = Path(args.out)
+    if out.exists():
+        raise ConfigError(f"{out} exists; remove it first (the embedded data is never overwritten in place)")
+    build(out, args.train_per_class, args.test_per_class, Path(args.root) if args.root else None, args.seed)
+    print(out)
     return 0
