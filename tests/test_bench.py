@@ -206,3 +206,17 @@ def test_bench_bad_input_is_one_line(capsys: pytest.CaptureFixture[str]) -> None
     assert "one model" in capsys.readouterr().err
     assert main(["bench", "detect", "mobilenet_v2", "--runs", "1", "--warmup", "0"]) == 2
     assert "not a detector" in capsys.readouterr().err
+
+
+def test_litert_rows_are_skipped_with_a_reason_without_the_runtime(monkeypatch, tmp_path: Path) -> None:
+    import importlib.util
+
+    from mobilenets.bench import peers
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if "litert" in name else real_find_spec(name, *a)
+    )
+    notes: list[str] = []
+    assert peers.litert_candidates(torch.nn.Identity(), 64, [], 1, tmp_path, notes) == []
+    assert len(notes) == 1 and notes[0].startswith("LiteRT rows skipped:")

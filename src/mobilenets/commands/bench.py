@@ -49,7 +49,12 @@ class _Modes(argparse._SubParsersAction):
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="timing: infer (default) | train | detect | export | tradeoff")
+    bench = sub.add_parser(
+        "bench",
+        help="timing: infer (default) | train | detect | export | tradeoff",
+        description="Every timing harness. `mobilenets bench MODEL ...` is `mobilenets bench infer MODEL ...`; "
+        "`mobilenets bench MODE --help` lists a mode's options. docs/benchmarks.md describes the JSON and the goals.",
+    )
     metavar = "{" + ",".join(MODES) + "}"
     modes = bench.add_subparsers(dest="mode", action=_Modes, parser_class=type(bench), metavar=metavar)
 
