@@ -13,8 +13,8 @@ mobilenets profile mobilenet_v2 --resolution 224
 
 OUT=runs/main
 rm -rf "$OUT"
-mobilenets train --model mobilenet_v2 --width 0.5 --data embedded --resolution 64 --epochs "${EPOCHS:-4}" --batch-size 128 \
-  --optimizer adamw --lr 3e-3 --warmup-epochs 0.15 --crop-scale 1 1 --channels-last --out "$OUT" --workers 0 --threads 2
+# The run is the recipe recipes/fmnist_v2.toml (MobileNetV2 α 0.5, 64 px, AdamW, 4 epochs); EPOCHS=N overrides.
+mobilenets train --recipe recipes/fmnist_v2.toml --out "$OUT" --workers 0 --threads 2 ${EPOCHS:+--epochs "$EPOCHS"}
 mobilenets eval --checkpoint "$OUT" --per-class
 mobilenets eval --checkpoint "$OUT" --json > "$OUT/eval.json"
 
