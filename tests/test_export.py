@@ -195,7 +195,8 @@ def test_export_command_segmenter_int8_with_miou(tmp_path: Path, capsys: pytest.
     assert 0.0 <= metrics["onnx_int8"]["mIoU"] <= 1.0
     latency = summary["latency"]
     assert set(latency["batch1_ms_median"]) == {"pytorch", "onnx_fp32", "onnx_int8"}
-    assert min(latency["batch1_ms_median"].values()) > 0 and latency["speedup_over_onnx_fp32"]["onnx_int8"] > 0
+    assert min(latency["batch1_ms_median"].values()) > 0 and latency["int8_speedup_over_fp32"] > 0
+    assert latency["precision"] == {"onnx_fp32": "fp32", "onnx_int8": "int8"}
     # Exported with a dynamic height and width: the 48-px validation scenes ran on a graph traced at 32 px.
     session = ort_session(out.with_suffix(".fp32.onnx"), threads=1)
     assert run_onnx(session, torch.randn(1, 3, 40, 56)).shape == (1, 11, 40, 56)

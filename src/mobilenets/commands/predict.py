@@ -12,7 +12,7 @@ import sys
 
 from mobilenets.commands.eval import GROUPS
 from mobilenets.commands.inference import checkpoint_task, expand_inputs, load, output_stems, predictor_for
-from mobilenets.commands.options import add_task_groups, flat_given, not_for, require
+from mobilenets.commands.options import add_task_groups, flat_given, not_for
 from mobilenets.config import PredictConfig
 from mobilenets.errors import ConfigError
 
@@ -21,19 +21,28 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="run a trained checkpoint on images: classes, boxes or masks")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     add_task_groups(p, PredictConfig, GROUPS)
-    require(p, "checkpoint")
+    p.add_argument("--model", metavar="ARTEFACT", help="instead of --checkpoint: a file of `mobilenets export` "
+                   "(.onnx, .tflite, OpenVINO folder), run in its runtime")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    task = checkpoint_task(args.checkpoint)
+    from mobilenets.commands.export import exported_task, load_exported
+
+    checkpoint = getattr(args, "checkpoint", None)
+    if bool(checkpoint) == bool(args.model):
+        raise ConfigError("predict needs one of --checkpoint C or --model ARTEFACT")
+    task = checkpoint_task(checkpoint) if checkpoint else exported_task(args.model)
     values = flat_given(args, PredictConfig)
     wrong = not_for(PredictConfig, values, task)
     if wrong:
         raise ConfigError(f"{', '.join(wrong)} does not apply to {args.checkpoint}, a {task} checkpoint")
     cfg = PredictConfig(**values)
-    trained, module = load(cfg.checkpoint, cfg.device, cfg.threads)
+    if args.model:
+        trained, module = load_exported(args.model, cfg)
+    else:
+        trained, module = load(cfg.checkpoint, cfg.device, cfg.threads)
     paths = expand_inputs(args.inputs)
     if trained.task == "classify":
         results = module.predict_images(trained, cfg, paths, predictor_for(trained, cfg))

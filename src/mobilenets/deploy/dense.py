@@ -1,5 +1,6 @@
-"""Detectors and segmenters through ONNX Runtime, fp32 and int8: calibration scenes and each task's own metric
-(COCO mAP for SSDLite, mIoU for DeepLabv3 / LR-ASPP), for PyTorch and for the exported files alike.
+"""Detectors and segmenters through their exported files (ONNX Runtime, LiteRT, OpenVINO), fp32 and int8:
+calibration scenes and each task's own metric (COCO mAP for SSDLite, mIoU for DeepLabv3 / LR-ASPP), for PyTorch
+and for the exported files alike.
 
 What int8 covers: every node inside the network's modules (backbone, extra layers, predictors, segmentation
 head), as for classifiers; the graph-level glue stays fp32 — a detector's anchor generation, box decoding and
@@ -47,37 +48,26 @@ def calibration_batches(trained: Any, data: str, count: int, resolution: int) ->
     return [b["images"] for b in loader]
 
 
-class _OnnxDetector:
-    """``predict`` over an exported detector: ONNX Runtime's boxes and scores, then the model's own NMS."""
-
-    def __init__(self, session: Any, detector: Any) -> None:
-        self.session, self.detector = session, detector
-
-    def predict(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        from mobilenets.deploy.export import run_onnx_all
-
-        boxes, scores = run_onnx_all(self.session, x)
-        return self.detector.select(boxes, scores, (x.shape[-2], x.shape[-1]))
-
-
-def task_metrics(trained: Any, data: str | None, resolution: int, onnx_path: str | Path | None = None,
+def task_metrics(trained: Any, data: str | None, resolution: int, exported: str | Path | None = None,
                  batch: int = 16) -> dict[str, float]:  # fmt: skip
     """The task's metric on ``data``'s validation split: COCO AP / AP50 / AP75 for a detector, mIoU and pixel
-    accuracy for a segmenter (single scale), through PyTorch or, with ``onnx_path``, ONNX Runtime."""
-    from mobilenets.deploy.export import ort_session, run_onnx
+    accuracy for a segmenter (single scale), through PyTorch or, with ``exported``, an exported file in its
+    runtime (``artefact.load_artefact``: ONNX Runtime, LiteRT or OpenVINO)."""
+    from mobilenets.deploy.artefact import ArtefactDetector, artefact_logits, load_artefact
 
     model = trained.model.eval()
-    session = ort_session(onnx_path) if onnx_path is not None else None
-    dataset, loader = _loader(trained, data, "val", resolution, batch, None)
+    artefact = load_artefact(exported) if exported is not None else None
+    in_graph_nms = artefact is not None and artefact.metadata["outputs"] == ["boxes", "scores", "labels"]
+    dataset, loader = _loader(trained, data, "val", resolution, 1 if in_graph_nms else batch, None)
     if trained.task == "detect":
         from mobilenets.detection.task import coco_metrics, detect_batches
 
-        predictor: Any = model if session is None else _OnnxDetector(session, model)
+        predictor: Any = model if artefact is None else ArtefactDetector(artefact)
         metrics = coco_metrics(dataset, detect_batches(predictor, loader, dataset.category_ids))
         return {k: metrics[k] for k in ("mAP", "AP50", "AP75")}
     from mobilenets.segmentation.metrics import summarise
     from mobilenets.segmentation.task import accumulate
 
-    logits: Callable[[torch.Tensor], torch.Tensor] = model if session is None else lambda x: run_onnx(session, x)
+    logits: Callable[[torch.Tensor], torch.Tensor] = model if artefact is None else artefact_logits(artefact)
     result = summarise(accumulate(logits, loader, model.config.num_classes))
     return {"mIoU": float(result["miou"]), "pixel_acc": float(result["pixel_acc"])}  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Top-1 of a PyTorch model or an ONNX file on a labelled evaluation set (the checkpoint's eval transform)."""
+"""Top-1 of a PyTorch model or an exported file on a labelled evaluation set (the checkpoint's eval transform)."""
 
 from __future__ import annotations
 
@@ -39,11 +39,11 @@ def torch_top1(model: nn.Module, data: str, transform: TransformConfig, metadata
         return top1(model, data, transform, metadata)
 
 
-def onnx_top1(path: str | Path, data: str, transform: TransformConfig, metadata: dict[str, Any]) -> float:
-    from mobilenets.deploy.export import ort_session, run_onnx
+def exported_top1(path: str | Path, data: str, transform: TransformConfig, metadata: dict[str, Any]) -> float:
+    """Top-1 of an exported file (ONNX, TFLite or OpenVINO) in its runtime."""
+    from mobilenets.deploy.artefact import artefact_logits, load_artefact
 
-    session = ort_session(path)
-    return top1(lambda x: run_onnx(session, x), data, transform, metadata)
+    return top1(artefact_logits(load_artefact(path)), data, transform, metadata)
 
 
 def fused_top1(model: nn.Module, data: str, transform: TransformConfig, metadata: dict[str, Any],
