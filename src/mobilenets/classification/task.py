@@ -136,8 +136,8 @@ def eval_data(trained: Trained, data: str | None) -> tuple[str, Dataset]:
 
 
 def evaluate_checkpoint(trained: Trained, cfg: EvalConfig, predictor: Predictor | None = None) -> dict[str, Any]:
-    """Top-1, top-5, loss, per-class accuracy and the confusion matrix (also drawn as ``confusion.png`` under
-    ``cfg.out``, default beside the checkpoint) of ``predictor`` (default: the model) on ``eval_data``."""
+    """Top-1, top-5, loss, per-class accuracy and the confusion matrix of ``predictor`` (default: the model) on
+    ``eval_data``."""
     device = next(trained.model.parameters()).device
     classes = class_names(trained)
     name, dataset = eval_data(trained, cfg.data)
@@ -153,11 +153,17 @@ def evaluate_checkpoint(trained: Trained, cfg: EvalConfig, predictor: Predictor 
     result.update(summarise(counts))
     result["per_class"] = dict(zip(classes, per_class_accuracy(counts.confusion), strict=True))
     result["confusion"] = counts.confusion.tolist()
-    png = (Path(cfg.out) if cfg.out else trained.path.parent) / "confusion.png"
-    title = f"{trained.path.name} on {Path(str(cfg.data or trained.config.data.data)).name}: top-1 {result['top1']:.4f}"
-    plot_confusion(counts.confusion, classes, png, title)
-    result["confusion_png"] = str(png)
     return result
+
+
+def plot_result(result: dict[str, Any], trained: Trained, folder: Path) -> dict[str, str]:
+    """The confusion matrix of an ``evaluate_checkpoint`` result drawn as ``folder/confusion.png``."""
+    png = folder / "confusion.png"
+    data = Path(str(result["data"]).split(" (")[0]).name
+    classes = list(result["per_class"])
+    plot_confusion(torch.tensor(result["confusion"]), classes, png, f"{trained.path.name} on {data}: top-1 "
+                   f"{result['top1']:.4f}")  # fmt: skip
+    return {"confusion_png": str(png)}
 
 
 def eval_lines(result: dict[str, Any], cfg: EvalConfig) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from mobilenets.commands.inference import checkpoint_task, load, predictor_for
 from mobilenets.commands.options import add_task_groups, flat_given, not_for, require
@@ -39,6 +40,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = eval_config(args, task)
     trained, module = load(cfg.checkpoint, cfg.device, cfg.threads)
     result = module.evaluate_checkpoint(trained, cfg, predictor_for(trained, cfg))
+    if hasattr(module, "plot_result"):  # figures go beside the checkpoint unless --out names a folder
+        result.update(module.plot_result(result, trained, Path(cfg.out) if cfg.out else trained.path.parent))
     if trained.task == "segment" and result.get("image_size"):
         from mobilenets.analysis.dense import inference_madds
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,24 +13,25 @@ from torch.utils.data import DataLoader
 from mobilenets.data.transforms import TransformConfig
 
 
-def _batches(data: str, transform: TransformConfig, metadata: dict[str, Any], batch: int) -> Iterator[dict]:
+def _dataset(data: str, transform: TransformConfig, metadata: dict[str, Any]) -> Any:
     from mobilenets.classification.sources import load_eval_data
-    from mobilenets.data.datasets import collate
 
-    classes = list(metadata.get("classes") or [])
-    dataset = load_eval_data(data, transform, classes)
-    yield from DataLoader(dataset, batch_size=batch, collate_fn=collate)
+    return load_eval_data(data, transform, list(metadata.get("classes") or []))
 
 
 def top1(predict: Callable[[torch.Tensor], torch.Tensor], data: str, transform: TransformConfig,
          metadata: dict[str, Any], batch: int = 256) -> float:  # fmt: skip
-    """Fraction of images of ``data`` whose arg-max logit is the label."""
-    hits = total = 0
-    for b in _batches(data, transform, metadata, batch):
-        logits = predict(b["images"])
-        hits += int((logits.argmax(1) == b["labels"]).sum())
-        total += len(b["labels"])
-    return hits / max(total, 1)
+    """Fraction of images of ``data`` whose arg-max logit is the label: the classification task's own metric
+    (``classification.metrics``) with ``predict`` in the model's place."""
+    from mobilenets.classification.metrics import accumulate, summarise
+    from mobilenets.data.datasets import collate
+
+    dataset = _dataset(data, transform, metadata)
+    with torch.no_grad():
+        batches = DataLoader(dataset, batch_size=batch, collate_fn=collate)
+        num_classes = len(getattr(dataset, "classes", None) or metadata.get("classes") or [])
+        counts = accumulate(predict, batches, num_classes)  # type: ignore[arg-type]
+    return float(summarise(counts)["top1"])
 
 
 def torch_top1(model: nn.Module, data: str, transform: TransformConfig, metadata: dict[str, Any]) -> float:
