@@ -4,14 +4,24 @@ started from those weights, defaults that learn on a small folder, and output th
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
+from mobilenets.classification.task import predict_images
 from mobilenets.cli import main
+from mobilenets.config import PredictConfig
+from mobilenets.convert import class_names, convert_file, imagenet_classes, source_transform, timm_name_in
 from mobilenets.data.scenes import SceneConfig, write_split
-from mobilenets.engine.checkpoints import load_trained
+from mobilenets.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformConfig, eval_transform
+from mobilenets.engine import logs
+from mobilenets.engine.checkpoints import load_trained, read_train_meta
+from mobilenets.engine.logs import Progress, RunLog, curves_figure
 from mobilenets.segmentation.data import VOC_CLASSES, class_names_of
 
 
@@ -74,3 +84,188 @@ def test_unnamed_segmentation_folder_is_a_one_line_error(tmp_path: Path, capsys:
                  "--no-progress"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "does not name its classes" in err and "classes.txt" in err and len(err.splitlines()) == 1
+
+
+# -- the weights users bring: ImageNet names and the source's input transform --------------------------------------
+def _timm_file(folder: Path, timm_name: str, width: float | None = None) -> Path:
+    """A timm-layout weight file made from random weights, where the Hugging Face cache would put it."""
+    from timm_util import import_timm, randomize
+
+    timm = import_timm()
+    torch.manual_seed(0)
+    net = randomize(timm.create_model(timm_name.split(".")[0], pretrained=False)).eval()
+    path = folder / f"models--timm--{timm_name}" / "snapshots" / "0" / "model.safetensors"
+    path.parent.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return path
+
+
+def _cat(folder: Path) -> Path:
+    from skimage import data
+
+    path = folder / "cat.jpg"
+    Image.fromarray(data.chelsea()).save(path)  # 451×300: resize and crop both matter
+    return path
+
+
+def test_imagenet_class_names_file() -> None:
+    names = imagenet_classes()
+    assert len(names) == 1000 and len(set(names)) == 1000
+    assert (names[0], names[281], names[285], names[999]) == ("tench", "tabby", "Egyptian cat", "toilet tissue")
+    assert class_names(1001)[:2] == ["background", "tench"] and class_names(10) is None
+
+
+def test_converted_timm_weights_predict_imagenet_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = _timm_file(tmp_path, "mobilenetv3_small_100.lamb_in1k")
+    state = load_file(str(src))
+    state["classifier.weight"].zero_()
+    state["classifier.bias"][285] = 20.0  # the network now calls everything class 285
+    save_file(state, str(src))
+    ckpt = tmp_path / "v3.safetensors"
+    assert main(["convert", "--from", "timm", str(src), str(ckpt)]) == 0
+    assert "ImageNet-1k" in capsys.readouterr().out
+    assert main(["predict", "--checkpoint", str(ckpt), str(_cat(tmp_path)), "--top-k", "1"]) == 0
+    assert re.fullmatch(r".*cat\.jpg: Egyptian cat 1\.000\n", capsys.readouterr().out)
+
+
+def test_converted_torchvision_weights_carry_names_and_transform(tmp_path: Path) -> None:
+    from test_convert import _torchvision_model
+
+    torch.save(_torchvision_model("mobilenet_v3_small").state_dict(), tmp_path / "tv.pth")
+    convert_file(tmp_path / "tv.pth", tmp_path / "ours.safetensors", "torchvision")
+    meta = read_train_meta(tmp_path / "ours.safetensors")
+    assert meta["task"] == "classify" and meta["metadata"]["classes"][285] == "Egyptian cat"
+    t = TransformConfig.from_dict(meta["metadata"]["transform"])
+    # torchvision's ImageClassification(crop_size=224): resize 256, crop 224, bilinear, ImageNet mean/std
+    assert (t.resize, t.resolution, t.interpolation, t.mean, t.std) == (256, 224, "bilinear", IMAGENET_MEAN,
+                                                                         IMAGENET_STD)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("timm_name", "crop_pct", "mean", "interpolation"),
+    [("tf_mobilenetv3_small_minimal_100.in1k", 0.875, 0.5, "bilinear"),
+     ("mobilenetv3_large_100.ra4_e3600_r224_in1k", 0.95, 0.5, "bicubic"),
+     ("mobilenetv2_100", 0.875, IMAGENET_MEAN[0], "bicubic")],
+)  # fmt: skip
+def test_timm_transform_follows_its_pretrained_cfg(
+    tmp_path: Path, timm_name: str, crop_pct: float, mean: float, interpolation: str
+) -> None:
+    from timm_util import import_timm
+
+    cfg = import_timm().create_model(timm_name, pretrained=False).pretrained_cfg  # what timm documents
+    assert (cfg["crop_pct"], cfg["mean"][0], cfg["interpolation"]) == (crop_pct, mean, interpolation)
+    t, _ = source_transform("timm", timm_name_in(f"/cache/models--timm--{timm_name}/snapshots/1/model.safetensors"))
+    assert (t.crop_pct, t.mean[0], t.std[0], t.interpolation) == (crop_pct, mean, cfg["std"][0], interpolation)
+
+
+def test_predict_uses_the_stored_transform(tmp_path: Path) -> None:
+    src = _timm_file(tmp_path, "tf_mobilenetv3_small_minimal_100.in1k")
+    state = load_file(str(src))
+    state["classifier.weight"] *= 30  # random weights spread the softmax thin; sharpen it so probabilities differ
+    save_file(state, str(src))
+    ckpt = tmp_path / "tf.safetensors"
+    net = convert_file(src, ckpt, "timm")
+    assert net.config.padding == "same"  # found tf_ in the path
+    image = _cat(tmp_path)
+    trained = load_trained(ckpt)
+    probs = predict_images(trained, PredictConfig(top_k=5), [image])[0]["top"]
+    # The same image by hand, as timm's tf_ weights want it: resize 256 bilinear, crop 224, (x - 0.5) / 0.5.
+    img = Image.open(image).convert("RGB")
+    img = img.resize((round(img.width * 256 / img.height), 256), Image.BILINEAR)
+    left, top = (img.width - 224) // 2, (img.height - 224) // 2
+    x = torch.from_numpy(np.asarray(img.crop((left, top, left + 224, top + 224)), np.float32) / 255)
+    x = ((x - 0.5) / 0.5).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        logits = net(x)[0]
+    expected = logits.softmax(0)
+    assert [p["index"] for p in probs] == expected.topk(5).indices.tolist()
+    assert probs[0]["prob"] > 0.05
+    for p in probs:
+        assert p["prob"] == pytest.approx(float(expected[p["index"]]), abs=2e-5)
+    # ImageNet's mean/std and bicubic (the library's defaults) would give other probabilities: the test can fail.
+    default = TransformConfig(resolution=224, interpolation="bicubic")
+    with torch.no_grad():
+        other = net(eval_transform(default, Image.open(image).convert("RGB"))[None])[0]
+    assert (other - logits).abs().max() > 0.1
+
+
+# -- output people read ------------------------------------------------------------------------------------------
+def _rows(task_metrics: dict[str, float]) -> list[dict[str, object]]:
+    return [{"epoch": e, "step": 10 * e, "lr": 0.1, "train_loss": 2.0 / e, "images_per_s": 300.0,
+             **{k: v * e / 3 for k, v in task_metrics.items()}} for e in (1, 2, 3)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("metrics", "shown"),
+    [({"val_top1": 0.8, "val_top5": 0.95, "val_loss": 0.7, "val_n": 2000.0, "val_skipped": 1.0}, ["top-1", "top-5"]),
+     ({"val_mAP": 0.2, "val_AP50": 0.4, "val_AP_small": 0.05}, ["mAP", "AP50", "AP_small"]),
+     ({"val_miou": 0.5, "val_pixel_acc": 0.9, "val_pixels": 1e6}, ["mIoU", "pixel accuracy"])],
+)  # fmt: skip
+def test_curves_put_the_task_metric_on_its_own_axis(metrics: dict[str, float], shown: list[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(_rows(metrics))
+    loss_ax, metric_ax = fig.axes
+    assert [line.get_label() for line in metric_ax.get_lines()] == shown  # never counts (n, skipped, pixels)
+    assert metric_ax.get_ylim() == (0.0, 1.0) and all(max(line.get_ydata()) <= 1 for line in metric_ax.get_lines())
+    losses = [line.get_label() for line in loss_ax.get_lines()]
+    assert losses == (["train loss", "val loss"] if "val_loss" in metrics else ["train loss"])
+    assert shown[0] in metric_ax.get_title()
+    plt.close(fig)
+
+
+def test_progress_in_a_log_file_is_a_few_lines(tmp_path: Path) -> None:
+    log = tmp_path / "progress.log"
+    with open(log, "w") as f:
+        bar = Progress(total=1000, desc="epoch 1/1", file=f, min_interval_s=0.0)
+        for _ in range(1000):
+            bar.set_postfix(loss="0.5")
+            bar.update(1)
+        bar.close()
+    lines = log.read_text().splitlines()
+    assert (
+        len(lines) == 10 and lines[-1] == "epoch 1/1: 1000/1000 steps (100%)  loss=0.5" and "\r" not in log.read_text()
+    )
+    with open(log, "w") as f:  # the default: at most one line a minute, so a short epoch writes none
+        bar = Progress(total=1000, desc="epoch 1/1", file=f)
+        for _ in range(1000):
+            bar.update(1)
+    assert log.read_text() == ""
+
+
+def test_training_with_stderr_not_a_terminal_writes_no_line_per_step(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    for c, colour in enumerate(("red", "blue")):
+        (data / colour).mkdir(parents=True)
+        for i in range(24):
+            Image.new("RGB", (32, 32), (200 * (c == 0), 0, 200 * (c == 1) + i)).save(data / colour / f"{i}.png")
+    code = main(["train", "--data", str(data), "--val-split", "0.25", "--resolution", "32", "--width", "0.35",
+                 "--batch-size", "4", "--epochs", "2", "--workers", "0", "--threads", "1",
+                 "--out", str(tmp_path / "run")])  # fmt: skip
+    out, err = capfd.readouterr()
+    assert code == 0
+    steps = 2 * (36 // 4)
+    assert "\r" not in err and len(err.splitlines()) <= 2, err  # 18 steps, and at most the TensorBoard note
+    assert len([line for line in out.splitlines() if line.startswith("epoch=")]) == 2 and steps == 18
+
+
+def test_missing_tensorboard_is_said_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name: str, *args: object, **kwargs: object) -> object:
+        if name == "torch.utils.tensorboard":
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    monkeypatch.setattr(logs, "_tensorboard_noted", False)
+    for run in ("a", "b"):
+        RunLog(tmp_path / run).close()
+    err = capsys.readouterr().err
+    assert err.count("TensorBoard is not installed") == 1 and "pip install tensorboard" in err

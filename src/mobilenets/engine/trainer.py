@@ -31,7 +31,7 @@ from mobilenets.engine import checkpoints, runs
 from mobilenets.engine.allocator import keep_freed_memory
 from mobilenets.engine.data import EvalBatchSampler, SeededDataset, ShardedBatchSampler, mix_seed, to_device
 from mobilenets.engine.distributed import Dist, all_gather_object, all_reduce_sum, barrier, setup, teardown
-from mobilenets.engine.logs import RunLog
+from mobilenets.engine.logs import Progress, RunLog
 from mobilenets.engine.optim import EMA, build_optimizer, lr_at
 from mobilenets.engine.task import Task
 from mobilenets.errors import ConfigError, MobilenetsError
@@ -161,7 +161,7 @@ def _train(
         )  # fmt: skip
         net.train()
         sums: dict[str, float] = dict(loop["sums"]) or {"n": 0.0, "loss": 0.0}
-        bar = tqdm(
+        bar = Progress(  # a tqdm bar on a terminal; in a log file a few lines, never one per step
             total=spe, initial=loop["epoch_step"], desc=f"epoch {epoch + 1}/{optim.epochs}", unit="step",
             disable=not (run.progress and d.is_main), dynamic_ncols=True, leave=True,
         )  # fmt: skip
