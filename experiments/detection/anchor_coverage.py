@@ -29,10 +29,11 @@ def main() -> None:
     if args.annotations is None:
         from mobilenets.detection.task import EMBEDDED, resolve_data
 
-        _, path = resolve_data(EMBEDDED, None)
+        _, val = resolve_data(EMBEDDED, None)  # (train, val) annotation files and their image folders
+        path, images = val.annotations, val.images
     else:
-        path = Path(args.annotations)
-    data = CocoDetection(path)
+        path, images = Path(args.annotations), None
+    data = CocoDetection(path, images)
     boxes = []
     for r in data.records:
         b = torch.as_tensor(r.boxes, dtype=torch.float32).clone()
