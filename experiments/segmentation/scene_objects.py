@@ -72,7 +72,7 @@ def main() -> None:
     classifier = load_trained(args.classifier, "cpu") if args.classifier else None
     segmenter = load_trained(args.segmenter, "cpu") if args.segmenter else None
     if classifier is not None:
-        transform = eval_transform_of(classifier.metadata, int(classifier.args.get("resolution", 224)))
+        transform = eval_transform_of(classifier)  # the checkpoint's own eval transform
     objects, config = scenes.load_objects("val"), scenes.SceneConfig(size=256)
     net = classifier.model.eval() if classifier is not None else None
     seg = segmenter.model.eval() if segmenter is not None else None
