@@ -48,8 +48,8 @@ MODELS = {"classify": "mobilenet_v2", "detect": "ssdlite_mobilenet_v2", "segment
 def test_every_tasks_config_round_trips_through_a_checkpoint(task: str, tmp_path: Path) -> None:
     config = TrainConfig(
         task=task,
-        model=ModelConfig(name=MODELS[task], width=0.35, resolution=96, dropout=0.1),
-        data=DataConfig(data="somewhere", val_split=0.2),
+        model=ModelConfig(name=MODELS[task], width=0.35, resolution=96, dropout=None if task == "detect" else 0.1),
+        data=DataConfig(data="somewhere", val_split=0.2 if task == "classify" else None),
         optim=OptimConfig(preset="paper", lr=0.01, epochs=3, batch_size=16),
         run=RunConfig(seed=7, out=str(tmp_path)),
         options=NON_DEFAULT[task],
@@ -251,6 +251,8 @@ def test_config_checks_by_hand() -> None:
     assert TrainConfig(task="segment", model=ModelConfig(resolution=513)).model.resolution == 513  # DeepLab crops
     with pytest.raises(ConfigError, match="odd"):
         SegmentOptions(context=4)
+    with pytest.raises(ConfigError, match="val_split does not apply to task 'detect'"):
+        TrainConfig(task="detect", data=DataConfig(val_split=0.2))
     with pytest.raises(ConfigError, match="top_k"):
         PredictConfig(top_k=0)
     with pytest.raises(ConfigError, match="batch_size"):

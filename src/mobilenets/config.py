@@ -190,8 +190,8 @@ class ModelConfig:
     width: float | None = opt(None, f"width multiplier α, {WIDTH_RANGE[0]} to {WIDTH_RANGE[1]} (model default 1.0)")
     resolution: int = opt(224, f"input side in pixels ({MIN_RESOLUTION} to {MAX_RESOLUTION})")
     num_classes: int | None = opt(None, "checked against the data's classes")
-    output_stride: int | None = opt(None, "8, 16 or 32")
-    dropout: float | None = opt(None, "dropout before the classifier, in [0, 1)")
+    output_stride: int | None = opt(None, "8, 16 or 32", tasks=("classify", "segment"))
+    dropout: float | None = opt(None, "dropout before the classifier, in [0, 1)", tasks=("classify", "segment"))
     init: str | None = opt(None, "start from these weights (run folder or .safetensors); new classifier if needed")
 
     def __post_init__(self) -> None:
@@ -212,7 +212,9 @@ class DataConfig:
         "(detection: a COCO file or scenes folder; segmentation: VOC or train/ + val/ folders)",
     )  # fmt: skip
     val_data: str | None = opt(None, "a separate validation folder or file")
-    val_split: float | None = opt(None, "hold out this fraction of the training data (stratified), in (0, 1)")
+    val_split: float | None = opt(
+        None, "hold out this fraction of the training data (stratified), in (0, 1)", tasks=("classify",)
+    )
 
     def __post_init__(self) -> None:
         check_range("val_split", self.val_split, 0.0, 1.0, low_open=True, high_open=True)
@@ -227,7 +229,7 @@ class OptimConfig:
     lr: float | None = opt(None, "peak learning rate (default: scaled to the batch B, 0.1·B/256 or 0.045·B/96)")
     weight_decay: float | None = opt(None, "preset default; never on depthwise filters, BatchNorm or biases")
     warmup_epochs: float | None = opt(None, "linear warm-up (preset default)")
-    label_smoothing: float | None = opt(None, "classification loss (preset default)")
+    label_smoothing: float | None = opt(None, "classification loss (preset default)", tasks=("classify",))
     ema_decay: float | None = opt(None, "EMA of the weights; 0 disables (preset default)")
     epochs: int = opt(10, f"1 to {MAX_EPOCHS:,}")
     batch_size: int = opt(96, "per process (the paper's 96)")
@@ -246,9 +248,15 @@ class OptimConfig:
 
     @cached_property
     def recipe(self) -> Recipe:
+        """The recipe of one process (a run of ``world`` processes: ``recipe_for(world)``)."""
+        return self.recipe_for(1)
+
+    def recipe_for(self, world: int) -> Recipe:
+        """The recipe when ``world`` processes train together: a default lr scales with the global batch
+        (per-process batch × accumulation × processes), so DDP and accumulation over the same images agree."""
         return resolve_recipe(
             self.preset, self.optimizer, self.lr, self.weight_decay, self.warmup_epochs, self.label_smoothing,
-            self.ema_decay, batch_size=self.batch_size * self.accum_steps,
+            self.ema_decay, batch_size=self.batch_size * self.accum_steps * world,
         )  # fmt: skip
 
 
@@ -379,6 +387,11 @@ class TrainConfig:
         elif not isinstance(self.options, TASK_OPTIONS[self.task]):
             raise ConfigError(f"{type(self.options).__name__} is not the options of task {self.task!r}")
         check_resolution("resolution", self.model.resolution, RESOLUTION_MULTIPLE[self.task])
+        for name in SECTIONS:  # an option another task's training reads would be silently ignored: refuse it
+            section = getattr(self, name)
+            for f in dataclasses.fields(section):
+                if self.task not in option_of(f).tasks and getattr(section, f.name) != f.default:
+                    raise ConfigError(f"{name}.{f.name} does not apply to task {self.task!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``{"version", "task", "model": {...}, "data", "optim", "run", "<task>": {...}}``."""
@@ -540,23 +553,15 @@ def changed_on_resume(stored: TrainConfig, asked: dict[str, dict[str, Any]]) -> 
 
 # -- eval and predict ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class EvalConfig:
-    """``mobilenets eval``: what to measure and how (data defaults to the run's own validation set)."""
+class InferenceConfig:
+    """What ``eval`` and ``predict`` share: the checkpoint, where it runs, and the inference path."""
 
     checkpoint: str = opt("", "run folder, last.json or .safetensors")
-    data: str | None = opt(None, "evaluation data (default: the run's own validation data, --val-split's held-out "
-                           "part included)")  # fmt: skip
-    batch_size: int = opt(256, "images per batch")
-    workers: int = opt(2, "DataLoader worker processes")
     device: str = opt("auto", "where to run", choices=("auto", "cpu", "cuda"))
     threads: int | None = opt(None, "torch CPU threads")
-    progress: bool = opt(True, "no progress bars")
-    out: str | None = opt(None, "folder for plots (default: beside the checkpoint)")
-    per_class: bool = opt(False, "print every class's accuracy / IoU", tasks=("classify", "segment"))
     flip: bool = opt(False, "also average the left-right mirrored input", tasks=("classify", "segment"))
     scales: tuple[float, ...] = opt((1.0,), "input scales (MF: 0.5 0.75 ... 1.75)", tasks=("segment",))
     mf: bool = opt(False, "DeepLab's MF: scales 0.5 … 1.75 + flips", tasks=("segment",))
-    class_agnostic: bool = opt(False, "also score boxes alone: every class merged into one", tasks=("detect",))
     engine: str = opt("pytorch", "pytorch, or the fused C++ engine in fp32 or int8 (CPU; V1/V2/minimal V3)",
                       choices=("pytorch", "fused", "fused-int8"), tasks=("classify",))  # fmt: skip
     calibration: str | None = opt(None, "fused-int8: calibration images ('embedded', an IDX or image folder)",
@@ -564,8 +569,6 @@ class EvalConfig:
     calibration_count: int = opt(512, "fused-int8: calibration images used", tasks=("classify",))
 
     def __post_init__(self) -> None:
-        check_int("batch_size", self.batch_size, 1, MAX_BATCH)
-        check_int("workers", self.workers, 0, MAX_WORKERS)
         check_int("threads", self.threads, 1, MAX_THREADS)
         check_int("calibration_count", self.calibration_count, 1, 1_000_000)
         for s in self.scales:
@@ -573,34 +576,39 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class PredictConfig:
+class EvalConfig(InferenceConfig):
+    """``mobilenets eval``: what to measure and how (data defaults to the run's own validation set)."""
+
+    data: str | None = opt(None, "evaluation data (default: the run's own validation data, --val-split's held-out "
+                           "part included)")  # fmt: skip
+    batch_size: int = opt(256, "images per batch")
+    workers: int = opt(2, "DataLoader worker processes")
+    progress: bool = opt(True, "no progress bars")
+    out: str | None = opt(None, "folder for plots (default: beside the checkpoint)")
+    per_class: bool = opt(False, "print every class's accuracy / IoU", tasks=("classify", "segment"))
+    class_agnostic: bool = opt(False, "also score boxes alone: every class merged into one", tasks=("detect",))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("batch_size", self.batch_size, 1, MAX_BATCH)
+        check_int("workers", self.workers, 0, MAX_WORKERS)
+
+
+@dataclass(frozen=True)
+class PredictConfig(InferenceConfig):
     """``mobilenets predict``: how many answers per image and where drawn outputs go."""
 
-    checkpoint: str = opt("", "run folder, last.json or .safetensors")
-    device: str = opt("auto", "where to run", choices=("auto", "cpu", "cuda"))
-    threads: int | None = opt(None, "torch CPU threads")
     top_k: int = opt(5, f"classes per image, 1 to {MAX_TOP_K:,}", tasks=("classify",))
     score_threshold: float = opt(0.3, "report detections scoring at least this", tasks=("detect",))
     max_detections: int | None = opt(None, "at most this many per image (default: the model's own limit)",
                                      tasks=("detect",))  # fmt: skip
     out: str = opt("predictions", "folder for the drawn boxes / masks", tasks=("detect", "segment"))
-    scales: tuple[float, ...] = opt((1.0,), "input scales (MF: 0.5 0.75 ... 1.75)", tasks=("segment",))
-    flip: bool = opt(False, "also average the left-right mirrored input", tasks=("segment",))
-    mf: bool = opt(False, "DeepLab's MF: scales 0.5 … 1.75 + flips", tasks=("segment",))
-    engine: str = opt("pytorch", "pytorch, or the fused C++ engine in fp32 or int8 (CPU; V1/V2/minimal V3)",
-                      choices=("pytorch", "fused", "fused-int8"), tasks=("classify",))  # fmt: skip
-    calibration: str | None = opt(None, "fused-int8: calibration images ('embedded', an IDX or image folder)",
-                                  tasks=("classify",))  # fmt: skip
-    calibration_count: int = opt(512, "fused-int8: calibration images used", tasks=("classify",))
 
     def __post_init__(self) -> None:
-        check_int("threads", self.threads, 1, MAX_THREADS)
+        super().__post_init__()
         check_int("top_k", self.top_k, 1, MAX_TOP_K)
         check_range("score_threshold", self.score_threshold, 0.0, 1.0)
         check_int("max_detections", self.max_detections, 1, 100_000)
-        check_int("calibration_count", self.calibration_count, 1, 1_000_000)
-        for s in self.scales:
-            check_range("scales", s, 0.0, 8.0, low_open=True)
 
 
 def stored_config(train_meta: dict[str, Any], task: str, model_name: str, source: str) -> TrainConfig:

@@ -185,7 +185,7 @@ def predict_images(
     device = next(trained.model.parameters()).device
     classes, transform = class_names(trained), eval_transform_of(trained)
     k = min(cfg.top_k, len(classes))
-    model = predictor or trained.model
+    model = FlipAverage(predictor or trained.model) if cfg.flip else predictor or trained.model
     results: list[dict[str, Any]] = []
     for path in paths:
         try:

@@ -22,7 +22,9 @@ def flag_of(f: dataclasses.Field) -> str:
     return f"--no-{name}" if f.default is True else f"--{name}"
 
 
-def add_fields(parser: Any, cls: type, prefix: str | None, only: set[str] | None = None) -> None:
+def add_fields(
+    parser: Any, cls: type, prefix: str | None, only: set[str] | None = None, nouns: dict[str, str] | None = None
+) -> None:
     """One flag per field of ``cls`` (those named in ``only`` when given); dest ``prefix.field`` (or the field's
     name without a prefix)."""
     types = field_types(cls)
@@ -35,6 +37,8 @@ def add_fields(parser: Any, cls: type, prefix: str | None, only: set[str] | None
         kw: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS}
         shown = f.default if f.default is not dataclasses.MISSING else None
         help_ = o.help
+        if nouns and 1 < len(o.tasks) < len(nouns):  # a flag several (not all) tasks take says which
+            help_ = f"{help_} ({', '.join(nouns[t] for t in o.tasks)})"
         args = typing.get_args(kind)
         inner = [a for a in args if a is not type(None)] if type(None) in args else None
         if kind is bool:
@@ -86,7 +90,7 @@ def add_task_groups(parser: argparse.ArgumentParser, cls: type, nouns: dict[str,
         own = {f.name for f in fields if task in option_of(f).tasks and not set(option_of(f).tasks) >= every}
         own -= done
         if own:
-            add_fields(parser.add_argument_group(f"{noun}"), cls, None, own)
+            add_fields(parser.add_argument_group(f"{noun}"), cls, None, own, nouns)
             done |= own
 
 

@@ -14,6 +14,7 @@ stored one is refused with a message naming it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 from pathlib import Path
 from types import ModuleType
@@ -30,6 +31,7 @@ from mobilenets.config import (
     changed_on_resume,
     load_recipe,
     merge,
+    option_of,
     parse_set,
     stored_config,
 )
@@ -95,8 +97,9 @@ def train_parser(task: str, prog: str = "mobilenets train", ablate: bool = False
         g.add_argument(
             "--variants", nargs="+", help="subset of: design relu6_projection expansion_shortcut no_shortcut"
         )
-    for name, cls in SECTIONS.items():
-        add_fields(p.add_argument_group(name), cls, name)
+    for name, cls in SECTIONS.items():  # only the fields this task's training reads
+        fields = {f.name for f in dataclasses.fields(cls) if task in option_of(f).tasks}
+        add_fields(p.add_argument_group(name), cls, name, fields)
     add_fields(p.add_argument_group(task), TASK_OPTIONS[task], task)
     return p
 

@@ -80,7 +80,7 @@ def _train(
         held.enter_context(runs.claim(out, resuming=resumed is not None, overwrite=run.overwrite))
         if resumed is not None and resumed.note:
             print(resumed.note, file=sys.stderr)
-    recipe = config.recipe
+    recipe = config.optim.recipe_for(d.world)
     if run.threads:
         torch.set_num_threads(run.threads)
     if d.device.type == "cpu":
