@@ -101,7 +101,8 @@ def test_eval_and_predict_use_the_stored_config(
     assert trained.config.model.resolution == 64 and trained.config.data.val_split == 0.25
     assert trained.config.optim.lr == 0.02 and trained.config.run.seed == 5
     capsys.readouterr()
-    assert main(["eval", "--checkpoint", str(run), "--json", "--workers", "0", "--out", str(tmp_path)]) == 0
+    argv = ["eval", "--checkpoint", str(run), "--json", "--workers", "0", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     header, row = (run / "metrics.csv").read_text().splitlines()[:2]
     logged = dict(zip(header.split(","), row.split(","), strict=True))
@@ -275,3 +276,27 @@ def test_eval_flag_for_another_task_is_named(run: Path, capsys: pytest.CaptureFi
     assert main(["eval", "--checkpoint", str(run), "--class-agnostic", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "--class-agnostic" in err and "classify" in err
+
+
+def test_detector_predict_keeps_every_detection_and_distinct_outputs(tmp_path: Path, capsys) -> None:
+    # a random detector scores many boxes: with threshold 0 it keeps up to the model's own limit, not a top-k of 5
+    config = TrainConfig(task="detect", model=ModelConfig(name="ssdlite_mobilenet_v3_small", resolution=64))
+    model = create_model("ssdlite_mobilenet_v3_small", width=0.35, num_classes=3, score_threshold=0.0)
+    ckpt = tmp_path / "det.safetensors"
+    save_model(model, ckpt, {"task": "detect", "config": config.to_dict()})
+    rng = np.random.default_rng(0)
+    for folder in ("a", "b"):  # two inputs with the same file stem
+        (tmp_path / folder).mkdir()
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / folder / "img.png")
+    out = tmp_path / "pred"
+    argv = ["predict", "--checkpoint", str(ckpt), str(tmp_path / "a" / "img.png"), str(tmp_path / "b" / "img.png"),
+            "--score-threshold", "0", "--out", str(out), "--json"]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert len({r["png"] for r in results}) == 2 and all(Path(r["png"]).is_file() for r in results)
+    assert len(results[0]["detections"]) > 5
+    assert len(results[0]["detections"]) <= model.config.max_detections
+    assert main([*argv, "--max-detections", "3"]) == 0
+    assert [len(r["detections"]) for r in json.loads(capsys.readouterr().out)] == [3, 3]
+    assert main([*argv, "--top-k", "2"]) == 2  # a classifier's option, named
+    assert "--top-k" in capsys.readouterr().err
