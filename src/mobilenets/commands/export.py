@@ -238,13 +238,10 @@ def load_exported(path: str, cfg: Any) -> tuple[Any, Any]:
 
 
 def _calibration(args: argparse.Namespace, trained: Any, transform: Any, resolution: int) -> list[torch.Tensor]:
-    if trained.task == "classify":
-        from mobilenets.deploy.export import calibration_batches
+    from mobilenets.deploy.calibration import calibration_batches
 
-        return calibration_batches(args.calibration, transform, args.calibration_count)
-    from mobilenets.deploy.dense import calibration_batches as dense_calibration
-
-    return dense_calibration(trained, args.calibration, args.calibration_count, resolution)
+    sized = dataclasses.replace(transform, resolution=resolution)
+    return calibration_batches(trained, args.calibration, args.calibration_count, sized)
 
 
 def _export(args: argparse.Namespace, trained: Any, transform: Any, resolution: int, staged: dict[str, Path],

@@ -38,7 +38,7 @@ def predictor_for(trained: Any, cfg: EvalConfig | PredictConfig) -> Any:
     if cfg.engine == "pytorch":
         return None
     from mobilenets.classification.task import eval_transform_of
-    from mobilenets.deploy.export import calibration_batches
+    from mobilenets.deploy.calibration import calibration_batches
     from mobilenets.deploy.fused import FusedEngine
 
     if next(trained.model.parameters()).device.type != "cpu":
@@ -47,7 +47,7 @@ def predictor_for(trained: Any, cfg: EvalConfig | PredictConfig) -> Any:
     if cfg.engine == "fused-int8":
         if not cfg.calibration:
             raise ConfigError("--engine fused-int8 needs --calibration DATA (real images for the activation ranges)")
-        calibration = calibration_batches(cfg.calibration, eval_transform_of(trained), cfg.calibration_count)
+        calibration = calibration_batches(trained, cfg.calibration, cfg.calibration_count, eval_transform_of(trained))
     return FusedEngine(trained.model, cfg.threads or None, calibration=calibration)
 
 

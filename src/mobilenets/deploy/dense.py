@@ -19,10 +19,8 @@ from torch.utils.data import DataLoader, Subset
 
 from mobilenets.errors import InputError
 
-CALIBRATION_BATCH = 16  # images per calibration batch
 
-
-def _loader(trained: Any, data: str | None, split: str, resolution: int, batch: int, count: int | None) -> Any:
+def split_loader(trained: Any, data: str | None, split: str, resolution: int, batch: int, count: int | None) -> Any:
     """(dataset, loader) of a trained detector's or segmenter's ``split`` in its eval transform."""
     if trained.task == "detect":
         from mobilenets.detection.data import collate
@@ -40,14 +38,6 @@ def _loader(trained: Any, data: str | None, split: str, resolution: int, batch: 
     return dataset, DataLoader(items, batch_size=batch, collate_fn=collate)
 
 
-def calibration_batches(trained: Any, data: str, count: int, resolution: int) -> list[torch.Tensor]:
-    """The first ``count`` training images of ``data`` ('embedded': the scenes the model was trained on) in the
-    model's eval transform; a detector's at ``resolution``, a segmenter's at their own size (scenes of one size
-    are batched; images of other sizes are padded as evaluation pads them)."""
-    _, loader = _loader(trained, data, "train", resolution, CALIBRATION_BATCH, count)
-    return [b["images"] for b in loader]
-
-
 def task_metrics(trained: Any, data: str | None, resolution: int, exported: str | Path | None = None,
                  batch: int = 16) -> dict[str, float]:  # fmt: skip
     """The task's metric on ``data``'s validation split: COCO AP / AP50 / AP75 for a detector, mIoU and pixel
@@ -58,7 +48,7 @@ def task_metrics(trained: Any, data: str | None, resolution: int, exported: str 
     model = trained.model.eval()
     artefact = load_artefact(exported) if exported is not None else None
     in_graph_nms = artefact is not None and artefact.metadata["outputs"] == ["boxes", "scores", "labels"]
-    dataset, loader = _loader(trained, data, "val", resolution, 1 if in_graph_nms else batch, None)
+    dataset, loader = split_loader(trained, data, "val", resolution, 1 if in_graph_nms else batch, None)
     if trained.task == "detect":
         from mobilenets.detection.task import coco_metrics, detect_batches
 

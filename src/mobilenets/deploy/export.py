@@ -296,29 +296,3 @@ def quantize_onnx(
     finally:
         prepared.unlink(missing_ok=True)
     return out_path
-
-
-def calibration_batches(data: str, transform, count: int = 256, batch: int = 32) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
-    """The first ``count`` training images of ``data`` (``embedded``, a Fashion-MNIST IDX folder or an image
-    folder), in the model's eval transform (a ``TransformConfig``)."""
-    from PIL import Image
-
-    from mobilenets.classification.sources import EMBEDDED, is_idx_folder
-    from mobilenets.data import embedded, fashion_mnist
-    from mobilenets.data.datasets import scan_folder
-    from mobilenets.data.images import load_rgb
-    from mobilenets.data.transforms import eval_transform
-
-    if count < 1:
-        raise ConfigError(f"calibration needs at least one image, got {count}")
-    if data == EMBEDDED or is_idx_folder(Path(data)):
-        arrays, _ = embedded.load("train") if data == EMBEDDED else fashion_mnist.load_split("train", data)
-        images = [Image.fromarray(a) for a in arrays[:count]]
-    else:
-        root = Path(data)
-        _, samples = scan_folder(root / "train" if (root / "train").is_dir() else root)
-        images = [load_rgb(p) for p, _ in samples[:count]]
-    if not images:
-        raise InputError(f"no calibration images in {data}")
-    tensors = torch.stack([eval_transform(transform, img) for img in images])
-    return list(tensors.split(batch))
