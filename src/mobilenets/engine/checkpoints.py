@@ -34,7 +34,7 @@ from mobilenets.checkpoint import (
     read_metadata,
     read_weights,
 )
-from mobilenets.config import TrainConfig, legacy_args, stored_config
+from mobilenets.config import TrainConfig, stored_config
 from mobilenets.errors import CheckpointError, MobilenetsError
 from mobilenets.registry import create_model
 
@@ -350,11 +350,6 @@ class Trained:
     config: TrainConfig  # how it was trained (a plain weight file: the task's defaults)
     metadata: dict[str, Any]  # the task's ``metadata()``
     path: Path
-
-    @property
-    def args(self) -> dict[str, Any]:
-        """The flat train-flag view of ``config`` (older callers); read ``config`` instead."""
-        return legacy_args(self.config)
 
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Trained:
