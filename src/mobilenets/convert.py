@@ -464,6 +464,19 @@ def converted_metadata(
     }
 
 
+def classifier_config(path: str | Path | None) -> dict[str, Any] | None:
+    """The MobileNet config of a classification checkpoint (converted, or trained here; a run folder works
+    too), or None for no path or a checkpoint of another model: what a detector's or segmenter's backbone must
+    match to start from it (BatchNorm epsilon, padding)."""
+    if not path:
+        return None
+    from mobilenets.checkpoint import read_info
+    from mobilenets.engine.checkpoints import resolve_weights
+
+    name, config = read_info(resolve_weights(path))
+    return config if name in ARCH_OF_MODEL else None
+
+
 def to_torchvision(net: MobileNet) -> dict[str, torch.Tensor]:
     """Our model's weights in torchvision's layout (V2 and V3 Large/Small), e.g. to load into torchvision."""
     if net.config.minimal:

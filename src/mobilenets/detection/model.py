@@ -70,6 +70,10 @@ class SSDLiteConfig:
     max_detections: int = 100
     pre_nms_top_k: int = 1000
     in_chans: int = 3
+    # The backbone's BatchNorm epsilon (0: the architecture's default) and padding, as the classification weights
+    # it starts from were trained: timm's tf_* ports use TF 'SAME' padding and eps 1e-3, its others eps 1e-5.
+    backbone_bn_eps: float = 0.0
+    backbone_padding: str = "symmetric"
 
     def __post_init__(self) -> None:
         if self.arch not in TAPS:
@@ -176,7 +180,8 @@ class SSDLite(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = MobileNet(MobileNetConfig(arch=config.arch, width=config.width, num_classes=0,
-                                                  in_chans=config.in_chans))  # fmt: skip
+                                                  in_chans=config.in_chans, bn_eps=config.backbone_bn_eps,
+                                                  padding=config.backbone_padding))  # fmt: skip
         self.backbone.pre_logits = None  # V3's post-pool 1×1 conv belongs to the classifier, not the features
         self.taps = TAPS[config.arch]
         channels = [f.channels for f in self.backbone.tap_info(self.taps)]
@@ -251,6 +256,17 @@ class SSDLite(nn.Module):
         _, _, state = read_weights(path)
         state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "pre_logits."))}
         load_into(self.backbone, state, source=str(path))
+
+
+def backbone_overrides(init: str | None) -> dict[str, object]:
+    """The SSDLite config fields that build the backbone as the classification checkpoint ``init`` (converted
+    or trained here) computes: its BatchNorm epsilon and padding. Empty for no or another kind of checkpoint."""
+    from mobilenets.convert import classifier_config
+
+    config = classifier_config(init)
+    if config is None:
+        return {}
+    return {"backbone_bn_eps": float(config.get("bn_eps", 0.0)), "backbone_padding": config.get("padding", "symmetric")}
 
 
 def build_ssdlite(arch: str, /, **overrides: object) -> SSDLite:

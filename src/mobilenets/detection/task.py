@@ -113,6 +113,9 @@ class DetectTask:
             overrides["width"] = m.width
         if o.full_lowest_layer:
             overrides["reduce_lowest_layer"] = False
+        from mobilenets.detection.model import backbone_overrides
+
+        overrides |= backbone_overrides(m.init or o.backbone_init)  # the BN eps / padding its weights need
         model = create_model(detector_name(m.name), **overrides)
         if o.backbone_init:
             from mobilenets.engine.checkpoints import resolve_weights

@@ -57,6 +57,7 @@ class SegmentationConfig:
     naming_pool: int = 0  # LR-ASPP only: k > 0 adds the naming branch on k×k-pooled features (not in the paper)
     bn_eps: float = 0.0  # 0 = the backbone's default
     in_chans: int = 3
+    padding: str = "symmetric"  # the backbone's: "same" for weights trained in TensorFlow (timm's tf_*)
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
@@ -103,11 +104,23 @@ class SegmentationConfig:
             dropout=0.0,
             output_stride=self.output_stride,
             bn_eps=self.bn_eps,
+            padding=self.padding,
             in_chans=self.in_chans,
         )
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+def backbone_overrides(init: str | None) -> dict[str, object]:
+    """The config fields that build the backbone as the classification checkpoint ``init`` (converted or trained
+    here) computes: its BatchNorm epsilon (the head's too) and padding. Empty for no or another kind of file."""
+    from mobilenets.convert import classifier_config
+
+    config = classifier_config(init)
+    if config is None:
+        return {}
+    return {"bn_eps": float(config.get("bn_eps", 0.0)), "padding": config.get("padding", "symmetric")}
 
 
 def _build_backbone(config: SegmentationConfig, keep_head: bool) -> MobileNet:

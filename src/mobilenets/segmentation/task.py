@@ -103,6 +103,9 @@ class SegmentTask:
                            ("aspp", o.aspp), ("context", o.context), ("naming_pool", o.naming_pool)):  # fmt: skip
             if value is not None:
                 overrides[key] = value
+        from mobilenets.segmentation.model import backbone_overrides
+
+        overrides |= backbone_overrides(m.init)  # the BN eps / padding of the weights the backbone starts from
         return create_model(m.name, **overrides)
 
     def datasets(self) -> tuple[Dataset, Dataset]:
