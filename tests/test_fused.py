@@ -298,3 +298,12 @@ def test_int8_packing_and_grids() -> None:
     scale, zero = fused.activation_quantization(-1.0, 3.0)
     assert scale == pytest.approx(4 / 127) and zero == round(1 / scale)
     assert fused.activation_quantization(0.5, 6.0) == (pytest.approx(6 / 127), 0)  # widened to include 0
+
+
+def test_memory_reports_the_engines_activation_bytes() -> None:
+    from mobilenets.analysis.memory import engine_activation_bytes
+
+    model = trained_like("mobilenet_v2", width=0.35)
+    got = engine_activation_bytes(model, 96)["activation_bytes"]
+    assert got == fused.FusedEngine(model, threads=1).activation_bytes(96, 96) > 0
+    assert engine_activation_bytes(trained_like("mobilenet_v3_small"), 96) == {}  # squeeze-excite: not run

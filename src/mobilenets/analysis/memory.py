@@ -109,6 +109,7 @@ def measured_peaks(
     out = {"batch": float(batch), "standard_bytes": float(peak_activation_bytes(model, x))}
     for t in groups:
         out[f"split_t{t}_bytes"] = float(peak_activation_bytes(split_model(model, t), x))
+    out.update(engine_activation_bytes(model, resolution))
     if rss:
         for t in (1, *groups):
             peak = peak_rss_bytes(name, t, batch, resolution)
@@ -116,6 +117,20 @@ def measured_peaks(
             out[f"{label}_rss_before_bytes"] = float(peak.before_forward)
             out[f"{label}_rss_peak_bytes"] = float(peak.after_forward)
     return out
+
+
+def engine_activation_bytes(model: nn.Module, resolution: int) -> dict[str, float]:
+    """``activation_bytes``: the fused engine's scratch for one image at one thread, which holds every activation
+    it keeps (wide blocks stream their expansion through a row ring, V2 §5.1); empty where the engine cannot run
+    the model or this machine."""
+    from mobilenets.deploy import fused
+    from mobilenets.errors import MobilenetsError
+
+    try:
+        engine = fused.FusedEngine(model, threads=1)
+    except MobilenetsError:  # a model the engine does not run, or no compiler / AVX2 here
+        return {}
+    return {"activation_bytes": float(engine.activation_bytes(resolution, resolution))}
 
 
 def memory_table(

@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <mutex>
 #include <pthread.h>
+#include <sched.h>
 #include <thread>
 #include <vector>
 
@@ -31,7 +32,7 @@ class Pool {
     }
     wake_.notify_all();
     fn(0);
-    while (pending_.load(std::memory_order_acquire) > 0) _mm_pause();
+    for (int spins = 0; pending_.load(std::memory_order_acquire) > 0;) relax(spins);
   }
 
  private:
@@ -44,9 +45,12 @@ class Pool {
       int spins = 0;
       while (generation_.load(std::memory_order_acquire) == seen) {
         _mm_pause();
-        if (++spins % 1024 == 0 && std::chrono::steady_clock::now() - start > kSpin) {
+        if (++spins % 256 != 0) continue;
+        if (std::chrono::steady_clock::now() - start > kSpin) {
           std::unique_lock<std::mutex> lock(sleep_mutex_);
           wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+        } else {
+          sched_yield();  // see relax() in threads.h
         }
       }
       seen = generation_.load(std::memory_order_acquire);
