@@ -17,6 +17,7 @@ What the config says and what is followed here:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -25,25 +26,117 @@ from mobilenets.detection.boxes import box_iou, encode
 MATCH_THRESHOLD = 0.5
 
 
+# Rows of the ground-truth × anchor IoU matrix computed at once: memory stays near 4 M floats (plus box_iou's
+# temporaries) whatever the number of objects, instead of G × A.
+IOU_BLOCK = 1 << 22
+
+
 def match_anchors(gt_boxes: torch.Tensor, anchors: torch.Tensor, threshold: float = MATCH_THRESHOLD) -> torch.Tensor:
-    """Index of the matched ground truth for every anchor, or -1 (background). (G, 4) × (A, 4) -> (A,)."""
-    num_anchors = anchors.shape[0]
+    """Index of the matched ground truth for every anchor, or -1 (background). (G, 4) × (A, 4) -> (A,).
+
+    Threshold matches take each anchor's best ground truth (the first on ties). Forced matches are the greedy
+    assignment "repeatedly take the highest remaining (gt, anchor) IoU, removing its row and column", min(G, A)
+    times, computed without the G × A matrix and without one pass over it per pick (``_forced_matches``)."""
+    num_anchors, num_gt = anchors.shape[0], gt_boxes.shape[0]
     matches = torch.full((num_anchors,), -1, dtype=torch.long, device=anchors.device)
-    if gt_boxes.numel() == 0:
+    if num_gt == 0:
         return matches
-    iou = box_iou(gt_boxes, anchors)  # G × A
-    best_iou, best_gt = iou.max(dim=0)
+    rows = max(1, IOU_BLOCK // max(num_anchors, 1))
+    k = min(num_gt, num_anchors)
+    best_iou = torch.full((num_anchors,), -1.0, device=anchors.device)
+    best_gt = torch.zeros(num_anchors, dtype=torch.long, device=anchors.device)
+    candidates = _Candidates(num_anchors, k, anchors.device)
+    for start in range(0, num_gt, rows):
+        iou = box_iou(gt_boxes[start : start + rows], anchors)
+        value, index = iou.max(dim=0)
+        better = value > best_iou  # strict: an earlier block keeps a tie, as one max over all rows would
+        best_iou[better], best_gt[better] = value[better], index[better] + start
+        candidates.add(iou, start)
     above = best_iou >= threshold
     matches[above] = best_gt[above]
-    # Forced matches: repeatedly take the highest remaining (gt, anchor) pair, one anchor per ground truth.
-    remaining = iou.clone()
-    for _ in range(min(len(gt_boxes), num_anchors)):
-        flat = int(torch.argmax(remaining))
-        g, a = divmod(flat, num_anchors)
-        matches[a] = g
-        remaining[g, :] = -1
-        remaining[:, a] = -1
+    g, a = _forced_matches(*candidates.pairs(), num_gt, num_anchors, k)
+    matches[a.to(anchors.device)] = g.to(anchors.device)
     return matches
+
+
+class _Candidates:
+    """The (gt, anchor) pairs with IoU > 0 that the greedy could still pick: per anchor its k best (a pair below
+    an anchor's k-th can never be picked — the k rows above it would need k other anchors first, and the greedy
+    stops after k = min(G, A) picks). Kept sparse, pruned to the k best per anchor whenever they pass
+    ``IOU_BLOCK`` entries; an anchor's k-th best IoU is then a bar every later pair must pass."""
+
+    def __init__(self, num_anchors: int, k: int, device: torch.device) -> None:
+        self.k = k
+        self.bar = torch.zeros(num_anchors, device=device)
+        self.keys: list[torch.Tensor] = []
+        self.anchors: list[torch.Tensor] = []
+        self.size = 0
+
+    def add(self, iou: torch.Tensor, start: int) -> None:
+        # blocks come in increasing gt order, so a pair that only ties an anchor's k-th IoU ranks below it
+        row, anchor = (iou > self.bar).nonzero(as_tuple=True)
+        self.keys.append(_pair_key(iou[row, anchor], row + start))
+        self.anchors.append(anchor)
+        self.size += len(anchor)
+        if self.size > IOU_BLOCK:
+            self._prune()
+
+    def _prune(self) -> None:
+        key, anchor = torch.cat(self.keys).cpu().numpy(), torch.cat(self.anchors).cpu().numpy()
+        full = np.bincount(anchor, minlength=len(self.bar)) >= self.k
+        many = full[anchor]  # only the entries of anchors holding k or more need ranking
+        rest_key, rest_anchor, key, anchor = key[~many], anchor[~many], key[many], anchor[many]
+        order = np.argsort(-key)  # keys are unique within an anchor, so ties across anchors do not matter
+        order = order[np.argsort(anchor[order], kind="stable")]  # by anchor, best first
+        key, anchor = key[order], anchor[order]
+        counts = np.bincount(anchor, minlength=len(self.bar))
+        starts = np.cumsum(counts) - counts
+        keep = np.arange(len(anchor)) - starts[anchor] < self.k
+        index = np.flatnonzero(full)
+        kth = torch.from_numpy((key[starts[index] + self.k - 1] >> 32).astype(np.int32)).view(torch.float32)
+        self.bar[torch.from_numpy(index).to(self.bar.device)] = kth.to(self.bar.device)
+        self.keys = [torch.from_numpy(np.concatenate([rest_key, key[keep]]))]
+        self.anchors = [torch.from_numpy(np.concatenate([rest_anchor, anchor[keep]]))]
+        self.size = len(self.keys[0])
+
+    def pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._prune()
+        return self.keys[0], self.anchors[0]
+
+
+def _pair_key(iou: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """One int64 per (gt, anchor) pair ordering pairs as the greedy takes them within an anchor: IoU descending,
+    then lower gt index first. A non-negative float32's bits order as its value does."""
+    bits = iou.float().contiguous().view(torch.int32).to(torch.int64)
+    return (bits << 32) | (0xFFFFFFFF - gt)
+
+
+def _forced_matches(
+    key: torch.Tensor, anchor_of: torch.Tensor, num_gt: int, num_anchors: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The greedy one-anchor-per-ground-truth assignment, exactly, from its candidate pairs (``_pair_key``s and
+    their anchors). They are visited once in the greedy's order (IoU descending, then gt, then anchor); what is
+    left when they run out is zero-IoU pairs, which the greedy takes as free ground truths and free anchors in
+    increasing order."""
+    key, anchor = key.cpu().numpy(), anchor_of.cpu().numpy()
+    order = np.lexsort((anchor, -key))
+    gt = 0xFFFFFFFF - (key[order] & 0xFFFFFFFF)
+    gt_taken, anchor_taken = bytearray(num_gt), bytearray(num_anchors)
+    picked_gt: list[int] = []
+    picked_anchor: list[int] = []
+    for g, a in zip(gt.tolist(), anchor[order].tolist(), strict=True):
+        if gt_taken[g] or anchor_taken[a]:
+            continue
+        gt_taken[g], anchor_taken[a] = 1, 1
+        picked_gt.append(g)
+        picked_anchor.append(a)
+        if len(picked_gt) == k:
+            break
+    left = k - len(picked_gt)
+    if left:
+        picked_gt += [g for g in range(num_gt) if not gt_taken[g]][:left]
+        picked_anchor += [a for a in range(num_anchors) if not anchor_taken[a]][:left]
+    return torch.tensor(picked_gt, dtype=torch.long), torch.tensor(picked_anchor, dtype=torch.long)
 
 
 def hard_negative_mask(
