@@ -103,6 +103,16 @@ def test_confident_predictions_decide_the_reduced_bound() -> None:
     assert "not compared" in (accuracy_gate(row("ours int8", 1.0, "int8", rel=None)) or "")
 
 
+def test_fp32_tolerance_scales_with_the_outputs() -> None:
+    # 1e-4 of eager for logits; a backbone's feature maps (hundreds) get 1e-4 of their largest magnitude
+    features = row("ours frozen TorchScript", 1.0, diff=3e-4)
+    features.reference_max_abs = 50.0
+    logits = row("ours frozen TorchScript", 1.0, diff=3e-4)
+    logits.reference_max_abs = 0.5
+    assert accuracy_gate(features) is None
+    assert "exceeds 0.0001" in (accuracy_gate(logits) or "")
+
+
 def test_moonshot_is_judged_only_on_an_amx_host() -> None:
     rows = [row("ours fused engine", 0.8), row("onnxruntime fp32", 2.0)]
     assert goal_ratios(rows, {"amx_tile": True})["moonshot"]["met"]

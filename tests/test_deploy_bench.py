@@ -48,6 +48,7 @@ def test_accuracy_of_logits_and_of_feature_lists() -> None:
     check = accuracy(y, ref)
     assert check["max_abs_diff"] == pytest.approx(0.2) and check["rel_error"] == pytest.approx(0.2 / 16.01**0.5)
     assert check["top1_agreement"] == 0.5 and check["confident"] == 1 and check["confident_agreement"] == 1.0
+    assert check["reference_max_abs"] == 4.0
     taps = accuracy([torch.ones(2, 4), torch.zeros(2, 3)], (torch.ones(2, 4), torch.ones(2, 3)))
     assert taps["max_abs_diff"] == 1.0 and "top1_agreement" not in taps
 

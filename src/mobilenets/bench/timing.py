@@ -43,6 +43,7 @@ class BenchResult:
     runtime: str = ""  # "pytorch eager", "onnxruntime", "openvino", "litert", "fused engine", ...
     detail: str = ""  # e.g. "INFERENCE_PRECISION_HINT=f32", "isa=avx512"
     rel_error: float | None = None  # ‖y − y_eager‖₂ / ‖y_eager‖₂ over the 32 photos
+    reference_max_abs: float | None = None  # max |y_eager|: the scale of the outputs the differences are read against
     top1_agreement: float | None = None  # argmax equal to eager's, over the 32 photos (classifiers)
     confident: int | None = None  # photos on which eager's top probability exceeds CONFIDENT
     confident_agreement: float | None = None  # top-1 agreement on those
@@ -120,7 +121,12 @@ def accuracy(y: Outputs, reference: Outputs) -> dict[str, float | int | None]:
     diff = max(float((a.float() - b).abs().max()) for a, b in zip(ys, refs, strict=True))
     err = sum(float((a.float() - b).square().sum()) for a, b in zip(ys, refs, strict=True))
     norm = sum(float(b.square().sum()) for b in refs)
-    report: dict[str, float | int | None] = {"max_abs_diff": diff, "rel_error": (err / max(norm, 1e-30)) ** 0.5}
+    scale = max(float(b.abs().max()) for b in refs)
+    report: dict[str, float | int | None] = {
+        "max_abs_diff": diff,
+        "rel_error": (err / max(norm, 1e-30)) ** 0.5,
+        "reference_max_abs": scale,
+    }
     if len(refs) == 1 and refs[0].dim() == 2 and refs[0].shape[1] > 1:
         same = ys[0].argmax(1) == refs[0].argmax(1)
         confident = refs[0].softmax(1).amax(1) > CONFIDENT
@@ -182,6 +188,7 @@ def measure_interleaved(
             top1_agreement=check.get("top1_agreement"),  # type: ignore[arg-type]
             confident=check.get("confident"),  # type: ignore[arg-type]
             confident_agreement=check.get("confident_agreement"),  # type: ignore[arg-type]
+            reference_max_abs=check.get("reference_max_abs"),  # type: ignore[arg-type]
         )
         log(
             f"  {result.name:34s} {result.precision:5s} {result.batch1_ms_median:8.2f} ms"
