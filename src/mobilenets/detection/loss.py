@@ -41,6 +41,7 @@ def match_anchors(gt_boxes: torch.Tensor, anchors: torch.Tensor, threshold: floa
     matches = torch.full((num_anchors,), -1, dtype=torch.long, device=anchors.device)
     if num_gt == 0:
         return matches
+    gt_boxes, anchors = gt_boxes.float(), anchors.float()  # the pair keys order float32 IoUs by their bits
     rows = max(1, IOU_BLOCK // max(num_anchors, 1))
     k = min(num_gt, num_anchors)
     best_iou = torch.full((num_anchors,), -1.0, device=anchors.device)
