@@ -300,3 +300,13 @@ def test_detector_predict_keeps_every_detection_and_distinct_outputs(tmp_path: P
     assert [len(r["detections"]) for r in json.loads(capsys.readouterr().out)] == [3, 3]
     assert main([*argv, "--top-k", "2"]) == 2  # a classifier's option, named
     assert "--top-k" in capsys.readouterr().err
+
+
+def test_segment_model_may_name_the_backbone(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from mobilenets.segmentation.task import segmenter_name
+
+    assert segmenter_name("mobilenet_v2") == "deeplabv3_mobilenet_v2"  # the default --model trains a segmenter
+    assert segmenter_name("lraspp_mobilenet_v3_small") == "lraspp_mobilenet_v3_small"
+    argv = ["train", "--task", "segment", "--model", "mobilenet_v3_small", "--out", str(tmp_path / "r"), *COMMON]
+    assert main(argv) == 2  # a classifier's name with no DeepLab on it: one line, not a traceback in the loss
+    assert "deeplabv3_* or lraspp_*" in capsys.readouterr().err

@@ -106,7 +106,7 @@ class SegmentTask:
         from mobilenets.segmentation.model import backbone_overrides
 
         overrides |= backbone_overrides(m.init)  # the BN eps / padding of the weights the backbone starts from
-        return create_model(m.name, **overrides)
+        return create_model(segmenter_name(m.name), **overrides)
 
     def datasets(self) -> tuple[Dataset, Dataset]:
         return self.train_set, self.val_set
@@ -127,6 +127,18 @@ class SegmentTask:
 
     def metadata(self) -> dict[str, Any]:
         return {"classes": self.classes, "mean": list(self.transform.mean), "std": list(self.transform.std)}
+
+
+def segmenter_name(model: str) -> str:
+    """``--model`` may name the segmenter (``deeplabv3_mobilenet_v2``, ``lraspp_mobilenet_v3_small``) or its
+    backbone (``mobilenet_v2`` → DeepLabv3 on it, the V2 paper's §6.3 head)."""
+    from mobilenets.registry import list_models
+
+    if model.startswith(("deeplabv3_", "lraspp_")):
+        return model
+    if f"deeplabv3_{model}" in list_models():
+        return f"deeplabv3_{model}"
+    raise ConfigError(f"--task segment needs a deeplabv3_* or lraspp_* model (or its backbone's name), got {model!r}")
 
 
 def pixel_loss(logits: torch.Tensor, masks: torch.Tensor, top_k: float = 1.0) -> torch.Tensor:
