@@ -171,6 +171,35 @@ def test_main_job_recipe_is_the_main_jobs_command_line() -> None:
     assert parse(old.split())[1] == parse(new.split())[1]
 
 
+# Each recipe beside the command line docs/ gives for the same run.
+RECIPE_COMMANDS = {
+    "fmnist_full_os16": "--model mobilenet_v2 --width 0.5 --output-stride 16 --data /usr/share/datasets/fashion-mnist "
+    "--resolution 64 --epochs 15 --batch-size 128 --optimizer adamw --lr 3e-3 --warmup-epochs 0.1 --crop-scale 0.75 1 "
+    "--channels-last",
+    "fmnist_full_ft": "--model mobilenet_v2 --width 0.5 --output-stride 16 --data /usr/share/datasets/fashion-mnist "
+    "--resolution 64 --epochs 8 --batch-size 128 --optimizer adamw --lr 1e-3 --warmup-epochs 0.3 --crop-scale 0.85 1 "
+    "--channels-last --init runs/fmnist_os16/best.safetensors",
+    "det256_clutter": "--task detect --model ssdlite_mobilenet_v2 --width 0.5 --data embedded --resolution 256 "
+    "--batch-size 32 --epochs 20 --eval-every 10 --optimizer adamw --lr 3e-3 --warmup-epochs 0.5 --ema-decay 0.99 "
+    "--backbone-init runs/clutter/best.safetensors --full-lowest-layer --channels-last",
+    "seg_name3": "--task segment --model lraspp_mobilenet_v2 --width 0.5 --data embedded --scenes 2000 200 "
+    "--scene-size 256 --resolution 128 --scale-range 0.75 1.25 --epochs 48 --eval-every 12 --batch-size 16 "
+    "--optimizer adamw --lr 1e-3 --warmup-epochs 0.3 --ema-decay 0.99 --naming-pool 3 "
+    "--init runs/clutter/best.safetensors --channels-last",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPE_COMMANDS))
+def test_recipes_are_the_documented_runs(name: str) -> None:
+    from mobilenets.commands.train import parse
+
+    run = ["--out", "X", "--workers", "0", "--threads", "2"]
+    assert (
+        parse([*RECIPE_COMMANDS[name].split(), *run])[1]
+        == parse(["--recipe", str(REPO / "recipes" / f"{name}.toml"), *run])[1]
+    )
+
+
 def test_recipe_file_flags_and_set(tmp_path: Path) -> None:
     from mobilenets.commands.train import parse
 
