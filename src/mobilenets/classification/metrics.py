@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,11 +98,17 @@ def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path: Path, 
     c = confusion.double()
     norm = c / c.sum(1, keepdim=True).clamp(min=1)
     k = len(classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 0.8 + 0.6 * k))
+    # 0.6 in per class, but wide enough for a title and bounded for ImageNet's 1000 classes (names then unlabelled)
+    side = min(max(5.0, 1.0 + 0.6 * k), 16.0)
+    fig, ax = plt.subplots(figsize=(side, side))
     ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), classes, rotation=60, ha="right")
-    ax.set_yticks(range(k), classes)
-    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix (row-normalised; counts shown)")
+    if k <= 60:
+        ax.set_xticks(range(k), classes, rotation=60, ha="right")
+        ax.set_yticks(range(k), classes)
+    title = title or "confusion matrix (row-normalised; counts shown)"
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(textwrap.fill(title, width=int(side * 11)), fontsize=9)  # ~11 characters per inch at 9 pt
     if k <= 30:
         for i in range(k):
             for j in range(k):
