@@ -84,6 +84,11 @@ class SSDLiteConfig:
             raise ConfigError(f"extra_channels must be 4 counts >= 2, got {self.extra_channels}")
         if not 0 <= self.score_threshold < 1 or not 0 < self.nms_iou <= 1 or self.max_detections < 1:
             raise ConfigError("need 0 <= score_threshold < 1, 0 < nms_iou <= 1 and max_detections >= 1")
+        if self.backbone_padding not in ("symmetric", "same") or self.backbone_bn_eps < 0:
+            raise ConfigError(
+                f"backbone_padding must be 'symmetric' or 'same' and backbone_bn_eps >= 0, got "
+                f"{self.backbone_padding!r} and {self.backbone_bn_eps}"
+            )
 
     @property
     def anchor_spec(self) -> AnchorSpec:

@@ -84,6 +84,8 @@ class SegmentationConfig:
             raise ConfigError("naming_pool applies to LR-ASPP only (it reads the last 1×1 conv DeepLabv3 drops)")
         if self.naming_pool and self.num_classes < 3:
             raise ConfigError("naming_pool needs a background class 0 and at least two object classes")
+        if self.padding not in ("symmetric", "same"):
+            raise ConfigError(f"padding must be 'symmetric' or 'same' (TensorFlow's), got {self.padding!r}")
 
     @property
     def resolved_head_channels(self) -> int:
