@@ -339,3 +339,16 @@ def test_segment_model_may_name_the_backbone(capsys: pytest.CaptureFixture[str],
     argv = ["train", "--task", "segment", "--model", "mobilenet_v3_small", "--out", str(tmp_path / "r"), *COMMON]
     assert main(argv) == 2  # a classifier's name with no DeepLab on it: one line, not a traceback in the loss
     assert "deeplabv3_* or lraspp_*" in capsys.readouterr().err
+
+
+def test_export_eval_defaults_to_the_runs_held_out_split(run: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("onnxruntime")
+    capsys.readouterr()
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(run), str(out), "--json", "--eval"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    header, row = (run / "metrics.csv").read_text().splitlines()[:2]
+    logged = dict(zip(header.split(","), row.split(","), strict=True))
+    # scored on the 9 held-out images training evaluated: PyTorch's top-1 is the logged one, ONNX's agrees
+    assert summary["top1"]["pytorch"] == pytest.approx(float(logged["val_top1"]), abs=1e-6)
+    assert summary["top1"]["onnx_fp32"] == pytest.approx(summary["top1"]["pytorch"], abs=1 / 9 + 1e-6)

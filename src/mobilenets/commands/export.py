@@ -57,9 +57,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "boxes, scores, labels",
     )  # fmt: skip
     p.add_argument(
-        "--eval", dest="eval_data",
-        help="also measure PyTorch and the exported file(s) on this data: top-1, or a detector's COCO mAP / a "
-        "segmenter's mIoU on its validation split ('embedded': the scenes the model was trained on)",
+        "--eval", dest="eval_data", nargs="?", const="", metavar="DATA",
+        help="also measure PyTorch and the exported file(s): top-1, or a detector's COCO mAP / a segmenter's mIoU; "
+        "on the run's own validation data (its --val-split held-out part included), or on DATA's validation split",
     )  # fmt: skip
     p.add_argument(
         "--latency-runs", type=int, default=0, metavar="N",
@@ -141,7 +141,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             staged = {role: staging / role / "model.xml" for role in files}
         batches = _export(args, trained, transform, resolution, staged, summary)
         _verify(args, trained, resolution, staged, summary, batches)
-        if args.eval_data:
+        if args.eval_data is not None:
             _evaluate(args, trained, transform, resolution, staged, summary, batches)
         for role, path in files.items():  # everything checked: rename into place (same folder, atomic each)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -345,7 +345,7 @@ def _tolerance(fmt: str) -> float:
 
 def _evaluate(args: argparse.Namespace, trained: Any, transform: Any, resolution: int, staged: dict[str, Path],
               summary: dict[str, Any], batches: list[torch.Tensor] | None) -> None:  # fmt: skip
-    data = args.eval_data
+    data: Any = args.eval_data or None  # None: the run's own validation data, from its stored config
     if trained.task != "classify":
         from mobilenets.deploy.dense import task_metrics
 
@@ -356,6 +356,10 @@ def _evaluate(args: argparse.Namespace, trained: Any, transform: Any, resolution
         return
     from mobilenets.deploy.evaluate import exported_top1, fused_top1, torch_top1
 
+    if data is None:  # the very images training evaluated, in the export's transform
+        from mobilenets.classification.task import run_data
+
+        data = run_data(trained.config, transform).val
     top1 = {"pytorch": torch_top1(trained.model, data, transform, trained.metadata)}
     for role, path in staged.items():
         top1[f"{args.format}_{role}"] = exported_top1(path, data, transform, trained.metadata)

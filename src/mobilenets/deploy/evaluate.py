@@ -13,10 +13,13 @@ from torch.utils.data import DataLoader
 from mobilenets.data.transforms import TransformConfig
 
 
-def _dataset(data: str, transform: TransformConfig, metadata: dict[str, Any]) -> Any:
+def _dataset(data: Any, transform: TransformConfig, metadata: dict[str, Any]) -> Any:
+    """``data`` names a labelled set ('embedded', an IDX or image folder), or is a dataset already."""
+    if not isinstance(data, (str, Path)):
+        return data
     from mobilenets.classification.sources import load_eval_data
 
-    return load_eval_data(data, transform, list(metadata.get("classes") or []))
+    return load_eval_data(str(data), transform, list(metadata.get("classes") or []))
 
 
 def top1(predict: Callable[[torch.Tensor], torch.Tensor], data: str, transform: TransformConfig,
