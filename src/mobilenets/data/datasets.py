@@ -11,6 +11,7 @@ Bad input policy (documented in the README, tested in tests/test_data.py):
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,7 +54,10 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None) -> tuple
         raise InputError(f"{root} lacks class folder(s) {missing} that the training data has")
     samples: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and is_image_file(p))
+        folder = root / name
+        if not os.access(folder, os.R_OK | os.X_OK):  # rglob would silently yield nothing
+            raise InputError(f"class folder {folder} is unreadable (permission denied)")
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
         if not files:
             raise InputError(f"class folder {root / name} has no image files")
         samples += [(p, label) for p in files]

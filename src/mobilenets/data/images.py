@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,10 +84,17 @@ def open_image(path: str | Path, what: str = "image") -> Iterator[Image.Image]:
         with os.fdopen(fd, "rb") as f:
             fd = -1
             try:
-                img = Image.open(f)
+                with warnings.catch_warnings():  # PIL's bomb warning: the limit below is the one that applies
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    img = Image.open(f)
             except UnidentifiedImageError:
                 raise UnreadableImage(f"cannot decode {what} {path}: not an image format PIL reads") from None
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            except Image.DecompressionBombError as e:  # PIL's own bar (2 × its MAX_IMAGE_PIXELS) came first
+                raise UnreadableImage(
+                    f"{what} {path} declares too many pixels, over the limit of {max_pixels():,} (${MAX_PIXELS_ENV}): "
+                    f"{e}"
+                ) from None
+            except (OSError, ValueError, SyntaxError) as e:
                 raise UnreadableImage(f"cannot decode {what} {path}: {e}") from None
             with img:
                 width, height = img.size

@@ -273,14 +273,28 @@ class Resumed:
 
 
 def find_last(path: str | Path) -> tuple[Path, Path]:
-    """(weights, state) named by ``last.json`` in a run folder (or the pointer file itself)."""
+    """(weights, state) of the newest checkpoint that ``last.json`` (in a run folder, or the pointer file itself)
+    lists and whose headers read; a torn or corrupt newest one gives way to the previous (``load_resume`` says
+    so)."""
     path = Path(path)
     pointer = path / POINTER if path.is_dir() else path
     if not pointer.is_file():
         raise CheckpointError(f"nothing to resume: {pointer} not found (was the run started with --out {path}?)")
-    weights, extra = own_checkpoints(pointer.parent)[0]
+    pairs = own_checkpoints(pointer.parent)
+    for weights, extra in pairs:
+        try:
+            read_metadata(weights)
+            if not extra.name.endswith(LEGACY_STATE_SUFFIX):
+                read_metadata(extra)
+        except CheckpointError:
+            continue
+        if extra.is_file():
+            return weights, extra
+    weights, extra = pairs[0]
     if not weights.is_file() or not extra.is_file():
         raise CheckpointError(f"{pointer} names {weights.name} / {extra.name}, which are missing")
+    read_metadata(weights)
+    read_metadata(extra)  # the newest one's own error
     return weights, extra
 
 
