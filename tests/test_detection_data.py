@@ -215,7 +215,7 @@ def test_task_loss_and_perfect_evaluation(scenes_dir: Path) -> None:
     train, val = task.datasets()
     batch = task.collate([train[i] for i in range(2)])
     loss, parts = task.loss(model, batch)
-    assert torch.isfinite(loss) and set(parts) == {"cls_loss", "box_loss"}
+    assert torch.isfinite(loss) and set(parts) == {"cls_loss", "box_loss", "skipped"} and parts["skipped"] == 0
     loss.backward()
 
     class Oracle(torch.nn.Module):  # predicts exactly the ground truth: mAP must be 1

@@ -150,10 +150,14 @@ def _read_legacy_state(path: Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(allowed):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch's own refusal all raise their own types
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        lines = str(e).strip().splitlines() or [""]
+        # torch's refusal names the forbidden object on an "Unsupported global" line; its advice to load with
+        # weights_only=False is exactly what must not be done with a file of unknown origin, so it is not repeated
+        named = [ln.strip() for ln in lines if "unsupported global" in ln.lower()]
+        reason = (named[0] if named else f"{type(e).__name__}: {lines[0]}")[:200]
         raise CheckpointError(
-            f"refusing to read training state {path}: it is an old pickle file that needs more than tensors and "
-            f"numbers to load ({type(e).__name__}: {reason}); mobilenets never unpickles arbitrary objects"
+            f"refusing to read training state {path}: it is an old pickle file holding more than tensors and "
+            f"numbers ({reason}); mobilenets never unpickles other objects, as loading them can run code"
         ) from None
     if not isinstance(state, dict) or not {"epoch", "step", "rows"} <= set(state):
         raise CheckpointError(f"{path}: not a mobilenets training state")
