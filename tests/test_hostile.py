@@ -589,7 +589,12 @@ def test_coco_layout_trains_and_evaluates_from_the_cli(tmp_path: Path, capsys) -
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(out), "--data", str(tmp_path / "coco"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["images"] == 4 and "instances_val2017.json" in result["data"]
+    assert result["images"] == 4 and "instances_val2017.json" in result["data"] and result["skipped"] == 0
+    # a bomb among the validation images: skipped, counted and named, the others still scored
+    (tmp_path / "coco" / "val2017" / f"{0:012d}.jpg").write_bytes(png_declaring(9_000, 9_000))
+    assert main(["eval", "--checkpoint", str(out), "--data", str(tmp_path / "coco"), "--json", "--workers", "0"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["skipped"] == 1 and f"{0:012d}.jpg declares 9000×9000" in captured.err
 
 
 def test_missing_pycocotools_is_an_error_at_start_up(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -223,6 +223,22 @@ class CocoDetection(torch.utils.data.Dataset):
         return to_tensor(image), target
 
 
+class CountSkipped:
+    """The batches of a loader, adding up the unreadable images ``collate`` dropped from them (``skipped``), so an
+    evaluation can report how many of its images it could not score."""
+
+    def __init__(self, batches: Any) -> None:
+        self.batches, self.skipped = batches, 0
+
+    def __iter__(self) -> Any:
+        for batch in self.batches:
+            self.skipped += int(batch.get("skipped", 0))
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def collate(items: list[tuple[torch.Tensor, dict[str, torch.Tensor]] | Skipped]) -> dict[str, Any]:
     """Stack the images; keep per-image targets as a list (their box counts differ). Skipped (unreadable)
     items are dropped and counted in ``skipped``."""

@@ -29,7 +29,7 @@ from mobilenets.config import EvalConfig, PredictConfig, TrainConfig
 from mobilenets.data.images import UnreadableImage, load_rgb
 from mobilenets.data.transforms import to_tensor
 from mobilenets.detection.boxes import nms
-from mobilenets.detection.data import CocoDetection, CocoSource, collate, find_sources, find_split
+from mobilenets.detection.data import CocoDetection, CocoSource, CountSkipped, collate, find_sources, find_split
 from mobilenets.detection.loss import build_targets, ssd_loss
 from mobilenets.detection.transforms import EvalTransform, TrainTransform, resize
 from mobilenets.errors import ConfigError, InputError
@@ -137,12 +137,15 @@ class DetectTask:
         return loss, {**scalars, "skipped": float(batch.get("skipped", 0))}
 
     def evaluate(self, model: nn.Module, loader: DataLoader, distributed: bool) -> dict[str, float]:
-        detections = detect_batches(model, loader, self.val_set.category_ids)
+        counted = CountSkipped(loader)  # unreadable images: counted (val_skipped), each named by a warning
+        detections = detect_batches(model, counted, self.val_set.category_ids)
+        skipped = counted.skipped
         if distributed:
             from mobilenets.engine.distributed import all_gather_object
 
             detections = [d for part in all_gather_object(detections) for d in part]
-        return coco_metrics(self.val_set, detections)
+            skipped = sum(all_gather_object(skipped))
+        return {**coco_metrics(self.val_set, detections), "skipped": float(skipped)}
 
     def metadata(self) -> dict[str, Any]:
         return {"classes": self.train_set.class_names, "category_ids": self.train_set.category_ids}
@@ -277,11 +280,12 @@ def evaluate_checkpoint(trained: Any, cfg: EvalConfig, predictor: Any = None) ->
     dataset = split_of(trained, cfg.data, trained.config.model.resolution)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collate, num_workers=cfg.workers)
     device = next(trained.model.parameters()).device
-    batches = ({"images": b["images"].to(device), "targets": b["targets"]} for b in loader)
+    counted = CountSkipped(loader)
+    batches = ({"images": b["images"].to(device), "targets": b["targets"]} for b in counted)
     detections = detect_batches(predictor or trained.model, batches, dataset.category_ids)
     metrics = coco_metrics(dataset, detections)
     result = {"checkpoint": str(trained.path), "data": str(dataset.source), "images": len(dataset), **metrics,
-              "problems": dict(dataset.problems)}  # fmt: skip
+              "skipped": counted.skipped, "problems": dict(dataset.problems)}  # fmt: skip
     if cfg.class_agnostic:
         result["class_agnostic"] = class_agnostic_metrics(dataset, detections, trained.model.config.nms_iou)
     return result
