@@ -622,3 +622,30 @@ def test_folder_dataset_skips_a_bomb(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(png_declaring(70_000, 70_000))
     item = FolderDataset([(tmp_path / "a.png", 0)], ["x"], lambda img: img)[0]
     assert isinstance(item, Skipped) and "declares" in item.reason
+
+
+def _seg_tree(root: Path) -> None:
+    for split in ("train", "val"):
+        for sub in ("images", "masks"):
+            (root / split / sub).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(root / split / "images" / f"{i}.png")
+            Image.fromarray(np.zeros((64, 64), np.uint8)).save(root / split / "masks" / f"{i}.png")
+    (root / "classes.txt").write_text("background\nthing\n")
+
+
+def test_segmentation_skips_a_bomb_and_worker_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    _seg_tree(tmp_path / "seg")
+    (tmp_path / "seg" / "train" / "images" / "1.png").write_bytes(png_declaring(12_000, 12_000))
+    args = ["train", "--task", "segment", "--data", str(tmp_path / "seg"), "--resolution", "64", "--epochs", "1",
+            "--no-progress", "--threads", "1"]  # fmt: skip
+    assert main([*args, "--batch-size", "4", "--workers", "0", "--out", str(tmp_path / "a")]) == 0
+    assert "1.png declares 12000×12000" in capsys.readouterr().err
+    # a batch left with one image cannot be batch-normalised: one line saying why, not a ValueError traceback
+    assert main([*args, "--batch-size", "2", "--workers", "0", "--out", str(tmp_path / "b")]) == 2
+    one_line_error(capsys, "batch of one image", "1 unreadable image")
+    # an error raised inside a DataLoader worker is still one line (the worker's traceback is not the message)
+    Image.fromarray(np.full((64, 64), 7, np.uint8)).save(tmp_path / "seg" / "train" / "masks" / "2.png")
+    assert main([*args, "--batch-size", "4", "--workers", "1", "--out", str(tmp_path / "c")]) == 2
+    line = one_line_error(capsys, "2.png has values [7]")
+    assert "Original Traceback" not in line and not line.startswith("error: mobilenets.")

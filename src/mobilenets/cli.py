@@ -48,6 +48,17 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _one_line(e: Exception) -> str:
+    """The error's own message. An error raised in a DataLoader worker comes back re-raised with the worker's
+    traceback as its text ("Caught InputError in DataLoader worker process 0. Original Traceback ..."); its last
+    line is the original ``module.Class: message``."""
+    text = str(e).strip()
+    if "Original Traceback" not in text:
+        return text
+    last = text.splitlines()[-1]
+    return last.split(": ", 1)[1] if f"{type(e).__name__}: " in last else last
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="mobilenets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -80,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return (func(args, rest) if getattr(args, "takes_rest", False) else func(args)) or 0
     except MobilenetsError as e:
-        return _fail(str(e))
+        return _fail(_one_line(e))
     except FileNotFoundError as e:
         return _fail(f"file not found: {e.filename or e}")
     except KeyboardInterrupt:

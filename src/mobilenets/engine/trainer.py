@@ -177,7 +177,7 @@ def _train(
             ctx = net.no_sync() if d.enabled and not sync else contextlib.nullcontext()
             with ctx:
                 with autocast:
-                    loss, scalars = task.loss(net, batch)
+                    loss, scalars = _loss(task, net, batch)
                 finite = torch.isfinite(loss.detach()).float().reshape(1)
                 if not bool(all_reduce_sum(finite, d).item() == d.world):
                     raise NonFiniteLoss(
@@ -262,6 +262,20 @@ def _train(
         "last": loop["rows"][-1] if loop["rows"] else {},
         "checkpoint": last_ckpt,
     }
+
+
+def _loss(task: Task, net: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    try:
+        return task.loss(net, batch)
+    except ValueError as e:  # BatchNorm on 1×1 maps (a detector's or segmenter's last layers) needs 2 images
+        if "Expected more than 1 value per channel" not in str(e):
+            raise
+        skipped = int(batch.get("skipped", 0)) if isinstance(batch, dict) else 0
+        why = f" ({skipped} unreadable image(s) of the batch were skipped)" if skipped else ""
+        raise ConfigError(
+            f"a training batch of one image{why} cannot be batch-normalised on the model's 1×1 feature maps; "
+            "use --batch-size 2 or more (3 or more when images may be skipped)"
+        ) from None
 
 
 def _format_row(row: dict[str, Any]) -> str:

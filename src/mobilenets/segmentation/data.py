@@ -23,6 +23,7 @@ naming the files. Labels are never guessed.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from mobilenets.data.datasets import Skipped
 from mobilenets.data.images import IMAGE_EXTENSIONS, UnreadableImage, inside, load_rgb, open_image
 from mobilenets.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from mobilenets.errors import ConfigError, InputError
@@ -284,8 +286,12 @@ class SegmentationDataset(Dataset):
         image, mask = load_pair(self.pairs[index], self.num_classes)
         return np.asarray(image, np.uint8), mask
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        image, mask = self.load(index)
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor] | Skipped:
+        try:
+            image, mask = self.load(index)
+        except UnreadableImage as e:  # a corrupt or oversized file costs its pair, not the run (never a guess)
+            print(f"warning: skipping {e}", file=sys.stderr)
+            return Skipped(str(self.pairs[index].image), str(e))
         if self.train:
             image, mask = augment(image, mask, self.transform)
         return {
@@ -372,8 +378,13 @@ def class_names_of(root: str | Path) -> tuple[list[str], str] | None:
     return None
 
 
-def collate(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack items, padding different sizes to the largest (image with 0 = the mean, mask with ignore)."""
+def collate(items: Sequence[dict[str, torch.Tensor] | Skipped]) -> dict[str, torch.Tensor]:
+    """Stack items, padding different sizes to the largest (image with 0 = the mean, mask with ignore). Skipped
+    (unreadable) pairs are dropped and counted in ``skipped``."""
+    skipped = [it.path for it in items if isinstance(it, Skipped)]
+    items = [it for it in items if not isinstance(it, Skipped)]
+    if not items:
+        raise InputError(f"every image in a batch was unreadable, e.g. {skipped[0]}")
     h = max(int(it["mask"].shape[0]) for it in items)
     w = max(int(it["mask"].shape[1]) for it in items)
     images = torch.zeros(len(items), 3, h, w)
@@ -382,4 +393,4 @@ def collate(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]
         ih, iw = it["mask"].shape
         images[i, :, :ih, :iw] = it["image"]
         masks[i, :ih, :iw] = it["mask"]
-    return {"images": images, "masks": masks}
+    return {"images": images, "masks": masks, "skipped": torch.tensor(len(skipped))}
