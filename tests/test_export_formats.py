@@ -86,6 +86,7 @@ def test_tflite_matches_pytorch_in_litert(task: str, tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["m.tflite"]  # no temporary file left behind
 
 
+@pytest.mark.slow  # PT2E calibration + two conversions: ~2.5 min on the loaded 2-core test machine
 @needs_tflite
 def test_tflite_int8_is_full_integer_and_close(tmp_path: Path) -> None:
     from ai_edge_litert.interpreter import Interpreter
@@ -214,6 +215,7 @@ def test_predict_model_gives_what_predict_checkpoint_gives(
             assert np.array_equal(np.asarray(Image.open(ours["mask"])), np.asarray(Image.open(theirs["mask"])))
 
 
+@pytest.mark.slow  # two conversions, PT2E calibration, top-1 of PyTorch, both files and the fused engine
 @needs_tflite
 def test_export_command_tflite_int8_with_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ckpt = _checkpoint(tmp_path, "classify")
