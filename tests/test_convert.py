@@ -20,8 +20,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mobilenets import CheckpointError, create_model
-from mobilenets.checkpoint import read_info, read_weights, save_weights
+from mobilenets.checkpoint import read_info, save_weights
 from mobilenets.convert import convert_file, convert_state_dict, read_state_dict, to_torchvision
+from mobilenets.registry import read_weights
 from timm_util import import_timm, randomize
 
 try:

@@ -89,27 +89,18 @@ def read_info(path: str | Path) -> tuple[str, dict[str, object]]:
     return info["model"], info["config"]
 
 
-def check_config(path: str | Path, name: str, config: dict[str, object]) -> None:
-    """Refuse a file whose stored config does not describe its own tensors, before anything is allocated.
-
-    The model is built on PyTorch's ``meta`` device (shapes only, no memory) and every tensor it has must be in the
-    file with the same shape. A config claiming 10⁹ classes or a width of 10⁴ thus fails here, naming the file,
-    instead of asking for terabytes when the real model is built: what a file can make us allocate is bounded by
-    the tensors it actually holds."""
-    from mobilenets.registry import create_model
-
+def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from a safetensors header, without loading a tensor."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {path} as safetensors: {e}") from None
-    try:
-        with torch.device("meta"):
-            model = create_model(name, **config)
-    except CheckpointError:
-        raise
-    except (ValueError, TypeError) as e:  # ConfigError is a ValueError; an unknown key is a TypeError
-        raise CheckpointError(f"{path}: its stored config cannot build {name!r}: {e}") from None
+
+
+def check_shapes(path: str | Path, model: nn.Module) -> None:
+    """Refuse a file whose tensors are not the ones ``model`` (built from the file's config) has."""
+    shapes = read_shapes(path)
     for key, tensor in model.state_dict().items():
         if key not in shapes:
             raise CheckpointError(f"{path}: its config builds {key} {tuple(tensor.shape)}, which the file lacks")
@@ -120,16 +111,12 @@ def check_config(path: str | Path, name: str, config: dict[str, object]) -> None
             )
 
 
-def read_weights(path: str | Path) -> tuple[str, dict[str, object], dict[str, torch.Tensor]]:
-    """Return (model name, config, state dict) from a file written by ``save_weights``; the metadata is checked
-    against the tensors' shapes in the header (``check_config``) before any tensor is loaded."""
-    name, config = read_info(path)
-    check_config(path, name, config)
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; read errors name the file."""
     try:
-        state = load_file(str(path))
+        return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {path} as safetensors: {e}") from None
-    return name, config, state
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:

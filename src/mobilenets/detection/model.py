@@ -256,7 +256,8 @@ class SSDLite(nn.Module):
 
     def load_backbone(self, path: str) -> None:
         """Initialise the backbone from a classification checkpoint of the same architecture and width."""
-        from mobilenets.checkpoint import load_into, read_weights
+        from mobilenets.checkpoint import load_into
+        from mobilenets.registry import read_weights
 
         _, _, state = read_weights(path)
         state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "pre_logits."))}

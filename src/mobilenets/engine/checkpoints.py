@@ -32,11 +32,10 @@ from mobilenets.checkpoint import (
     model_config,
     read_info,
     read_metadata,
-    read_weights,
 )
 from mobilenets.config import TrainConfig, stored_config
 from mobilenets.errors import CheckpointError, MobilenetsError
-from mobilenets.registry import create_model
+from mobilenets.registry import create_model, read_weights
 
 TRAIN_META_KEY = "mobilenets.train"  # task name, train args, task metadata, epoch, step
 STATE_KEY = "mobilenets.state"  # the loop state's JSON part; its tensors are the file's entries
