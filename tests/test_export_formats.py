@@ -56,7 +56,7 @@ def _reference(model: torch.nn.Module, x: torch.Tensor) -> list[np.ndarray]:
 
 def _metadata(task: str, model: torch.nn.Module, resolution: int, fmt: str, dynamic: bool = False) -> dict:
     from mobilenets.checkpoint import model_config
-    from mobilenets.deploy.artefact import build_metadata
+    from mobilenets.deploy.formats import build_metadata
 
     return build_metadata(
         task=task, model_name=model.registry_name, model_config=model_config(model),

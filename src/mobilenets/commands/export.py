@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from mobilenets.cli import print_json
+from mobilenets.deploy.formats import FORMATS
 from mobilenets.errors import ConfigError, MobilenetsError
 
-FORMATS = ("onnx", "tflite", "openvino")
 SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
 # int8 has no element-wise tolerance; the check is that its outputs still follow PyTorch's on real
 # (calibration) images. Measured ≥ 0.999 on the test models; a broken quantisation falls far below.
@@ -72,7 +72,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    from mobilenets.deploy.artefact import require
+    from mobilenets.deploy.formats import require
 
     if args.int8 and not args.calibration:
         raise ConfigError("--int8 needs --calibration DATA (real images to calibrate the activation ranges)")
@@ -121,7 +121,7 @@ def _written(fmt: str, files: dict[str, Path]) -> list[Path]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mobilenets.deploy.artefact import check_outputs
+    from mobilenets.deploy.formats import check_outputs
     from mobilenets.engine.checkpoints import load_trained, resolve_weights
 
     _check_args(args)
@@ -181,11 +181,11 @@ def _transform(trained: Any, resolution: int | None) -> tuple[Any, int]:
 
 def export_metadata(trained: Any, transform: Any, resolution: int, fmt: str, precision: str, outputs: list[str],
                     nms_in_graph: bool = False) -> dict[str, Any]:  # fmt: skip
-    """The metadata an export of ``trained`` carries (``mobilenets.deploy.artefact.build_metadata``)."""
+    """The metadata an export of ``trained`` carries (``mobilenets.deploy.formats.build_metadata``)."""
     from mobilenets.checkpoint import model_config
     from mobilenets.commands.train import task_module
     from mobilenets.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from mobilenets.deploy.artefact import build_metadata, input_rule
+    from mobilenets.deploy.formats import build_metadata, input_rule
 
     task = trained.task
     dynamic = task == "segment" and fmt != "tflite"

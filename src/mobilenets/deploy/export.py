@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.deploy.artefact import META_KEY, Artefact, metadata_json, parse_metadata, replace_atomically, require
 from mobilenets.deploy.fold import fold_batchnorm
+from mobilenets.deploy.formats import META_KEY, Artefact, metadata_json, parse_metadata, replace_atomically, require
 from mobilenets.errors import ConfigError, InputError
 
 OPSET = 17

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilenets.deploy.artefact import META_KEY, Artefact, metadata_json, parse_metadata, require
+from mobilenets.deploy.formats import META_KEY, Artefact, metadata_json, parse_metadata, require
 from mobilenets.errors import InputError
 
 MODEL_FILE = "model.xml"

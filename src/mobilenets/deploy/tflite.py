@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.deploy.artefact import META_KEY, Artefact, metadata_json, parse_metadata, replace_atomically, require
 from mobilenets.deploy.fold import fold_batchnorm
+from mobilenets.deploy.formats import META_KEY, Artefact, metadata_json, parse_metadata, replace_atomically, require
 from mobilenets.errors import InputError
 
 # fp32 LiteRT (XNNPACK) vs PyTorch: the same float graph, other kernels and summation orders (measured ≤ 1e-6 on
