@@ -15,41 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from mobilenets.classification.task import ClassifyTask
 from mobilenets.cli import main
-from mobilenets.data import embedded
 from mobilenets.engine.checkpoints import read_state
 from mobilenets.engine.data import EvalBatchSampler, SeededDataset, ShardedBatchSampler
 from mobilenets.engine.optim import EMA, RMSpropTF, lr_at, param_groups, resolve_recipe
 from mobilenets.engine.trainer import KILL_AT_STEP_ENV, NonFiniteLoss
 from mobilenets.registry import create_model
-
-CLASSES = (0, 1, 7)  # T-shirt, trouser, sneaker
+from run_util import train_args, write_image_folder
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny image-folder data set (3 classes × 12 train, × 4 val) cut from the embedded Fashion-MNIST."""
-    root = tmp_path_factory.mktemp("imgs")
-    x, y = embedded.load("train")
-    for c in CLASSES:
-        idx = np.flatnonzero(y == c)
-        for split, sl in (("train", idx[:12]), ("val", idx[12:16])):
-            (root / split / f"c{c}").mkdir(parents=True)
-            for i in sl:
-                Image.fromarray(x[i]).save(root / split / f"c{c}" / f"{i}.png")
-    return root
-
-
-def train_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train", "--data", str(data), "--out", str(out), "--model", "mobilenet_v2", "--width", "0.35",
-        "--resolution", "32", "--batch-size", "9", "--epochs", "2", "--workers", "0", "--threads", "1",
-        "--seed", "3", "--no-progress", "--crop-scale", "0.5", "1", *extra,
-    ]  # fmt: skip
+    return write_image_folder(tmp_path_factory.mktemp("imgs"))
 
 
 def final_weights(out: Path) -> dict[str, torch.Tensor]:

@@ -21,8 +21,8 @@ import pytest
 import torch
 from PIL import Image
 
+import run_util
 from mobilenets.cli import main
-from mobilenets.data import embedded
 from mobilenets.data.datasets import FolderDataset, Skipped, scan_folder
 from mobilenets.data.images import MAX_PIXELS_ENV, OutsideRoot, UnreadableImage, inside, load_rgb
 from mobilenets.detection.boxes import box_iou
@@ -31,32 +31,19 @@ from mobilenets.detection.loss import match_anchors
 from mobilenets.engine import checkpoints, runs
 from mobilenets.errors import CheckpointError, InputError, MobilenetsError
 from mobilenets.registry import create_model
+from run_util import CLASSES, write_image_folder
 
-CLASSES = (0, 1, 7)
 NAN = float("nan")
 
 
 # -- fixtures and helpers -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3 classes × 12 train / 4 val images cut from the embedded Fashion-MNIST."""
-    root = tmp_path_factory.mktemp("imgs")
-    x, y = embedded.load("train")
-    for c in CLASSES:
-        idx = np.flatnonzero(y == c)
-        for split, sl in (("train", idx[:12]), ("val", idx[12:16])):
-            (root / split / f"c{c}").mkdir(parents=True)
-            for i in sl:
-                Image.fromarray(x[i]).save(root / split / f"c{c}" / f"{i}.png")
-    return root
+    return write_image_folder(tmp_path_factory.mktemp("imgs"))
 
 
 def train_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train", "--data", str(data), "--out", str(out), "--model", "mobilenet_v2", "--width", "0.35",
-        "--resolution", "32", "--batch-size", "9", "--epochs", "1", "--workers", "0", "--threads", "1",
-        "--seed", "3", "--no-progress", "--crop-scale", "0.5", "1", *extra,
-    ]  # fmt: skip
+    return run_util.train_args(data, out, *extra, epochs=1)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from mobilenets.data.images import UnreadableImage, is_image_file, load_rgb
 from mobilenets.errors import InputError
 
 Transform = Callable[[Image.Image], torch.Tensor]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,15 @@ class Skipped:
 
     path: str
     reason: str
+
+
+def readable(items: Sequence[T | Skipped]) -> tuple[list[T], int]:
+    """A batch's readable items and how many were skipped; a batch with none readable is an error naming one."""
+    good = [it for it in items if not isinstance(it, Skipped)]
+    skipped = [it.path for it in items if isinstance(it, Skipped)]
+    if not good:
+        raise InputError(f"every image in a batch was unreadable, e.g. {skipped[0]}")
+    return good, len(skipped)
 
 
 def scan_folder(root: str | Path, classes: Sequence[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -102,14 +113,11 @@ class ArrayDataset(Dataset):
 
 def collate(items: Sequence[tuple[torch.Tensor, int] | Skipped]) -> dict[str, object]:
     """Stack the good items; count (and name) the skipped ones."""
-    good = [it for it in items if not isinstance(it, Skipped)]
-    skipped = [it.path for it in items if isinstance(it, Skipped)]
-    if not good:
-        raise InputError(f"every image in a batch was unreadable, e.g. {skipped[0]}")
+    good, skipped = readable(items)
     return {
         "images": torch.stack([img for img, _ in good]),
         "labels": torch.tensor([label for _, label in good], dtype=torch.long),
-        "skipped": torch.tensor(len(skipped)),
+        "skipped": torch.tensor(skipped),
     }
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mobilenets.data.datasets import Skipped
+from mobilenets.data.datasets import Skipped, readable
 from mobilenets.data.images import UnreadableImage, inside, load_rgb, open_image
 from mobilenets.data.transforms import to_tensor
 from mobilenets.errors import InputError
@@ -242,14 +242,11 @@ class CountSkipped:
 def collate(items: list[tuple[torch.Tensor, dict[str, torch.Tensor]] | Skipped]) -> dict[str, Any]:
     """Stack the images; keep per-image targets as a list (their box counts differ). Skipped (unreadable)
     items are dropped and counted in ``skipped``."""
-    good = [it for it in items if not isinstance(it, Skipped)]
-    skipped = [it.path for it in items if isinstance(it, Skipped)]
-    if not good:
-        raise InputError(f"every image in a batch was unreadable, e.g. {skipped[0]}")
+    good, skipped = readable(items)
     return {
         "images": torch.stack([image for image, _ in good]),
         "targets": [t for _, t in good],
-        "skipped": torch.tensor(len(skipped)),
+        "skipped": torch.tensor(skipped),
     }
 
 

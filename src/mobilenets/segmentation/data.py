@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mobilenets.data.datasets import Skipped
+from mobilenets.data.datasets import Skipped, readable
 from mobilenets.data.images import IMAGE_EXTENSIONS, UnreadableImage, inside, load_rgb, open_image
 from mobilenets.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from mobilenets.errors import ConfigError, InputError
@@ -381,10 +381,7 @@ def class_names_of(root: str | Path) -> tuple[list[str], str] | None:
 def collate(items: Sequence[dict[str, torch.Tensor] | Skipped]) -> dict[str, torch.Tensor]:
     """Stack items, padding different sizes to the largest (image with 0 = the mean, mask with ignore). Skipped
     (unreadable) pairs are dropped and counted in ``skipped``."""
-    skipped = [it.path for it in items if isinstance(it, Skipped)]
-    items = [it for it in items if not isinstance(it, Skipped)]
-    if not items:
-        raise InputError(f"every image in a batch was unreadable, e.g. {skipped[0]}")
+    items, skipped = readable(items)
     h = max(int(it["mask"].shape[0]) for it in items)
     w = max(int(it["mask"].shape[1]) for it in items)
     images = torch.zeros(len(items), 3, h, w)
@@ -393,4 +390,4 @@ def collate(items: Sequence[dict[str, torch.Tensor] | Skipped]) -> dict[str, tor
         ih, iw = it["mask"].shape
         images[i, :, :ih, :iw] = it["image"]
         masks[i, :ih, :iw] = it["mask"]
-    return {"images": images, "masks": masks, "skipped": torch.tensor(len(skipped))}
+    return {"images": images, "masks": masks, "skipped": torch.tensor(skipped)}
