@@ -85,6 +85,18 @@ def test_convert_torchvision(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     with torch.no_grad():
         assert torch.equal(loaded(x), source(x))
 
+    # An existing output is kept unless --overwrite; the input is never the output.
+    before = out_path.read_bytes()
+    code, _, err = run(["convert", "--from", "torchvision", str(tmp_path / "tv.pth"), str(out_path)], capsys)
+    assert code == 2 and "already exists" in err and "--overwrite" in err and out_path.read_bytes() == before
+    code, _, err = run(
+        ["convert", "--from", "torchvision", str(tmp_path / "tv.pth"), str(tmp_path / "tv.pth"), "--overwrite"], capsys
+    )
+    assert code == 2 and "is the input file" in err
+    argv = ["convert", "--from", "torchvision", str(tmp_path / "tv.pth"), str(out_path), "--overwrite"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+
 
 def _bad_state(tmp_path: Path) -> str:
     state = to_torchvision(create_model("mobilenet_v2", width=0.35))

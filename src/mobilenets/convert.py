@@ -430,14 +430,23 @@ def convert_file(
     padding: str | None = None,
     tf: bool | None = None,
     timm_name: str | None = None,
+    overwrite: bool = False,
 ) -> MobileNet:
     """Convert a timm/torchvision weight file into a checkpoint ``create_model(name, weights=dst)`` loads,
     with the class names and eval transform ``predict`` / ``eval`` / ``export`` use (:func:`converted_metadata`).
 
     ``timm_name`` (e.g. ``mobilenetv3_large_100.ra_in1k``) defaults to a timm model name found in ``src``'s
     path; ``tf`` defaults to whether that name (or the file's) starts with ``tf_`` (timm's ported TF weights).
+    An existing ``dst`` is replaced only with ``overwrite``, and never when it is ``src`` itself.
     """
     from mobilenets.engine.checkpoints import save_model  # the engine's format: eval/predict read its metadata
+
+    if Path(dst).exists() and Path(src).exists() and Path(dst).resolve() == Path(src).resolve():
+        raise ConfigError(f"{dst} is the input file; write the conversion to another path")
+    if Path(dst).is_dir():
+        raise ConfigError(f"{dst} is a folder; name the checkpoint file to write")
+    if Path(dst).exists() and not overwrite:
+        raise ConfigError(f"{dst} already exists; pass --overwrite to replace it")
 
     if source == "timm" and timm_name is None:
         timm_name = timm_name_in(str(Path(src).resolve()))

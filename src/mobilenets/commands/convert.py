@@ -29,13 +29,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="timm model name (e.g. mobilenetv3_large_100.ra_in1k) whose pretrained_cfg gives the input transform "
         "(default: a timm name found in IN's path)",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_convert)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     net = convert_file(
-        args.src, args.dst, args.source, args.model, args.width, args.bn_eps, args.padding, args.tf, args.timm_name
+        args.src,
+        args.dst,
+        args.source,
+        args.model,
+        args.width,
+        args.bn_eps,
+        args.padding,
+        args.tf,
+        args.timm_name,
+        args.overwrite,
     )
     config = net.config
     summary = {
