@@ -52,7 +52,7 @@ def int8_twin() -> None:
         model = trained_like("mobilenet_v2", width=width, num_classes=10)
         calibration = list(torch.randn(16, 3, 64, 64).split(8))
         engine = fused.FusedEngine(model, threads=2, calibration=calibration)
-        twin = fused.fake_quantized(model, calibration)
+        twin = fused.fake_quantized(model, calibration, fused.int8_grid(engine.isa))
         exact, largest = 0, 0.0
         for seed in range(8):
             torch.manual_seed(seed)

@@ -73,7 +73,8 @@ def peers(fp32: Path, int8: Path, threads: int) -> dict[str, Predict]:
         if hint:
             config["INFERENCE_PRECISION_HINT"] = hint
         compiled = core.compile_model(str(path), "CPU", config)
-        actual = compiled.get_property("INFERENCE_PRECISION_HINT")
+        hint_type = compiled.get_property("INFERENCE_PRECISION_HINT")
+        actual = hint_type.get_type_name() if hasattr(hint_type, "get_type_name") else str(hint_type)
         label = label.replace("(bf16)", f"({actual})") if hint is None and "int8" not in label else label
         request = compiled.create_infer_request()
         out[label] = lambda x, r=request: torch.from_numpy(r.infer({0: x.numpy()})[0].copy())
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=25)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--pause", type=float, default=0.05, help="seconds between paths")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -115,9 +117,7 @@ def main() -> None:
         times: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(args.rounds):
             for name, predict in paths.items():
-                time.sleep(
-                    0.05
-                )  # the previous path's spinning threads (ours spin 20 ms, ORT's and OpenVINO's less) sleep
+                time.sleep(args.pause)  # the previous path's spinning threads sleep (ours spin 20 ms)
                 predict(x)
                 for _ in range(args.calls):
                     start = time.perf_counter()
