@@ -144,6 +144,7 @@ def test_model_specs() -> None:
             parse_model_spec(bad)
 
 
+@pytest.mark.isolated  # OpenVINO in-process corrupts the heap for later torch tests (conftest.py)
 def test_openvino_fp32_row_really_runs_f32(tmp_path: Path) -> None:
     ov = pytest.importorskip("openvino")
     from mobilenets.bench.host import cpu_info

@@ -111,6 +111,7 @@ def test_tflite_int8_is_full_integer_and_close(tmp_path: Path) -> None:
 
 
 @needs_openvino
+@pytest.mark.isolated
 @pytest.mark.parametrize("task", list(TASKS))
 def test_openvino_matches_pytorch_at_f32(task: str, tmp_path: Path) -> None:
     from mobilenets.deploy.openvino import OPENVINO_ATOL, export_openvino
@@ -134,7 +135,7 @@ def _detection_rows(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -
     return sorted(zip(np.round(scores, 4).tolist(), labels.tolist(), np.round(boxes, 1).tolist(), strict=True))
 
 
-@pytest.mark.parametrize("fmt", ["onnx", pytest.param("openvino", marks=needs_openvino)])
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("openvino", marks=[needs_openvino, pytest.mark.isolated])])
 def test_in_graph_nms_gives_the_detections_of_predict(fmt: str, tmp_path: Path) -> None:
     name, overrides, resolution = TASKS["detect"]
     model = trained_like(name, **overrides)
@@ -176,7 +177,7 @@ def _image(path: Path, size: int, seed: int = 0) -> Path:
 FORMAT_CASES = [
     ("onnx", "m.onnx"),
     pytest.param("tflite", "m.tflite", marks=needs_tflite),
-    pytest.param("openvino", "ov", marks=needs_openvino),
+    pytest.param("openvino", "ov", marks=[needs_openvino, pytest.mark.isolated]),
 ]
 
 
