@@ -3,10 +3,12 @@ would hide mistakes in folding, slicing or export."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from mobilenets import create_model
+from mobilenets import create_model, save_weights
 
 
 def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -26,3 +28,11 @@ def trained_like(name: str, **overrides: object) -> nn.Module:
     """A registered model built with a fixed seed, its BatchNorm randomised."""
     torch.manual_seed(0)
     return randomise_bn(create_model(name, **overrides), seed=1)
+
+
+def assert_round_trip(model: nn.Module, path: Path, x: torch.Tensor) -> None:
+    """``save_weights`` then ``create_model(name, weights=path)`` rebuilds the same model: equal outputs on ``x``."""
+    save_weights(model, path)
+    again = create_model(model.registry_name, weights=path).eval()
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), again(x))

@@ -8,6 +8,7 @@ import torch
 import mobilenets
 from mobilenets import ConfigError, InputError, create_model
 from mobilenets.models.specs import V2_ROWS, build_spec
+from model_util import assert_round_trip
 
 CLASSIFIERS = [
     "mobilenet_v1",
@@ -42,16 +43,18 @@ def test_gradients_reach_every_parameter(name: str) -> None:
 
 
 def test_v2_table_rows_are_the_papers() -> None:
-    # Table 2 of arXiv 1801.04381, t/c/n/s columns, copied independently of specs.py.
-    assert V2_ROWS == [
-        (1, 16, 1, 1),
-        (6, 24, 2, 2),
-        (6, 32, 3, 2),
-        (6, 64, 4, 2),
-        (6, 96, 3, 1),
-        (6, 160, 3, 2),
-        (6, 320, 1, 1),
-    ]
+    # Table 2 of arXiv 1801.04381 as printed, its t c n s columns per bottleneck row, typed here independently
+    # of specs.py.
+    table2 = """
+        1  16 1 1
+        6  24 2 2
+        6  32 3 2
+        6  64 4 2
+        6  96 3 1
+        6 160 3 2
+        6 320 1 1
+    """
+    assert [tuple(int(v) for v in line.split()) for line in table2.strip().splitlines()] == V2_ROWS
     spec = build_spec("v2")
     assert len(spec.blocks) == 17
     assert [b.out_channels for b in spec.blocks][:4] == [16, 24, 24, 32]
@@ -157,11 +160,7 @@ def test_state_dict_keys_explain_themselves() -> None:
 def test_weights_round_trip(tmp_path) -> None:
     model = create_model("mobilenet_v3_small", width=0.75, num_classes=10).eval()
     path = tmp_path / "w.safetensors"
-    mobilenets.save_weights(model, path)
-    again = create_model("mobilenet_v3_small", weights=path).eval()
-    x = torch.randn(1, 3, 96, 96)
-    with torch.no_grad():
-        assert torch.equal(model(x), again(x))
+    assert_round_trip(model, path, torch.randn(1, 3, 96, 96))
     # Fine-tuning: a new class count keeps everything but the classifier.
     tuned = create_model("mobilenet_v3_small", weights=path, num_classes=3)
     assert tuned.classifier.out_features == 3
