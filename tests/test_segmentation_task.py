@@ -133,7 +133,8 @@ def test_bad_data_folder_is_one_line_error(tmp_path: Path, capsys: pytest.Captur
 
 def test_num_classes_checked_against_data() -> None:
     config = TrainConfig(
-        task="segment", model=ModelConfig(name="lraspp_mobilenet_v3_small", resolution=64, num_classes=21),
+        task="segment",
+        model=ModelConfig(name="lraspp_mobilenet_v3_small", resolution=64, num_classes=21),
         options=SegmentOptions(scenes=(2, 2), scene_size=64),
     )
     with pytest.raises(ConfigError, match="num-classes 21"):

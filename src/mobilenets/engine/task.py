@@ -65,6 +65,7 @@ TASK_MODULES = {
     "segment": "mobilenets.segmentation.task",
 }
 
+
 class Task(Protocol):
     name: str  # "classify" | "detect" | "segment"
     primary_metric: str  # the key of ``evaluate``'s result used to pick the best checkpoint (higher is better)
