@@ -384,9 +384,8 @@ def _photo_folder(root: Path, train: int = 20, val: int = 10, side: int = 64) ->
 def test_default_recipe_learns_a_small_folder(tmp_path: Path) -> None:
     """60 training images, batch 8, every optimiser flag at its default (SGD, lr 0.1·8/256, cosine, warm-up,
     label smoothing, EMA): ≥ 90 % validation top-1 in SMALL_FOLDER_EPOCHS epochs (seeds 0 / 1 / 2: 0.93 / 0.97 /
-    1.00). The former
-    default, lr 0.1 unscaled, diverged on the same folder (train loss 4.4 → 10.5 by epoch 5; top-1 0.50 after 20
-    epochs; docs/data.md)."""
+    1.00). The former default, lr 0.1 unscaled, diverged on the same folder (train loss 4.4 → 10.5 by epoch 5;
+    top-1 0.50 after 20 epochs; docs/data.md)."""
     data = _photo_folder(tmp_path / "photos")
     run = tmp_path / "run"
     code = main(["train", "--data", str(data / "train"), "--val-data", str(data / "val"), "--resolution", "64",
