@@ -73,7 +73,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
         if self.global_batch > n:
             raise ConfigError(
                 f"global batch {self.global_batch} (batch {micro_batch} × {world} processes × {accum} accumulation"
-                f" steps) is larger than the training set ({n} items)"
+                f" steps) is larger than the training set ({n} items); pass a smaller --batch-size (the default"
+                " learning rate scales with it)"
             )
 
     @property
