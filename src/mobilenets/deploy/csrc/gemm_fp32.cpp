@@ -12,15 +12,16 @@
 namespace mn {
 namespace {
 
-// C[m, n] = act(A[m, :] · B[:, n] + bias[n]) (+ R[m, n]) for an MR × NR tile; B is one packed panel [K][NR].
-template <int MR, int NR>
-inline void tile(int K, const float* A, int lda, const float* B, const float* bias, float* C, int ldc,
-                 const float* R, int ldr, int act) {
-  constexpr int NV = NR / 8;
-  __m256 acc[MR][NV];
+// C[m, n] = act(A[m, :] · B[:, n] + bias[n]) (+ R[m, n]) for MR rows × NV vectors of V::N columns. Vector j of
+// B's row k is at B + k · kstride + j · jstride: one interleaved AVX2 panel [K][8·NV] (kstride 8·NV, jstride 8) or
+// NV adjacent AVX-512 panels [K][16] (kstride 16, jstride 16·K). Written once for both vector widths (V8, V16).
+template <class V, int MR, int NV>
+inline void tile(int K, const float* A, int lda, const float* B, int64_t kstride, int64_t jstride,
+                 const float* bias, float* C, int ldc, const float* R, int ldr, int act) {
+  typename V::T acc[MR][NV];
 #pragma GCC unroll 2
   for (int j = 0; j < NV; ++j) {
-    const __m256 b = _mm256_loadu_ps(bias + 8 * j);
+    const typename V::T b = V::load(bias + V::N * j);
 #pragma GCC unroll 12
     for (int i = 0; i < MR; ++i) acc[i][j] = b;
   }
@@ -29,141 +30,82 @@ inline void tile(int K, const float* A, int lda, const float* B, const float* bi
   for (int i = 0; i < MR; ++i) a[i] = A + static_cast<int64_t>(i) * lda;
 #pragma GCC unroll 2
   for (int k = 0; k < K; ++k) {
-    __m256 b[NV];
+    typename V::T b[NV];
 #pragma GCC unroll 2
-    for (int j = 0; j < NV; ++j) b[j] = _mm256_loadu_ps(B + k * NR + 8 * j);
+    for (int j = 0; j < NV; ++j) b[j] = V::load(B + k * kstride + j * jstride);
 #pragma GCC unroll 12
     for (int i = 0; i < MR; ++i) {
-      const __m256 av = _mm256_broadcast_ss(a[i] + k);
+      const typename V::T av = V::broadcast(a[i] + k);
 #pragma GCC unroll 2
-      for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_fmadd_ps(av, b[j], acc[i][j]);
+      for (int j = 0; j < NV; ++j) acc[i][j] = V::fma(av, b[j], acc[i][j]);
     }
   }
 #pragma GCC unroll 12
   for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 2
     for (int j = 0; j < NV; ++j) {
-      __m256 v = activate(acc[i][j], act);
-      if (R) v = _mm256_add_ps(v, _mm256_loadu_ps(R + static_cast<int64_t>(i) * ldr + 8 * j));
-      _mm256_storeu_ps(C + static_cast<int64_t>(i) * ldc + 8 * j, v);
+      typename V::T v = V::act(acc[i][j], act);
+      if (R) v = V::add(v, V::load(R + static_cast<int64_t>(i) * ldr + V::N * j));
+      V::store(C + static_cast<int64_t>(i) * ldc + V::N * j, v);
     }
   }
 }
 
-template <int NR>
-inline void tile_rows(int mr, int K, const float* A, int lda, const float* B, const float* bias, float* C, int ldc,
-                      const float* R, int ldr, int act) {
-  switch (mr) {
-    case 12:
-      if constexpr (NR == 8) {
-        tile<12, 8>(K, A, lda, B, bias, C, ldc, R, ldr, act);
-        break;
-      }
-      [[fallthrough]];
-    case 6: tile<6, NR>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
-    case 5: tile<5, NR>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
-    case 4: tile<4, NR>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
-    case 3: tile<3, NR>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
-    case 2: tile<2, NR>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
-    default: tile<1, NR>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
+// mr rows (1 <= mr <= MR) as the tile of exactly that many rows, chosen among the compiled sizes.
+template <class V, int NV, int MR>
+inline void tile_upto(int mr, int K, const float* A, int lda, const float* B, int64_t kstride, int64_t jstride,
+                      const float* bias, float* C, int ldc, const float* R, int ldr, int act) {
+  if constexpr (MR > 1) {
+    if (mr < MR) {
+      tile_upto<V, NV, MR - 1>(mr, K, A, lda, B, kstride, jstride, bias, C, ldc, R, ldr, act);
+      return;
+    }
   }
+  tile<V, MR, NV>(K, A, lda, B, kstride, jstride, bias, C, ldc, R, ldr, act);
 }
 
-// One panel on the AVX2 tiles.
+// mr rows of a row tile (mr <= TOP) as one tile, except that SMALL < mr < TOP rows go in two near-equal tiles (only
+// TOP and 1..SMALL rows are compiled: a tile of TOP uses every register, one between would waste most of them).
+template <class V, int NV, int TOP, int SMALL>
+inline void rows_as_tiles(int mr, int K, const float* A, int lda, const float* B, int64_t kstride, int64_t jstride,
+                          const float* bias, float* C, int ldc, const float* R, int ldr, int act) {
+  if (mr == TOP) {
+    tile<V, TOP, NV>(K, A, lda, B, kstride, jstride, bias, C, ldc, R, ldr, act);
+    return;
+  }
+  const int first = mr <= SMALL ? mr : (mr + 1) / 2;
+  tile_upto<V, NV, SMALL>(first, K, A, lda, B, kstride, jstride, bias, C, ldc, R, ldr, act);
+  if (first < mr)
+    tile_upto<V, NV, SMALL>(mr - first, K, A + static_cast<int64_t>(first) * lda, lda, B, kstride, jstride, bias,
+                            C + static_cast<int64_t>(first) * ldc, ldc,
+                            R ? R + static_cast<int64_t>(first) * ldr : nullptr, ldr, act);
+}
+
+// One panel on the AVX2 tiles: a 16-wide panel 6 rows at a time, an 8-wide one 12.
 void panel_avx2(int M, int nr, int K, const float* A, int lda, const float* B, const float* bias, float* C, int ldc,
                 const float* R, int ldr, int act) {
   row_tiles(M, nr == 16 ? 6 : 12, [&](int m, int mr) {
     const float* a = A + static_cast<int64_t>(m) * lda;
     float* c = C + static_cast<int64_t>(m) * ldc;
     const float* r = R ? R + static_cast<int64_t>(m) * ldr : nullptr;
-    if (nr == 16) {
-      tile_rows<16>(mr, K, a, lda, B, bias, c, ldc, r, ldr, act);
-    } else {
-      // An 8-wide panel takes 12 rows at once; 7..11 rows go in two near-equal tiles.
-      const int first = (mr == 12 || mr <= 6) ? mr : (mr + 1) / 2;
-      tile_rows<8>(first, K, a, lda, B, bias, c, ldc, r, ldr, act);
-      if (first < mr)
-        tile_rows<8>(mr - first, K, a + static_cast<int64_t>(first) * lda, lda, B, bias,
-                     c + static_cast<int64_t>(first) * ldc, ldc, r ? r + static_cast<int64_t>(first) * ldr : nullptr,
-                     ldr, act);
-    }
+    if (nr == 16)
+      rows_as_tiles<V8, 2, 6, 6>(mr, K, a, lda, B, 16, 8, bias, c, ldc, r, ldr, act);
+    else
+      rows_as_tiles<V8, 1, 12, 6>(mr, K, a, lda, B, 8, 8, bias, c, ldc, r, ldr, act);
   });
 }
 
 #if MN_ISA >= MN_ISA_AVX512
-// MR rows × NV adjacent 16-wide panels (panel j at B + j · 16K), one 16-lane vector each.
-template <int MR, int NV>
-inline void tile16(int K, const float* A, int lda, const float* B, const float* bias, float* C, int ldc,
-                   const float* R, int ldr, int act) {
-  __m512 acc[MR][NV];
-#pragma GCC unroll 2
-  for (int j = 0; j < NV; ++j) {
-    const __m512 b = _mm512_loadu_ps(bias + 16 * j);
-#pragma GCC unroll 12
-    for (int i = 0; i < MR; ++i) acc[i][j] = b;
-  }
-  const float* a[MR];
-#pragma GCC unroll 12
-  for (int i = 0; i < MR; ++i) a[i] = A + static_cast<int64_t>(i) * lda;
-  const int64_t next_panel = static_cast<int64_t>(16) * K;
-#pragma GCC unroll 2
-  for (int k = 0; k < K; ++k) {
-    __m512 b[NV];
-#pragma GCC unroll 2
-    for (int j = 0; j < NV; ++j) b[j] = _mm512_loadu_ps(B + j * next_panel + k * 16);
-#pragma GCC unroll 12
-    for (int i = 0; i < MR; ++i) {
-      const __m512 av = _mm512_set1_ps(a[i][k]);
-#pragma GCC unroll 2
-      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_fmadd_ps(av, b[j], acc[i][j]);
-    }
-  }
-#pragma GCC unroll 12
-  for (int i = 0; i < MR; ++i) {
-#pragma GCC unroll 2
-    for (int j = 0; j < NV; ++j) {
-      __m512 v = activate(acc[i][j], act);
-      if (R) v = _mm512_add_ps(v, _mm512_loadu_ps(R + static_cast<int64_t>(i) * ldr + 16 * j));
-      _mm512_storeu_ps(C + static_cast<int64_t>(i) * ldc + 16 * j, v);
-    }
-  }
-}
-
-template <int NV>
-inline void tile16_rows(int mr, int K, const float* A, int lda, const float* B, const float* bias, float* C, int ldc,
-                        const float* R, int ldr, int act) {
-  switch (mr) {
-    case 12:
-      if constexpr (NV == 1) {
-        tile16<12, 1>(K, A, lda, B, bias, C, ldc, R, ldr, act);
-        break;
-      }
-      [[fallthrough]];
-    case 8: tile16<8, NV>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
-    case 7: tile16<7, NV>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
-    case 6: tile16<6, NV>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
-    case 5: tile16<5, NV>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
-    case 4: tile16<4, NV>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
-    case 3: tile16<3, NV>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
-    case 2: tile16<2, NV>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
-    default: tile16<1, NV>(K, A, lda, B, bias, C, ldc, R, ldr, act); break;
-  }
-}
-
+// NV adjacent 16-wide panels on the AVX-512 tiles: two at once 8 rows at a time, a lone one 12.
 template <int NV>
 void panels_avx512(int M, int K, const float* A, int lda, const float* B, const float* bias, float* C, int ldc,
                    const float* R, int ldr, int act) {
   constexpr int rows = NV == 2 ? 8 : 12;
   row_tiles(M, rows, [&](int m, int mr) {
-    const int first = (mr == rows || mr <= 8) ? mr : (mr + 1) / 2;  // 9..11 rows of a lone panel: two tiles
     const float* a = A + static_cast<int64_t>(m) * lda;
     float* c = C + static_cast<int64_t>(m) * ldc;
     const float* r = R ? R + static_cast<int64_t>(m) * ldr : nullptr;
-    tile16_rows<NV>(first, K, a, lda, B, bias, c, ldc, r, ldr, act);
-    if (first < mr)
-      tile16_rows<NV>(mr - first, K, a + static_cast<int64_t>(first) * lda, lda, B, bias,
-                      c + static_cast<int64_t>(first) * ldc, ldc, r ? r + static_cast<int64_t>(first) * ldr : nullptr,
-                      ldr, act);
+    rows_as_tiles<V16, NV, rows, 8>(mr, K, a, lda, B, 16, 16 * static_cast<int64_t>(K), bias, c, ldc, r, ldr, act);
   });
 }
 #endif

@@ -31,6 +31,8 @@ struct V8 {
   static T load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
   static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static T broadcast(const float* p) { return _mm256_broadcast_ss(p); }
   static T act(T v, int a) { return activate(v, a); }
   // round(v) clamped to 0..qmax, as N bytes at q.
   static void store_codes(uint8_t* q, T v, int qmax) {
@@ -56,6 +58,8 @@ struct V16 {
   static T load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
   static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static T add(T a, T b) { return _mm512_add_ps(a, b); }
+  static T broadcast(const float* p) { return _mm512_set1_ps(*p); }
   static T act(T v, int a) { return activate(v, a); }
   static void store_codes(uint8_t* q, T v, int qmax) {
     __m512i i = _mm512_cvtps_epi32(v);
