@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -376,19 +375,14 @@ def export_latency(trained: Any, resolution: int, files: dict[str, Path], runs: 
     """Batch-1 median milliseconds of PyTorch eager (the exported graph) and of each file in its runtime, ``runs``
     calls each spread over 5 interleaved rounds (as the benchmark times them), each file's precision label, and
     the speed-up of int8 over fp32."""
-    from mobilenets.bench.timing import interleaved_times, pooled
+    from mobilenets.bench.export import batch1_medians
     from mobilenets.deploy.artefact import artefact_format, load_artefact
-    from mobilenets.deploy.export import export_graph
 
-    torch.set_num_threads(threads)
-    graph, _ = export_graph(trained.model)
     x = torch.randn(1, trained.model.config.in_chans, resolution, resolution)
     artefacts = {f"{artefact_format(path)}_{role}": load_artefact(path, threads) for role, path in files.items()}
     xn = x.numpy()
-    calls = {"pytorch": lambda: graph(x), **{role: (lambda a=a: a(xn)) for role, a in artefacts.items()}}
-    with torch.no_grad():
-        times = interleaved_times(calls, runs, rounds=5)
-    medians = {name: round(statistics.median(pooled(rounds)), 3) for name, rounds in times.items()}
+    calls = {role: (lambda a=a: a(xn)) for role, a in artefacts.items()}
+    medians = {name: round(ms, 3) for name, ms in batch1_medians(trained.model, x, calls, runs, threads).items()}
     report: dict[str, Any] = {"threads": threads, "runs": runs, "batch1_ms_median": medians}
     report["precision"] = {role: a.precision for role, a in artefacts.items()}
     fp32, int8 = (next((n for n in medians if n.endswith(role)), None) for role in ("_fp32", "_int8"))
