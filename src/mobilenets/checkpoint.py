@@ -19,12 +19,12 @@ from mobilenets.errors import CheckpointError
 META_KEY = "mobilenets"
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[Path], None], suffix: str = "") -> None:
     """Write to a temporary file in the same folder, fsync, then rename: a crash leaves the old file or the new
-    one, never half of either."""
+    one, never half of either. ``suffix`` ends the temporary name, for a writer that insists on an extension."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from mobilenets.checkpoint import atomic_write
 from mobilenets.deploy.fold import fold_batchnorm
-from mobilenets.deploy.formats import META_KEY, Artefact, metadata_json, parse_metadata, replace_atomically, require
+from mobilenets.deploy.formats import META_KEY, Artefact, metadata_json, parse_metadata, require
 from mobilenets.errors import ConfigError, InputError
 
 OPSET = 17
@@ -168,7 +169,7 @@ def export_onnx(
         if metadata is not None:
             set_onnx_metadata(tmp, metadata)
 
-    replace_atomically(path, write, suffix=".onnx")
+    atomic_write(path, write, suffix=".onnx")
     return path
 
 
@@ -292,7 +293,7 @@ def quantize_onnx(
 
     try:
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        replace_atomically(out_path, write, suffix=".onnx")
+        atomic_write(out_path, write, suffix=".onnx")
     finally:
         prepared.unlink(missing_ok=True)
     return out_path

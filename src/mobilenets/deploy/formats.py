@@ -165,24 +165,6 @@ def check_outputs(named: Path, written: Iterable[Path], inputs: Iterable[Path], 
             raise ConfigError(f"refusing to overwrite {path}, which `mobilenets export` did not write; move it first")
 
 
-def replace_atomically(path: Path, write: Callable[[Path], None], suffix: str = "") -> None:
-    """``write`` to a temporary name in ``path``'s folder, then rename it over ``path``: a reader (or a crash)
-    sees the old file or the new one, never half of one. ``suffix`` keeps the extension a writer insists on."""
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 # -- running an artefact again ------------------------------------------------------------------------------
 @dataclass
 class Artefact:

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from mobilenets.checkpoint import atomic_write
 from mobilenets.deploy.fold import fold_batchnorm
-from mobilenets.deploy.formats import META_KEY, Artefact, metadata_json, parse_metadata, replace_atomically, require
+from mobilenets.deploy.formats import META_KEY, Artefact, metadata_json, parse_metadata, require
 from mobilenets.errors import InputError
 
 # fp32 LiteRT (XNNPACK) vs PyTorch: the same float graph, other kernels and summation orders (measured ≤ 1e-6 on
@@ -89,7 +90,7 @@ def export_tflite(
         else:
             edge = _convert_int8(litert_torch, graph, [b.permute(0, 2, 3, 1) for b in calibration], sample)
         content = with_metadata(edge.model_content(), metadata)
-    replace_atomically(path, lambda tmp: tmp.write_bytes(content), suffix=".tflite")
+    atomic_write(path, lambda tmp: tmp.write_bytes(content), suffix=".tflite")
     return path
 
 
