@@ -6,12 +6,14 @@
 // the core's cache. Small maps (whose expansion fits in L2 anyway) run layer by layer with the threads
 // sharing out channel panels. One parallel region covers the whole network; threads meet at a spin barrier
 // after each block instead of a thread-pool dispatch per operator, and take rows and panels as they go (see
-// Share) rather than a fixed share each.
+// Share) rather than a fixed share each. A thread running an image alone goes further (chain.cpp): the stem and
+// the wide blocks stream rows from one block into the next, and every later block streams through its ring.
 #include "graph.h"
 
 #include <algorithm>
 #include <cstring>
 
+#include "chain.h"
 #include "kernels.h"
 #include "simd.h"
 #include "stem.h"
@@ -110,7 +112,13 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
   float* cur = s.act0;
   float* nxt = s.act1;
   int h = H, w = W, c = 0;
-  for (int i = 0; i < n_layers; ++i) {
+  int i = 0;
+  if (T == 1 && (i = chain_length(layers, n_layers, H, W)) > 0) {  // a thread alone streams the wide layers
+    run_chain(layers, i, img, H, W, cur, s.chain);
+    const MapSize m = chain_output(layers, i, H, W);
+    h = m.h, w = m.w, c = m.c;
+  }
+  for (; i < n_layers; ++i) {
     const MnLayer& L = layers[i];
     if (L.kind == MN_STEM) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
@@ -140,7 +148,7 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
     }
     if (L.kind == MN_BLOCK) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
-      if (w >= kFuseMinWidth) {
+      if (w >= kFuseMinWidth || T == 1) {  // alone, every block streams through its ring (the memory bound)
         const int E = L.cmid;
         run_block_rows(L, cur, h, w, nxt, ho, wo, s.ring[t], s.qrow[t], me, L.has_expand != 0,
                        [&](int r, float* slot) {
