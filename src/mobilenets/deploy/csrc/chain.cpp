@@ -15,7 +15,6 @@
 #include <vector>
 
 #include "kernels.h"
-#include "plan.h"
 #include "simd.h"
 #include "stem.h"
 
@@ -154,11 +153,11 @@ const float* pull(Chain& c, int k, int y, const float* img) {
 
 }  // namespace
 
-int chain_length(const MnLayer* layers, int n_layers, int H, int W) {
+int chain_length(const MnLayer* layers, int n_layers, int H, int W, int min_width) {
   if (n_layers == 0 || layers[0].kind != MN_STEM) return 0;
   int h = (H - 1) / layers[0].stride + 1, w = (W - 1) / layers[0].stride + 1;
   int n = 1;
-  for (; n < n_layers && layers[n].kind == MN_BLOCK && w >= kFuseMinWidth; ++n) {
+  for (; n < n_layers && layers[n].kind == MN_BLOCK && w >= min_width; ++n) {
     h = (h - 1) / layers[n].stride + 1, w = (w - 1) / layers[n].stride + 1;
   }
   return n;

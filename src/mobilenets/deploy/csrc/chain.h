@@ -8,8 +8,8 @@
 namespace mn {
 
 // The layers at the start of the program that one thread streams row by row: the stem and the blocks after it
-// whose input maps are at least kFuseMinWidth wide. 0 when the program does not start with a stem.
-int chain_length(const MnLayer* layers, int n_layers, int H, int W);
+// whose input maps are at least min_width wide. 0 when the program does not start with a stem.
+int chain_length(const MnLayer* layers, int n_layers, int H, int W, int min_width);
 
 // The chain's output map (the last chained layer's): its height, width and channels.
 struct MapSize {

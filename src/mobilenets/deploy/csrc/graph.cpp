@@ -113,7 +113,7 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
   float* nxt = s.act1;
   int h = H, w = W, c = 0;
   int i = 0;
-  if (T == 1 && (i = chain_length(layers, n_layers, H, W)) > 0) {  // a thread alone streams the wide layers
+  if (T == 1 && (i = chain_length(layers, n_layers, H, W, kFuseMinWidth)) > 0) {  // alone: stream the wide layers
     run_chain(layers, i, img, H, W, cur, s.chain);
     const MapSize m = chain_output(layers, i, H, W);
     h = m.h, w = m.w, c = m.c;
