@@ -54,9 +54,9 @@ ISAS: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]] = {
     "avx2": (1, ("avx2", "fma"), ("-mavx2", "-mfma")),
     "avx512": (2, ("avx2", "fma", *_AVX512_FLAGS),
                ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni")),
-    "amx": (3, ("avx2", "fma", *_AVX512_FLAGS, "avx512_bf16", "amx_tile", "amx_bf16"),
+    "amx": (3, ("avx2", "fma", *_AVX512_FLAGS, "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"),
             ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni",
-             "-mavx512bf16", "-mamx-tile", "-mamx-bf16")),
+             "-mavx512bf16", "-mamx-tile", "-mamx-bf16", "-mamx-int8")),
 }  # fmt: skip
 ISA_ENV = "MOBILENETS_ENGINE_ISA"
 
@@ -461,7 +461,8 @@ class _Builder:
             return c
         scale, zero = activation_quantization(*self.ranges[module], self.grid.levels)
         q, w_scale = quantize_weights(weight_kn, self.grid.weight_max)
-        c.q = self.ptr(pack_panels_int8(q))
+        # 1 KB of zeros after the last panel: the AMX kernel's tiles read up to 1 KB past K (gemm_int8_amx.cpp).
+        c.q = self.ptr(torch.cat([pack_panels_int8(q), q.new_zeros(1024)]))
         c.scale = self.ptr(_pad8(w_scale * scale))
         c.corr = self.ptr(_pad8(-zero * q.sum(0, dtype=torch.int32)))
         c.inv_scale, c.zero, c.qmax = 1.0 / scale, zero, self.grid.levels
