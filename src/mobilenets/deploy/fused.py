@@ -11,12 +11,12 @@ its rows through a ring of three expanded rows and projects every depthwise outp
 network runs in one parallel region with a spin barrier per block.
 
 ISA levels (``ISAS``): ``avx2`` (AVX2 + FMA), ``avx512`` (AVX-512 F/BW/VL/DQ + VNNI: 16-lane fp32 kernels and
-``vpdpbusd`` int8 on full-range weights), ``amx`` (also AVX512_BF16 and AMX tiles: bf16 1×1 convolutions). One
-library is compiled per level on first use with the system C++ compiler (``$CXX``, default ``g++``) into
-``$MOBILENETS_CACHE`` (default ``~/.cache/mobilenets``), keyed by the sources' hash, and the widest level this CPU
-has is loaded — a narrower one when asked (``isa=`` or ``MOBILENETS_ENGINE_ISA``). The CPU's flags are read
-before a library is loaded, so a CPU never runs instructions it lacks. ``EngineUnavailable`` says why when the
-engine cannot run (no compiler, no AVX2/FMA, not x86-64, a level this CPU lacks, a library of another ABI).
+``vpdpbusd`` int8 on full-range weights), ``amx`` (also AVX512_BF16 and AMX tiles: bf16 1×1 convolutions, the larger
+int8 products on tiles). One library is compiled per level on first use with the system C++ compiler (``$CXX``,
+default ``g++``) into ``$MOBILENETS_CACHE`` (default ``~/.cache/mobilenets``), keyed by the sources' hash, and the
+widest level this CPU has is loaded — a narrower one when asked (``isa=`` or ``MOBILENETS_ENGINE_ISA``). The CPU's
+flags are read before a library is loaded, so a CPU never runs instructions it lacks. ``EngineUnavailable`` says why
+when the engine cannot run (no compiler, no AVX2/FMA, not x86-64, a level this CPU lacks, a library of another ABI).
 """
 
 from __future__ import annotations
