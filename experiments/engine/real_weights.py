@@ -13,11 +13,13 @@
    photo's columns (random scale, flip, colour jitter), evaluation crops from the right 30 % (disjoint pixels, no
    augmentation). On the evaluation crops: of the confident eager fp32 predictions (probability > 0.5), the
    fraction whose top-1 each int8 level and bf16 keep (int8 calibrated on 256 training crops without augmentation,
-   ``--augmented-calibration`` with). Required: ≥ 99 %.
+   ``--augmented-calibration`` with). Required: ≥ 99 %. Beside it, the fake-quantised PyTorch twin of each int8
+   grid (AVX2's 7-bit activation codes and ±63 weights, VNNI's 8-bit codes and ±127, the two between) and each
+   engine's top-1 against its grid's twin: what a change of grid would gain, and that the kernels add no loss.
    The model is written to ``--out``/photo_model.safetensors and reused by later runs (``--retrain`` redoes it).
 
     python experiments/engine/real_weights.py --json /tmp/real_weights.json --out /tmp/real_weights
-    # the first time: 600 training steps on one thread (about 6 CPU minutes); then about a minute
+    # the first time: 600 training steps on one thread (about 6 CPU minutes); then about two minutes
 
 Exit status 1 when a requirement fails. Imports ``tests/timm_util.py`` (timm needs two torchvision operator
 schemas declared first), so run it from a source checkout.
@@ -252,13 +254,39 @@ def photo_agreement(
         "agreement_with_eager": {},
         "fp32_max_abs_diff": {},
     }
+    int8: dict[str, torch.Tensor] = {}
     for name, engine in engines(model, calibration, threads).items():
         got = logits(engine, crops)
         result["top1_vs_truth"][name] = float((got.argmax(1) == labels).float().mean())
         result["agreement_with_eager"][name] = agreement(eager, got)
         if name.startswith("fp32"):
             result["fp32_max_abs_diff"][name] = float((got - eager).abs().max())
+        if name.startswith("int8"):
+            int8[engine.isa] = got
+    result["int8_grids"] = int8_grids(model, crops, calibration, eager, int8)
     return result, crops[:256]
+
+
+# The int8 grids (activation codes 0..levels, weights within ±weight_max): AVX2's, VNNI's and the two between.
+GRIDS = (fused.AVX2_GRID, fused.Int8Grid(255, 63), fused.Int8Grid(127, 127), fused.VNNI_GRID)
+
+
+@torch.no_grad()
+def int8_grids(
+    model: MobileNet, crops: torch.Tensor, calibration: list[torch.Tensor], eager: torch.Tensor, int8: dict
+) -> dict[str, dict]:
+    """Where int8's top-1 changes come from: each grid's fake-quantised PyTorch twin (``fused.fake_quantized``)
+    against eager, and each int8 engine's top-1 against its own grid's twin (equal: the loss is the grid's,
+    not the kernels')."""
+    out: dict[str, dict] = {}
+    for grid in GRIDS:
+        twin = logits(fused.fake_quantized(model, calibration, grid).eval(), crops)
+        row: dict = {"twin_vs_eager": agreement(eager, twin)}
+        for isa, got in int8.items():
+            if fused.int8_grid(isa) == grid:
+                row[f"engine [{isa}] top-1 = twin"] = float((got.argmax(1) == twin.argmax(1)).float().mean())
+        out[f"activations 0..{grid.levels}, weights ±{grid.weight_max}"] = row
+    return out
 
 
 # -- report ---------------------------------------------------------------------------------------------------
@@ -304,6 +332,11 @@ def print_report(report: dict) -> None:
         if name in ph["fp32_max_abs_diff"]:
             line += f"  max |Δ| {ph['fp32_max_abs_diff'][name]:.1e}"
         print(line)
+    print("  int8 grids: fake-quantised PyTorch twins, confident top-1 kept (and each engine's top-1 = its twin's)")
+    for grid, row in ph["int8_grids"].items():
+        a = row["twin_vs_eager"]
+        same = ", ".join(f"{k} {v:.2%}" for k, v in row.items() if k != "twin_vs_eager")
+        print(f"    {grid:33s} {a['confident_agreeing_n']}/{a['confident_n']} = {a['confident'] or 0:7.2%}   {same}")
     print("\ntrained weights through a timm-layout safetensors file (mobilenets convert --from timm)")
     for tag, part in report["timm_layout"].items():
         diffs = ", ".join(f"{k} {v:.1e}" for k, v in part.items() if k != "images")
