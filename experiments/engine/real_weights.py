@@ -14,8 +14,9 @@
    augmentation). On the evaluation crops: of the confident eager fp32 predictions (probability > 0.5), the
    fraction whose top-1 each int8 level and bf16 keep (int8 calibrated on 256 training crops without augmentation,
    ``--augmented-calibration`` with). Required: ≥ 99 %. Beside it, the fake-quantised PyTorch twin of each int8
-   grid (AVX2's 7-bit activation codes and ±63 weights, VNNI's 8-bit codes and ±127, the two between) and each
-   engine's top-1 against its grid's twin: what a change of grid would gain, and that the kernels add no loss.
+   grid (7-bit activation codes with ±63 weights, AVX2's 8-bit codes and ±63, VNNI's 8-bit codes and ±127, and
+   7-bit codes with ±127) and each engine's top-1 against its grid's twin: what a change of grid would gain, and
+   that the kernels add no loss.
    The model is written to ``--out``/photo_model.safetensors and reused by later runs (``--retrain`` redoes it).
 
     python experiments/engine/real_weights.py --json /tmp/real_weights.json --out /tmp/real_weights
@@ -267,8 +268,9 @@ def photo_agreement(
     return result, crops[:256]
 
 
-# The int8 grids (activation codes 0..levels, weights within ±weight_max): AVX2's, VNNI's and the two between.
-GRIDS = (fused.AVX2_GRID, fused.Int8Grid(255, 63), fused.Int8Grid(127, 127), fused.VNNI_GRID)
+# The int8 grids (activation codes 0..levels, weights within ±weight_max): the 7-bit AVX2 grid the engine used before,
+# AVX2's (8-bit codes, ±63), 7-bit codes with ±127, and VNNI's.
+GRIDS = (fused.Int8Grid(127, 63), fused.AVX2_GRID, fused.Int8Grid(127, 127), fused.VNNI_GRID)
 
 
 @torch.no_grad()
