@@ -1,5 +1,6 @@
-"""The fused engine: MobileNetV1 / V2 / minimalistic V3 classifiers run by the C++ sources in ``csrc/`` (fp32,
-int8 or bf16; x86-64 CPUs with AVX2 + FMA, faster kernels where the CPU has AVX-512 / VNNI / AMX).
+"""The fused engine: MobileNetV1 / V2 / V3 classifiers (V3 with squeeze-excite, h-swish and 5×5 depthwise; any output
+stride, the later blocks dilated) run by the C++ sources in ``csrc/`` (fp32, int8 or bf16; x86-64 CPUs with AVX2 +
+FMA, faster kernels where the CPU has AVX-512 / VNNI / AMX).
 
 ``FusedEngine(model)`` folds BatchNorm, packs the weights for the C++ kernels and runs NCHW batches; its logits
 equal the eager model's within float rounding (``tests/test_fused.py``: ≤ 1e-4). ``FusedEngine(model,
@@ -7,7 +8,8 @@ calibration=batches)`` runs the stem, the 1×1 convolutions and the classifier i
 (its error is that of its fake-quantised twin, ``tests/test_fused.py``); ``precision="bf16"`` (AMX CPUs) runs the
 1×1 convolutions on bf16 inputs and weights with fp32 sums. What it does that a graph runtime does not (V2 §5.1's
 hardware argument): inverted residual blocks on wide maps never materialise their expansion — each thread streams
-its rows through a ring of three expanded rows and projects every depthwise output row at once — and the whole
+its rows through a ring of expanded rows (the depthwise window's height) and projects every depthwise output row at
+once; blocks with squeeze-excite run whole-map, their pool needing the whole depthwise output — and the whole
 network runs in one parallel region with a spin barrier per block.
 
 ISA levels (``ISAS``): ``avx2`` (AVX2 + FMA), ``avx512`` (AVX-512 F/BW/VL/DQ + VNNI: 16-lane fp32 kernels and
@@ -536,7 +538,7 @@ class _Builder:
 
 
 class FusedEngine:
-    """A MobileNetV1/V2 or minimalistic V3 classifier (``MobileNet``, output stride 32) as the fused engine runs it.
+    """A MobileNetV1 / V2 / V3 classifier (``MobileNet``, any output stride) as the fused engine runs it.
 
     ``engine(x)`` takes an NCHW float batch (any batch size; the sides the model accepts) and returns the
     logits (or the pooled features when the model has no classifier). ``threads`` defaults to PyTorch's.

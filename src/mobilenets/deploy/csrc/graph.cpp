@@ -10,8 +10,10 @@
 //
 // Squeeze-and-excite (V3 §5.3) does not stream: its pool needs the whole depthwise output of the block before the
 // projection may start, so SE blocks always run whole-map (depthwise → pool → barrier → the two small FCs →
-// scale → barrier → projection), whatever their width, with their expanded input and depthwise output kept whole
-// (V3 puts SE on maps of 56 × 56 or smaller at 224 px). Blocks without SE around them keep streaming rows.
+// scale → barrier → projection), whatever their width, with their expanded input and depthwise output kept whole.
+// At 224 px the largest such maps are V3-Large's 56 × 56 × 72 expansion (block 4) and V3-Small's 112 × 112 × 16
+// input (block 1, no expansion: the stem's output, then not streamed into the ring either); blocks without SE
+// keep streaming rows.
 #include "graph.h"
 
 #include <algorithm>
