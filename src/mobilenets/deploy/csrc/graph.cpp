@@ -11,9 +11,9 @@
 // Squeeze-and-excite (V3 §5.3) does not stream: its pool needs the whole depthwise output of the block before the
 // projection may start, so SE blocks always run whole-map (depthwise → pool → barrier → the two small FCs →
 // scale → barrier → projection), whatever their width, with their expanded input and depthwise output kept whole.
-// At 224 px the largest such maps are V3-Large's 56 × 56 × 72 expansion (block 4) and V3-Small's 112 × 112 × 16
-// input (block 1, no expansion: the stem's output, then not streamed into the ring either); blocks without SE
-// keep streaming rows.
+// At 224 px the largest such maps are the expansion of V3-Large's 4th block (56 × 56 × 72) and the input of
+// V3-Small's 1st (112 × 112 × 16, no expansion: the stem's output, then not streamed into a ring either); blocks
+// without SE keep streaming rows.
 #include "graph.h"
 
 #include <algorithm>
