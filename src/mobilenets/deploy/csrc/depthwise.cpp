@@ -64,8 +64,10 @@ void depthwise_run(const float* const* rows, int x0, int C, int64_t step, int lo
         }
       }
     }
+    // Scaled codes leave the activation to the clamp (Sink): no test of `act` per output.
 #pragma GCC unroll 8
-    for (int j = 0; j < NO; ++j) put<V, MODE>(out, (x0 + j) * step + c, V::act(acc[j], act));
+    for (int j = 0; j < NO; ++j)
+      put<V, MODE>(out, (x0 + j) * step + c, MODE == Sink::SCALED_CODES ? acc[j] : V::act(acc[j], act));
   }
 }
 
