@@ -221,3 +221,23 @@ def test_eval_segment_through_the_engine(scenes: Path, tmp_path: Path, capsys) -
     assert main(["eval", "--checkpoint", str(dilated), "--data", str(scenes), "--engine", "fused"]) == 2
     err = capsys.readouterr().err
     assert "output stride 16" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_rows_for_an_ssdlite_backbone() -> None:
+    # `bench infer ssdlite_mobilenet_v2` times the backbone to its taps: the fused rows return the same maps.
+    from mobilenets.bench.infer import fused_candidates
+    from mobilenets.bench.models import BackboneTaps
+
+    model = BackboneTaps(trained_like("ssdlite_mobilenet_v2", width=0.35, num_classes=3))
+    calibration = list(torch.randn(8, 3, 96, 96).split(4))
+    notes: list[str] = []
+    rows = {c.precision: c for c in fused_candidates(model, 2, 96, calibration, {"amx_bf16": False}, notes)}
+    assert set(rows) == {"fp32", "int8"} and "no AMX-BF16" in notes[0]
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        want = model(x)
+    for precision, tolerance in (("fp32", ATOL), ("int8", 0.1)):  # int8: measured 0.03 on maps up to 3.7
+        got = rows[precision].predict(x)
+        assert [g.shape for g in got] == [w.shape for w in want]
+        assert max(float((g - w).abs().max()) for g, w in zip(got, want, strict=True)) <= tolerance, precision
+    assert rows["fp32"].activation_bytes > 0 and "isa=" in rows["fp32"].detail
