@@ -81,6 +81,24 @@ def test_fused_engine_at_224() -> None:
     _check(trained_like("mobilenet_v2"), [(1, 3, 224, 224)], threads=2)
 
 
+@pytest.mark.parametrize("isa", list(fused.ISAS))
+def test_fused_engine_alone_streams_rows_across_blocks(isa: str) -> None:
+    # A thread running an image alone streams the stem and the wide blocks as one chain of three-row rings
+    # (chain.cpp), every later block through its ring, and adds the head's rows straight into the pool: no
+    # 112 × 112 map is ever whole. V2 §5.1's bound for V2 @ 224 is Table 3's largest tensor, 401.4 Kb at 16 bits
+    # (0.80 MB fp32); the engine's scratch must stay within twice that (1.6 MB fp32: it also holds the rows a 3×3
+    # window needs and the smaller maps' rings; measured 1.08 MB), where whole maps took 5.1 MB.
+    model = trained_like("mobilenet_v2", num_classes=10)
+    alone = fused.FusedEngine(model, threads=1, isa=_isa(isa))
+    assert alone.activation_bytes(224, 224) <= 1.6e6
+    assert fused.FusedEngine(model, threads=2, isa=_isa(isa)).activation_bytes(224, 224) > 3 * 1.6e6
+    x = torch.randn(2, 3, 224, 224)  # at two threads, two images run one per thread: the chain too
+    with torch.no_grad():
+        reference = model(x)
+    assert (alone(x) - reference).abs().max() <= ATOL
+    assert (fused.FusedEngine(model, threads=2, isa=_isa(isa))(x) - reference).abs().max() <= ATOL
+
+
 def test_fused_engine_is_repeatable_across_shapes() -> None:
     # Scratch buffers are kept per input size and the worker threads persist between calls: nothing of one
     # call may leak into the next (this order once exposed a write above the first image row).

@@ -40,13 +40,13 @@ int32_t mn_prepare() {
 // Floats of scratch memory one image run by `threads` threads together uses: every activation the engine
 // holds lives in it (buffers are reused layer after layer), so this bounds its live activation memory.
 int64_t mn_image_floats(const MnLayer* layers, int n_layers, int H, int W, int threads) {
-  return group_floats(make_plan(layers, n_layers, H, W), threads);
+  return group_floats(make_plan(layers, n_layers, H, W, threads == 1), threads);
 }
 
 // Floats of scratch memory that mn_run needs for a H×W input with this many threads.
 int64_t mn_scratch_floats(const MnLayer* layers, int n_layers, int H, int W, int threads) {
-  const Plan plan = make_plan(layers, n_layers, H, W);
-  return threads * group_floats(plan, 1) + group_floats(plan, threads);
+  const Plan solo = make_plan(layers, n_layers, H, W, true);
+  return threads * group_floats(solo, 1) + group_floats(make_plan(layers, n_layers, H, W, threads == 1), threads);
 }
 
 // Run N images (NCHW, fp32) through the program; out gets N rows of out_stride floats. With at least as many
@@ -55,7 +55,7 @@ int mn_run(const MnLayer* layers, int n_layers, const float* input, int N, int C
            int out_stride, int threads, float* scratch) {
   if (threads < 1 || N < 0) return 1;
   if (H + 2 > kMaxItems) return 2;
-  const Plan plan = make_plan(layers, n_layers, H, W);
+  const Plan solo_plan = make_plan(layers, n_layers, H, W, true);
   bool bf16 = false;  // AMX tiles are configured per thread, and only when a layer uses them
   for (int i = 0; i < n_layers; ++i) bf16 |= layers[i].expand.wb || layers[i].out.wb;
   const int64_t image = static_cast<int64_t>(C) * H * W;
@@ -63,10 +63,10 @@ int mn_run(const MnLayer* layers, int n_layers, const float* input, int N, int C
   std::vector<Scratch> solo;
   float* base = scratch;
   for (int t = 0; t < threads; ++t) {
-    solo.push_back(carve(plan, 1, base));
-    base += group_floats(plan, 1);
+    solo.push_back(carve(solo_plan, 1, base));
+    base += group_floats(solo_plan, 1);
   }
-  const Scratch shared = carve(plan, threads, base);
+  const Scratch shared = carve(make_plan(layers, n_layers, H, W, threads == 1), threads, base);
   Team team(threads);
   auto work = [&](int t) {
     // Denormals flushed to zero in every thread (the caller's setting is restored below): activations of a

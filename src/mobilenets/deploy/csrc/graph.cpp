@@ -6,12 +6,14 @@
 // the core's cache. Small maps (whose expansion fits in L2 anyway) run layer by layer with the threads
 // sharing out channel panels. One parallel region covers the whole network; threads meet at a spin barrier
 // after each block instead of a thread-pool dispatch per operator, and take rows and panels as they go (see
-// Share) rather than a fixed share each.
+// Share) rather than a fixed share each. A thread running an image alone goes further (chain.cpp): the stem and
+// the wide blocks stream rows from one block into the next, and every later block streams through its ring.
 #include "graph.h"
 
 #include <algorithm>
 #include <cstring>
 
+#include "chain.h"
 #include "kernels.h"
 #include "simd.h"
 #include "stem.h"
@@ -119,8 +121,15 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
   float* cur = s.act0;
   float* nxt = s.act1;
   int h = H, w = W, c = 0;
+  int i = 0;
   int64_t tapped = 0;  // floats of `logits` the taps so far have written
-  for (int i = 0; i < n_layers; ++i) {
+  bool pooled = false;  // the pool's sums are made already (a thread alone, the head fused with the pool)
+  if (T == 1 && (i = chain_length(layers, n_layers, H, W, kFuseMinWidth)) > 0) {  // alone: stream the wide layers
+    run_chain(layers, i, img, H, W, cur, s.chain);
+    const MapSize m = chain_output(layers, i, H, W);
+    h = m.h, w = m.w, c = m.c;
+  }
+  for (; i < n_layers; ++i) {
     const MnLayer& L = layers[i];
     if (L.kind == MN_TAP) {
       copy_tap(cur, h, w, c, logits + tapped, me);
@@ -155,7 +164,7 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
     }
     if (L.kind == MN_BLOCK) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
-      if (w >= kFuseMinWidth) {
+      if (w >= kFuseMinWidth || T == 1) {  // alone, every block streams through its ring (the memory bound)
         const int E = L.cmid;
         run_block_rows(L, cur, h, w, nxt, ho, wo, s.ring[t], s.qrow[t], me, L.has_expand != 0,
                        [&](int r, float* slot) {
@@ -169,6 +178,22 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
         run_block_whole(L, cur, h, w, nxt, ho, wo, s.wide0, s.wide1, zero, s.qrow[t], s.qwide, me);
       }
       h = ho, w = wo, c = L.cout;
+    } else if (L.kind == MN_POINTWISE && T == 1 && i + 1 < n_layers && layers[i + 1].kind == MN_POOL_FC) {
+      // Alone, the last 1×1 convolution is fused with the average pool (as Table 3 counts it): each output row
+      // is added to the pool's sums straight away, pixel by pixel in the order the whole-map pool adds them, and
+      // the h × w × cout map is never whole.
+      float* row = s.ring[t];
+      std::fill(s.pooled, s.pooled + L.cout, 0.0f);
+      for (int y = 0; y < h; ++y) {
+        conv1x1(L.out, w, L.cout, L.cin, cur + static_cast<int64_t>(y) * w * L.cin, L.cin, nullptr, row, L.cout,
+                nullptr, 0, L.act_out, 0, panels(L.cout), s.qrow[t]);
+        for (int q = 0; q < w; ++q)
+          for (int ch = 0; ch < L.cout; ch += 8)
+            _mm256_storeu_ps(s.pooled + ch, _mm256_add_ps(_mm256_loadu_ps(s.pooled + ch),
+                                                          _mm256_loadu_ps(row + int64_t{q} * L.cout + ch)));
+      }
+      pooled = true;
+      c = L.cout;
     } else if (L.kind == MN_POINTWISE) {
       // Each thread quantises the whole input for itself, then takes panels.
       const uint8_t* codes = input_codes(L.out, cur, L.cin, h * w, L.cin, s.qrow[t]);
@@ -184,8 +209,11 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
       const float inv = 1.0f / static_cast<float>(h * w);
       for (int ch = 8 * c0; ch < 8 * c1; ch += 8) {
         __m256 acc = _mm256_setzero_ps();
-        for (int q = 0; q < h * w; ++q)
-          acc = _mm256_add_ps(acc, _mm256_loadu_ps(cur + static_cast<int64_t>(q) * c + ch));
+        if (pooled)  // the sums made with the head's rows
+          acc = _mm256_loadu_ps(s.pooled + ch);
+        else
+          for (int q = 0; q < h * w; ++q)
+            acc = _mm256_add_ps(acc, _mm256_loadu_ps(cur + static_cast<int64_t>(q) * c + ch));
         _mm256_storeu_ps(s.pooled + ch, _mm256_mul_ps(acc, _mm256_set1_ps(inv)));
       }
       me.wait();

@@ -3,12 +3,21 @@
 
 #include <algorithm>
 
+#include "chain.h"
+
 namespace mn {
 
-Plan make_plan(const MnLayer* layers, int n_layers, int H, int W) {
+Plan make_plan(const MnLayer* layers, int n_layers, int H, int W, bool solo) {
   Plan p;
   int h = H, w = W;
-  for (int i = 0; i < n_layers; ++i) {
+  const int chained = solo ? chain_length(layers, n_layers, H, W, kFuseMinWidth) : 0;
+  if (chained) {
+    const MapSize m = chain_output(layers, chained, H, W);
+    p.chain = chain_floats(layers, chained, H, W);
+    h = m.h, w = m.w;
+    p.act = static_cast<int64_t>(h) * w * m.c;
+  }
+  for (int i = chained; i < n_layers; ++i) {
     const MnLayer& L = layers[i];
     if (L.kind == MN_STEM) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
@@ -18,7 +27,7 @@ Plan make_plan(const MnLayer* layers, int n_layers, int H, int W) {
       p.act = std::max<int64_t>(p.act, static_cast<int64_t>(h) * w * L.cout);
     } else if (L.kind == MN_BLOCK) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
-      if (w >= kFuseMinWidth) {
+      if (w >= kFuseMinWidth || solo) {
         p.ring = std::max<int64_t>(p.ring, static_cast<int64_t>(5) * w * L.cmid);
         p.qrow = std::max<int64_t>(p.qrow, static_cast<int64_t>(w) * std::max(L.cin, L.cmid));
       } else {
@@ -29,6 +38,9 @@ Plan make_plan(const MnLayer* layers, int n_layers, int H, int W) {
       p.ring = std::max<int64_t>(p.ring, static_cast<int64_t>(5) * std::min(w, kFuseMinWidth) * L.cmid);
       h = ho, w = wo;
       p.act = std::max<int64_t>(p.act, static_cast<int64_t>(h) * w * L.cout);
+    } else if (L.kind == MN_POINTWISE && solo && i + 1 < n_layers && layers[i + 1].kind == MN_POOL_FC) {
+      p.ring = std::max<int64_t>(p.ring, static_cast<int64_t>(w) * L.cout);  // one row, added to the pool's sums
+      p.qrow = std::max<int64_t>(p.qrow, static_cast<int64_t>(w) * L.cin);
     } else if (L.kind == MN_POINTWISE) {
       p.act = std::max<int64_t>(p.act, static_cast<int64_t>(h) * w * L.cout);
       p.qrow = std::max<int64_t>(p.qrow, static_cast<int64_t>(h) * w * L.cin);
@@ -46,7 +58,7 @@ inline int64_t bytes_as_floats(int64_t bytes) { return (bytes + 3) / 4; }
 
 int64_t group_floats(const Plan& p, int threads) {
   return 2 * round_up(p.act) + 2 * round_up(p.wide) + round_up(p.pooled) + round_up(p.padded) +
-         round_up(bytes_as_floats(p.qwide)) +
+         round_up(bytes_as_floats(p.qwide)) + round_up(p.chain) +
          threads * (round_up(p.ring) + round_up(p.row_buf) + round_up(bytes_as_floats(p.qrow)));
 }
 
@@ -57,6 +69,7 @@ Scratch carve(const Plan& p, int threads, float* base) {
   s.act0 = take(p.act), s.act1 = take(p.act), s.wide0 = take(p.wide), s.wide1 = take(p.wide);
   s.pooled = take(p.pooled), s.padded = take(p.padded);
   s.qwide = reinterpret_cast<uint8_t*>(take(bytes_as_floats(p.qwide)));
+  s.chain = take(p.chain);
   for (int t = 0; t < threads; ++t) {
     s.ring.push_back(take(p.ring)), s.row.push_back(take(p.row_buf));
     s.qrow.push_back(reinterpret_cast<uint8_t*>(take(bytes_as_floats(p.qrow))));

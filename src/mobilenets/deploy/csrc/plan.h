@@ -19,14 +19,17 @@ struct Plan {
   int64_t padded = 0;     // the stem's zero-padded NHWC copy of the image
   int64_t qrow = 0;       // per thread, bytes: the 7-bit codes of one int8 GEMM's input
   int64_t qwide = 0;      // bytes: the codes of a small-map block's depthwise output
+  int64_t chain = 0;      // a thread alone: the rings of the chain streaming the first layers (chain.cpp)
 };
 
 constexpr int kFuseMinWidth = 28;  // maps at least this wide stream rows through the ring; narrower run whole
 
-Plan make_plan(const MnLayer* layers, int n_layers, int H, int W);
+// solo: the plan of a thread running an image alone, which streams the first layers as a chain (chain.h) and
+// every later block through its row ring; otherwise that of threads sharing an image.
+Plan make_plan(const MnLayer* layers, int n_layers, int H, int W, bool solo);
 
 struct Scratch {  // one group's views into the caller's scratch memory
-  float *act0, *act1, *wide0, *wide1, *pooled, *padded;
+  float *act0, *act1, *wide0, *wide1, *pooled, *padded, *chain;
   uint8_t* qwide;
   std::vector<float*> ring;  // per thread of the group
   std::vector<float*> row;

@@ -15,41 +15,44 @@ namespace mn {
 // contiguous runs of 3·C values. T = float: fp32. T = uint8_t: the image quantised to the int8 GEMM's codes (the
 // padding is the zero point, i.e. 0.0) and K = 9·C rounded up to 8, the extra values meeting zero weights.
 template <typename T>
-void stem_pad(const MnLayer& L, const float* img, int H, int W, T* padded, T* col, Member& me) {
+void stem_pad_row(const MnLayer& L, const float* img, int H, int W, int y, T* row, T* col) {
   constexpr bool kInt8 = std::is_same_v<T, uint8_t>;
   const int C = L.stem_in_chans, Wp = W + 2;
   const T pad = kInt8 ? static_cast<T>(L.out.zero) : T(0);
-  Share copy(me, H + 2);
-  for (int y; (y = copy.next()) >= 0;) {
-    T* row = padded + static_cast<int64_t>(y) * Wp * C;
-    if (y == 0 || y == H + 1) {
-      std::fill(row, row + static_cast<int64_t>(Wp) * C, pad);
-      continue;
-    }
-    std::fill(row, row + C, pad);
-    std::fill(row + static_cast<int64_t>(W + 1) * C, row + static_cast<int64_t>(Wp) * C, pad);
-    int x0 = 0;
-    if constexpr (kInt8) {
-      if (C == 3) {  // RGB: eight pixels at a time quantised and interleaved in registers
-        const float* src = img + static_cast<int64_t>(y - 1) * W;
-        const int64_t plane = static_cast<int64_t>(H) * W;
-        const __m256 inv = _mm256_set1_ps(L.out.inv_scale);
-        const __m256i zero = _mm256_set1_epi32(L.out.zero);
-        for (; x0 + 8 <= W; x0 += 8)
-          store_rgb_codes(row + (x0 + 1) * 3, src + x0, src + plane + x0, src + 2 * plane + x0, inv, zero, L.out.qmax);
-      }
-    }
-    for (int ci = 0; ci < C && x0 < W; ++ci) {
-      const float* src = img + (static_cast<int64_t>(ci) * H + (y - 1)) * W + x0;
-      const int n = W - x0;
-      if constexpr (kInt8) {  // the channel's row quantised into `col` (free until the GEMM), then spread
-        quantize_rows(src, n, 1, n, col, n, L.out.inv_scale, L.out.zero, L.out.qmax);
-        for (int x = 0; x < n; ++x) row[(x0 + x + 1) * C + ci] = col[x];
-      } else {
-        for (int x = 0; x < n; ++x) row[(x0 + x + 1) * C + ci] = src[x];
-      }
+  if (y == 0 || y == H + 1) {
+    std::fill(row, row + static_cast<int64_t>(Wp) * C, pad);
+    return;
+  }
+  std::fill(row, row + C, pad);
+  std::fill(row + static_cast<int64_t>(W + 1) * C, row + static_cast<int64_t>(Wp) * C, pad);
+  int x0 = 0;
+  if constexpr (kInt8) {
+    if (C == 3) {  // RGB: eight pixels at a time quantised and interleaved in registers
+      const float* src = img + static_cast<int64_t>(y - 1) * W;
+      const int64_t plane = static_cast<int64_t>(H) * W;
+      const __m256 inv = _mm256_set1_ps(L.out.inv_scale);
+      const __m256i zero = _mm256_set1_epi32(L.out.zero);
+      for (; x0 + 8 <= W; x0 += 8)
+        store_rgb_codes(row + (x0 + 1) * 3, src + x0, src + plane + x0, src + 2 * plane + x0, inv, zero, L.out.qmax);
     }
   }
+  for (int ci = 0; ci < C && x0 < W; ++ci) {
+    const float* src = img + (static_cast<int64_t>(ci) * H + (y - 1)) * W + x0;
+    const int n = W - x0;
+    if constexpr (kInt8) {  // the channel's row quantised into `col` (free until the GEMM), then spread
+      quantize_rows(src, n, 1, n, col, n, L.out.inv_scale, L.out.zero, L.out.qmax);
+      for (int x = 0; x < n; ++x) row[(x0 + x + 1) * C + ci] = col[x];
+    } else {
+      for (int x = 0; x < n; ++x) row[(x0 + x + 1) * C + ci] = src[x];
+    }
+  }
+}
+
+template <typename T>
+void stem_pad(const MnLayer& L, const float* img, int H, int W, T* padded, T* col, Member& me) {
+  const int64_t row = static_cast<int64_t>(W + 2) * L.stem_in_chans;
+  Share copy(me, H + 2);
+  for (int y; (y = copy.next()) >= 0;) stem_pad_row(L, img, H, W, y, padded + y * row, col);
 }
 
 // The stem's output row y (Wo pixels × cout, fp32) into dst, from the padded image; col: the thread's patch row.
@@ -84,6 +87,8 @@ void stem_row(const MnLayer& L, const T* padded, int W, T* col, int y, int Wo, f
 }
 
 
+template void stem_pad_row<float>(const MnLayer&, const float*, int, int, int, float*, float*);
+template void stem_pad_row<uint8_t>(const MnLayer&, const float*, int, int, int, uint8_t*, uint8_t*);
 template void stem_pad<float>(const MnLayer&, const float*, int, int, float*, float*, Member&);
 template void stem_pad<uint8_t>(const MnLayer&, const float*, int, int, uint8_t*, uint8_t*, Member&);
 template void stem_row<float>(const MnLayer&, const float*, int, float*, int, int, float*);

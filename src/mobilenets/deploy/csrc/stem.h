@@ -14,6 +14,10 @@ namespace mn {
 template <typename T>
 void stem_pad(const MnLayer& L, const float* img, int H, int W, T* padded, T* col, Member& me);
 
+// Row y (0 .. H + 1) of that padded copy alone, into row ((W + 2) · C values); col: scratch for an int8 stem.
+template <typename T>
+void stem_pad_row(const MnLayer& L, const float* img, int H, int W, int y, T* row, T* col);
+
 // The stem's output row y (Wo pixels × cout, fp32) into dst, from the padded image; col: the thread's patch row.
 template <typename T>
 void stem_row(const MnLayer& L, const T* padded, int W, T* col, int y, int Wo, float* dst);

@@ -1,0 +1,188 @@
+// Row streaming across block boundaries (V2 §5.1, Table 3): a thread that runs an image alone never writes out
+// the large early feature maps. The stem and the blocks on wide maps form a chain of stages; each keeps only a
+// ring of its last three output rows (a block with an expansion also a ring of three expanded rows), and a stage
+// computes a row when the next stage asks for it. The network's peak activation memory is then the sum of
+// these rings (a few rows per layer) instead of two whole 112 × 112 maps: for V2 at 224 the chain's rings hold
+// ~0.75 MB fp32 where the whole maps took 3.2 MB. Each row is still computed exactly once and by the same
+// kernels as the other paths, so the outputs are bit-identical to them.
+//
+// Only a thread alone streams this way: threads sharing an image would each need the rows above and below
+// their own at every stage (a halo that grows with the chain's depth) or a barrier per row.
+#include "chain.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernels.h"
+#include "simd.h"
+#include "stem.h"
+
+namespace mn {
+namespace {
+
+constexpr int kRing = 3;  // rows a stage keeps: a 3×3 window, whose last row is asked for first at stride 1
+
+// One stage of the chain: the stem or a block, with the rings it owns.
+struct Stage {
+  const MnLayer* L = nullptr;
+  int H = 0, W = 0;    // input map
+  int Ho = 0, Wo = 0;  // output map
+  int C = 0;           // output channels
+  int ring_rows = kRing;  // the last stage keeps its whole output map
+  float* out = nullptr;
+  float* expanded = nullptr;  // a block with an expansion: three expanded rows (W × cmid each)
+  int held[kRing] = {-1, -1, -1};  // the input row each expanded slot holds (row r in slot r % 3)
+  int done = 0;                    // output rows [0, done) are made
+  const float* row(int y) const { return out + static_cast<int64_t>(y % ring_rows) * Wo * C; }
+};
+
+// The stages and the buffers they share (each used only between two calls into another stage).
+struct Chain {
+  std::vector<Stage> stages;
+  float* band = nullptr;    // the stem's three padded input rows (fp32, or int8 codes)
+  float* col = nullptr;     // the stem's patch row
+  float* dw = nullptr;      // one depthwise output row
+  float* zero = nullptr;    // the padding row above and below a map
+  uint8_t* qrow = nullptr;  // an int8 convolution's input codes
+  int64_t floats = 0;       // scratch taken (when laid out from nullptr: only counted)
+};
+
+int64_t rounded(int64_t n) { return (n + 15) / 16 * 16; }  // 64-byte steps between buffers
+
+// The chain's stages and buffers for an H × W image, laid out from base (nullptr: sizes only); the last stage
+// writes its whole output map to out.
+Chain lay_out(const MnLayer* layers, int n_chain, int H, int W, float* base, float* out) {
+  Chain c;
+  auto take = [&](int64_t n) {
+    float* at = base ? base + c.floats : nullptr;
+    c.floats += rounded(n);
+    return at;
+  };
+  int h = H, w = W;
+  int64_t dw = 0, zero = 0, qrow = 0;
+  for (int i = 0; i < n_chain; ++i) {
+    const MnLayer& L = layers[i];
+    Stage s;
+    s.L = &L, s.H = h, s.W = w, s.Ho = (h - 1) / L.stride + 1, s.Wo = (w - 1) / L.stride + 1, s.C = L.cout;
+    if (i == n_chain - 1) {
+      s.ring_rows = s.Ho, s.out = out;
+    } else {
+      s.out = take(static_cast<int64_t>(kRing) * s.Wo * s.C);
+    }
+    if (L.kind == MN_STEM) {
+      // 3 padded rows (W + 2 pixels), +16 floats: the int8 patch copy reads 16 bytes at a time past a row's end.
+      c.band = take(3 * static_cast<int64_t>(w + 2) * L.stem_in_chans + 16);
+      c.col = take(static_cast<int64_t>(s.Wo) * L.cin + 16);
+      qrow = std::max<int64_t>(qrow, static_cast<int64_t>(s.Wo) * L.cin);
+    } else {
+      if (L.has_expand) s.expanded = take(static_cast<int64_t>(kRing) * w * L.cmid);
+      dw = std::max<int64_t>(dw, static_cast<int64_t>(s.Wo) * L.cmid);
+      zero = std::max<int64_t>(zero, static_cast<int64_t>(w) * L.cmid);
+      qrow = std::max<int64_t>(qrow, static_cast<int64_t>(w) * std::max(L.cin, L.cmid));
+    }
+    c.stages.push_back(s);
+    h = s.Ho, w = s.Wo;
+  }
+  c.dw = take(dw), c.zero = take(zero);
+  c.qrow = reinterpret_cast<uint8_t*>(take((qrow + 3) / 4));
+  return c;
+}
+
+const float* pull(Chain& c, int k, int y, const float* img);
+
+// The stem's output row y: its three padded input rows gathered into the band, then one patch-row GEMM.
+template <typename T>
+void stem_row_from_image(Chain& c, const Stage& s, int y, const float* img, float* dst) {
+  const MnLayer& L = *s.L;
+  T* band = reinterpret_cast<T*>(c.band);
+  T* col = reinterpret_cast<T*>(c.col);
+  const int64_t padded_row = static_cast<int64_t>(s.W + 2) * L.stem_in_chans;
+  for (int k = 0; k < 3; ++k) stem_pad_row(L, img, s.H, s.W, y * L.stride + k, band + k * padded_row, col);
+  stem_row(L, band, s.W, col, 0, s.Wo, dst);
+}
+
+// A block's output row y, from the rows of stage k − 1 it needs (asked for in increasing order).
+void block_row(Chain& c, int k, int y, const float* img, float* dst) {
+  Stage& s = c.stages[k];
+  const MnLayer& L = *s.L;
+  const int E = L.cmid;
+  const int64_t row_e = static_cast<int64_t>(s.W) * E;
+  const float* rows[3];
+  for (int j = 0; j < 3; ++j) {
+    const int r = y * L.stride - 1 + j;
+    if (r < 0 || r >= s.H) {
+      rows[j] = c.zero;
+    } else if (!L.has_expand) {
+      rows[j] = pull(c, k - 1, r, img);  // the previous stage's ring holds rows r − 2 .. r: this window
+    } else {
+      float* slot = s.expanded + (r % kRing) * row_e;
+      if (s.held[r % kRing] != r) {
+        const float* in = pull(c, k - 1, r, img);
+        conv1x1(L.expand, s.W, E, L.cin, in, L.cin, nullptr, slot, E, nullptr, 0, L.act_mid, 0, panels(E), c.qrow);
+        s.held[r % kRing] = r;
+      }
+      rows[j] = slot;
+    }
+  }
+  // The shortcut's row y was asked for above (stride 1: rows y − 1 .. y + 1), so this computes nothing, and the
+  // shared dw / qrow buffers below are not touched by another stage before the projection reads them.
+  const float* res = L.residual ? pull(c, k - 1, y, img) : nullptr;
+  const Sink sink{c.dw, L.out.q ? c.qrow : nullptr, L.out.inv_scale, L.out.zero, L.out.qmax, L.dw_codes != 0};
+  depthwise_row(rows, s.W, s.Wo, L.stride, E, L.w_dw, L.b_dw, sink, 0, E, L.dw_codes ? MN_LINEAR : L.act_mid);
+  conv1x1(L.out, s.Wo, L.cout, E, c.dw, E, sink.q, dst, L.cout, res, L.cout, L.act_out, 0, panels(L.cout), c.qrow);
+}
+
+// Row y of stage k's output, made (with every earlier row of it) if not yet. Valid until the stage makes three
+// more rows; a stage is asked for rows in increasing order, at most three rows back.
+const float* pull(Chain& c, int k, int y, const float* img) {
+  Stage& s = c.stages[k];
+  for (; s.done <= y; ++s.done) {
+    float* dst = s.out + static_cast<int64_t>(s.done % s.ring_rows) * s.Wo * s.C;
+    if (s.L->kind == MN_STEM) {
+      if (s.L->out.q)
+        stem_row_from_image<uint8_t>(c, s, s.done, img, dst);
+      else
+        stem_row_from_image<float>(c, s, s.done, img, dst);
+    } else {
+      block_row(c, k, s.done, img, dst);
+    }
+  }
+  return s.row(y);
+}
+
+}  // namespace
+
+int chain_length(const MnLayer* layers, int n_layers, int H, int W, int min_width) {
+  if (n_layers == 0 || layers[0].kind != MN_STEM) return 0;
+  int h = (H - 1) / layers[0].stride + 1, w = (W - 1) / layers[0].stride + 1;
+  int n = 1;
+  for (; n < n_layers && layers[n].kind == MN_BLOCK && w >= min_width; ++n) {
+    h = (h - 1) / layers[n].stride + 1, w = (w - 1) / layers[n].stride + 1;
+  }
+  return n;
+}
+
+MapSize chain_output(const MnLayer* layers, int n_chain, int H, int W) {
+  MapSize m{H, W, 0};
+  for (int i = 0; i < n_chain; ++i) {
+    m.h = (m.h - 1) / layers[i].stride + 1, m.w = (m.w - 1) / layers[i].stride + 1, m.c = layers[i].cout;
+  }
+  return m;
+}
+
+int64_t chain_floats(const MnLayer* layers, int n_chain, int H, int W) {
+  return n_chain ? lay_out(layers, n_chain, H, W, nullptr, nullptr).floats : 0;
+}
+
+void run_chain(const MnLayer* layers, int n_chain, const float* img, int H, int W, float* out, float* scratch) {
+  Chain c = lay_out(layers, n_chain, H, W, scratch, out);
+  int64_t zero = 0;
+  for (const Stage& s : c.stages)
+    if (s.L->kind != MN_STEM) zero = std::max<int64_t>(zero, static_cast<int64_t>(s.W) * s.L->cmid);
+  std::memset(c.zero, 0, sizeof(float) * zero);
+  const int last = n_chain - 1;
+  pull(c, last, c.stages[last].Ho - 1, img);
+}
+
+}  // namespace mn
