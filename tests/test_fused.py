@@ -240,6 +240,22 @@ def test_int8_engine_equals_its_fake_quantized_model(isa: str, name: str) -> Non
         assert ((got - want).abs().amax(1) < 1e-5).sum() >= 2  # most images: the same sums exactly
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_amx_int8_equals_vnni_int8_exactly(threads: int) -> None:
+    # The amx level runs int8 products of at least 16 rows and 64 input channels on AMX tiles (tdpbusd), which sum
+    # the same u8 × s8 products in int32 as vpdpbusd: the outputs must be bit-identical to the avx512 level's on
+    # the same grid, over K that are and are not multiples of 64, 8-wide last panels and row tails.
+    _isa("amx")
+    torch.manual_seed(0)
+    model = trained_like("mobilenet_v2", width=0.75, num_classes=12)  # 12 classes: an 8-wide last panel
+    calibration = list(torch.randn(16, 3, 64, 64).split(8))
+    vnni = fused.FusedEngine(model, threads=threads, calibration=calibration, isa="avx512")
+    amx = fused.FusedEngine(model, threads=threads, calibration=calibration, isa="amx")
+    for shape in [(1, 3, 224, 224), (3, 3, 96, 160), (1, 3, 32, 288)]:
+        x = torch.randn(*shape)
+        assert torch.equal(amx(x), vnni(x)), shape
+
+
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v1", "mobilenet_v3_large_minimal"])
 def test_bf16_engine_equals_its_rounded_model(name: str) -> None:
     # AMX sums the bf16 products in fp32 in another order than PyTorch, and a sum that lies within that rounding of

@@ -11,12 +11,12 @@ its rows through a ring of three expanded rows and projects every depthwise outp
 network runs in one parallel region with a spin barrier per block.
 
 ISA levels (``ISAS``): ``avx2`` (AVX2 + FMA), ``avx512`` (AVX-512 F/BW/VL/DQ + VNNI: 16-lane fp32 kernels and
-``vpdpbusd`` int8 on full-range weights), ``amx`` (also AVX512_BF16 and AMX tiles: bf16 1×1 convolutions). One
-library is compiled per level on first use with the system C++ compiler (``$CXX``, default ``g++``) into
-``$MOBILENETS_CACHE`` (default ``~/.cache/mobilenets``), keyed by the sources' hash, and the widest level this CPU
-has is loaded — a narrower one when asked (``isa=`` or ``MOBILENETS_ENGINE_ISA``). The CPU's flags are read
-before a library is loaded, so a CPU never runs instructions it lacks. ``EngineUnavailable`` says why when the
-engine cannot run (no compiler, no AVX2/FMA, not x86-64, a level this CPU lacks, a library of another ABI).
+``vpdpbusd`` int8 on full-range weights), ``amx`` (also AVX512_BF16 and AMX tiles: bf16 1×1 convolutions, the larger
+int8 products on tiles). One library is compiled per level on first use with the system C++ compiler (``$CXX``,
+default ``g++``) into ``$MOBILENETS_CACHE`` (default ``~/.cache/mobilenets``), keyed by the sources' hash, and the
+widest level this CPU has is loaded — a narrower one when asked (``isa=`` or ``MOBILENETS_ENGINE_ISA``). The CPU's
+flags are read before a library is loaded, so a CPU never runs instructions it lacks. ``EngineUnavailable`` says why
+when the engine cannot run (no compiler, no AVX2/FMA, not x86-64, a level this CPU lacks, a library of another ABI).
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ ISAS: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]] = {
     "avx2": (1, ("avx2", "fma"), ("-mavx2", "-mfma")),
     "avx512": (2, ("avx2", "fma", *_AVX512_FLAGS),
                ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni")),
-    "amx": (3, ("avx2", "fma", *_AVX512_FLAGS, "avx512_bf16", "amx_tile", "amx_bf16"),
+    "amx": (3, ("avx2", "fma", *_AVX512_FLAGS, "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"),
             ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni",
-             "-mavx512bf16", "-mamx-tile", "-mamx-bf16")),
+             "-mavx512bf16", "-mamx-tile", "-mamx-bf16", "-mamx-int8")),
 }  # fmt: skip
 ISA_ENV = "MOBILENETS_ENGINE_ISA"
 
@@ -465,7 +465,8 @@ class _Builder:
             return c
         scale, zero = activation_quantization(*self.ranges[module], self.grid.levels)
         q, w_scale = quantize_weights(weight_kn, self.grid.weight_max)
-        c.q = self.ptr(pack_panels_int8(q))
+        # 1 KB of zeros after the last panel: the AMX kernel's tiles read up to 1 KB past K (gemm_int8_amx.cpp).
+        c.q = self.ptr(torch.cat([pack_panels_int8(q), q.new_zeros(1024)]))
         c.scale = self.ptr(_pad8(w_scale * scale))
         c.corr = self.ptr(_pad8(-zero * q.sum(0, dtype=torch.int32)))
         c.inv_scale, c.zero, c.qmax = 1.0 / scale, zero, self.grid.levels

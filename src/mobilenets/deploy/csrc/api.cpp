@@ -56,8 +56,11 @@ int mn_run(const MnLayer* layers, int n_layers, const float* input, int N, int C
   if (threads < 1 || N < 0) return 1;
   if (H + 2 > kMaxItems) return 2;
   const Plan solo_plan = make_plan(layers, n_layers, H, W, true);
-  bool bf16 = false;  // AMX tiles are configured per thread, and only when a layer uses them
-  for (int i = 0; i < n_layers; ++i) bf16 |= layers[i].expand.wb || layers[i].out.wb;
+  bool tiles = false;  // AMX tiles are configured per thread, and only when a layer uses them (bf16, or int8 on AMX)
+  for (int i = 0; i < n_layers; ++i) {
+    const MnLayer& L = layers[i];
+    tiles |= L.expand.wb || L.out.wb || (MN_ISA >= MN_ISA_AMX && (L.expand.q || L.out.q));
+  }
   const int64_t image = static_cast<int64_t>(C) * H * W;
   const int alone = N / threads * threads;  // images run one per thread
   std::vector<Scratch> solo;
@@ -72,7 +75,7 @@ int mn_run(const MnLayer* layers, int n_layers, const float* input, int N, int C
     // Denormals flushed to zero in every thread (the caller's setting is restored below): activations of a
     // random-initialised network decay into them, and CPUs handle them tens of times slower.
     _mm_setcsr(_mm_getcsr() | 0x8040);
-    if (bf16) tiles_configure();
+    if (tiles) tiles_configure();
     Team own(1);
     Member alone_member{own, 0}, shared_member{team, t};
     for (int n = t; n < alone; n += threads)
@@ -81,7 +84,7 @@ int mn_run(const MnLayer* layers, int n_layers, const float* input, int N, int C
     for (int n = alone; n < N; ++n)
       run_image(layers, n_layers, input + n * image, H, W, out + static_cast<int64_t>(n) * out_stride, shared,
                 shared_member);
-    if (bf16) tiles_release();
+    if (tiles) tiles_release();
   };
   const unsigned int csr = _mm_getcsr();
   pool_run(threads, work);

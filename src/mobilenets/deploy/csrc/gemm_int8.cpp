@@ -200,6 +200,13 @@ void panels_vnni(int M, int K, const uint8_t* A, int lda, const int8_t* B, const
 
 void gemm_int8(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, float* C, int ldc, const float* R,
                int ldr, int act, int p0, int p1) {
+#if MN_ISA >= MN_ISA_AMX
+  // A whole tile of rows and of K at least (the same sums: gemm_int8_amx.cpp); thinner products waste most of a tile.
+  if (M >= 16 && K >= 64) {
+    gemm_int8_amx(M, N, K, A, lda, cv, C, ldc, R, ldr, act, p0, p1);
+    return;
+  }
+#endif
   for (int p = p0; p < p1;) {
     const int col = 16 * p;
     const int nr = std::min(16, N - col);

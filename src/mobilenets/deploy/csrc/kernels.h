@@ -17,6 +17,10 @@ void gemm_fp32(int M, int N, int K, const float* A, int lda, const float* Bp, co
 void gemm_int8(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, float* C, int ldc, const float* R,
                int ldr, int act, int p0, int p1);
 
+// The same on AMX tiles (AMX builds only; gemm_int8 calls it for M >= 16): the same integer sums, the same outputs.
+void gemm_int8_amx(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, float* C, int ldc,
+                   const float* R, int ldr, int act, int p0, int p1);
+
 // The same with bf16 weights on AMX tiles, A rounded to bf16 as it goes (AMX builds only).
 void gemm_bf16(int M, int N, int K, const float* A, int lda, const MnConv& cv, float* C, int ldc, const float* R,
                int ldr, int act, int p0, int p1);
