@@ -254,9 +254,9 @@ class Int8Grid:
     weight_max: int
 
 
-# AVX2 without VNNI sums products in int16 before int32, and its kernel adds four products there: 7-bit codes and
-# weights within ±63 keep 4 · 127 · 63 = 32004 < 32767. VNNI's vpdpbusd sums into int32 directly: the full range.
-AVX2_GRID = Int8Grid(levels=127, weight_max=63)
+# AVX2 without VNNI sums pairs of products in int16 (vpmaddubsw) before int32: weights within ±63 keep
+# 2 · 255 · 63 = 32130 < 32767 with 8-bit codes. VNNI's vpdpbusd sums into int32 directly: the full weight range.
+AVX2_GRID = Int8Grid(levels=255, weight_max=63)
 VNNI_GRID = Int8Grid(levels=255, weight_max=127)
 ACTIVATION_LEVELS, INT8_WEIGHT_MAX = AVX2_GRID.levels, AVX2_GRID.weight_max
 
