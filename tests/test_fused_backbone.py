@@ -63,27 +63,22 @@ def test_ssdlite_v2_taps_equal_eager_on_every_isa(isa: str) -> None:
         _assert_taps_equal(detector.backbone, list(detector.taps), shapes, threads, _isa(isa))
 
 
-def _lraspp_taps(name: str) -> list[str]:
-    model = trained_like(name, width=0.5, num_classes=3, output_stride=32)
-    return [model.low_tap.name, model.high_tap.name]
-
-
 @pytest.mark.parametrize(
-    ("case", "taps"),
+    ("case", "overrides", "taps"),
     [
-        ("ssdlite_mobilenet_v1", None),  # V1: Conv2d_11 and Conv2d_13 pointwise
-        ("deeplabv3_mobilenet_v2", None),  # the last block (DeepLab at output stride 32)
-        ("lraspp_mobilenet_v2", None),  # a stride-8 block and the last 1×1 conv
-        # V3 without squeeze-excite (which the engine does not run): LR-ASPP's and SSDLite's V3-Large taps, and
-        # the stem and a stage end.
-        ("mobilenet_v3_large_minimal", [*_lraspp_taps("lraspp_mobilenet_v3_large"), "blocks.12.expansion"]),
-        ("mobilenet_v2", ["stem", "stage2", "blocks.3", "blocks.0.expansion", "blocks.1.expansion"]),
+        ("ssdlite_mobilenet_v1", {}, None),  # V1: Conv2d_11 and Conv2d_13 pointwise
+        ("ssdlite_mobilenet_v3_large", {}, None),  # V3 §6.2: C4 the 13th block's expansion (squeeze-excite, 5×5)
+        ("deeplabv3_mobilenet_v2", {"output_stride": 32}, None),  # the last block
+        ("deeplabv3_mobilenet_v2", {}, None),  # output stride 16: the last stage dilated (V2 §6.3)
+        ("lraspp_mobilenet_v2", {"output_stride": 32}, None),  # a stride-8 block and the last 1×1 conv
+        ("lraspp_mobilenet_v3_large", {}, None),  # V3 §6.3 at output stride 16: SE, h-swish, 5×5, dilation 2
+        ("mobilenet_v3_large_minimal", {}, ["blocks.5", "head", "blocks.12.expansion"]),  # no SE, 3×3, ReLU
+        ("mobilenet_v2", {}, ["stem", "stage2", "blocks.3", "blocks.0.expansion", "blocks.1.expansion"]),
     ],
 )
-def test_dense_backbones_taps_equal_eager(case: str, taps: list[str] | None) -> None:
+def test_dense_backbones_taps_equal_eager(case: str, overrides: dict, taps: list[str] | None) -> None:
     if taps is None:
-        extra = {"output_stride": 32} if not case.startswith("ssdlite") else {}
-        model = trained_like(case, width=0.5, num_classes=3, **extra)
+        model = trained_like(case, width=0.5, num_classes=3, **overrides)
         backbone = model.backbone
         taps = list(getattr(model, "taps", None) or [t.name for t in _model_taps(model)])
     else:
@@ -140,11 +135,9 @@ def test_what_the_backbone_engine_refuses() -> None:
     engine = FusedBackbone(v2, ["head"])
     with pytest.raises(ConfigError, match="built for the taps"):
         engine.forward_taps(torch.randn(1, 3, 64, 64), ["blocks.3"])
-    # Models the engine cannot run today: one line naming why, before any image.
-    with pytest.raises(ConfigError, match="squeeze-excite"):
-        engine_model(trained_like("lraspp_mobilenet_v3_small", width=0.5, num_classes=3, output_stride=32))
-    with pytest.raises(ConfigError, match="output stride 16"):
-        engine_model(trained_like("deeplabv3_mobilenet_v2", width=0.35, num_classes=3))
+    # A model the engine cannot run (TensorFlow's 'same' padding): one line naming why, before any image.
+    with pytest.raises(ConfigError, match="'same' padding"):
+        engine_model(trained_like("deeplabv3_mobilenet_v2", width=0.35, num_classes=3, padding="same"))
 
 
 def test_engine_models_equal_the_eager_models() -> None:
@@ -216,11 +209,11 @@ def test_eval_segment_through_the_engine(scenes: Path, tmp_path: Path, capsys) -
     int8 = _eval(checkpoint, scenes, capsys, "--engine", "fused-int8", "--calibration", str(scenes),
                  "--calibration-count", "4")  # fmt: skip
     assert int8["engine"] == "fused-int8" and abs(int8["pixel_acc"] - eager["pixel_acc"]) <= 0.05
-    dilated = tmp_path / "os16.safetensors"
-    save_weights(trained_like("deeplabv3_mobilenet_v2", width=0.35, num_classes=11), dilated)
-    assert main(["eval", "--checkpoint", str(dilated), "--data", str(scenes), "--engine", "fused"]) == 2
+    same = tmp_path / "same.safetensors"
+    save_weights(trained_like("deeplabv3_mobilenet_v2", width=0.35, num_classes=11, padding="same"), same)
+    assert main(["eval", "--checkpoint", str(same), "--data", str(scenes), "--engine", "fused"]) == 2
     err = capsys.readouterr().err
-    assert "output stride 16" in err and len(err.strip().splitlines()) == 1
+    assert "'same' padding" in err and len(err.strip().splitlines()) == 1
 
 
 def test_bench_rows_for_an_ssdlite_backbone() -> None:

@@ -1,5 +1,6 @@
-"""The fused engine: MobileNetV1 / V2 / minimalistic V3 classifiers run by the C++ sources in ``csrc/`` (fp32,
-int8 or bf16; x86-64 CPUs with AVX2 + FMA, faster kernels where the CPU has AVX-512 / VNNI / AMX).
+"""The fused engine: MobileNetV1 / V2 / V3 classifiers (V3 with squeeze-excite, h-swish and 5×5 depthwise; any output
+stride, the later blocks dilated) run by the C++ sources in ``csrc/`` (fp32, int8 or bf16; x86-64 CPUs with AVX2 +
+FMA, faster kernels where the CPU has AVX-512 / VNNI / AMX).
 
 ``FusedEngine(model)`` folds BatchNorm, packs the weights for the C++ kernels and runs NCHW batches; its logits
 equal the eager model's within float rounding (``tests/test_fused.py``: ≤ 1e-4). ``FusedEngine(model,
@@ -7,7 +8,8 @@ calibration=batches)`` runs the stem, the 1×1 convolutions and the classifier i
 (its error is that of its fake-quantised twin, ``tests/test_fused.py``); ``precision="bf16"`` (AMX CPUs) runs the
 1×1 convolutions on bf16 inputs and weights with fp32 sums. What it does that a graph runtime does not (V2 §5.1's
 hardware argument): inverted residual blocks on wide maps never materialise their expansion — each thread streams
-its rows through a ring of three expanded rows and projects every depthwise output row at once — and the whole
+its rows through a ring of expanded rows (the depthwise window's height) and projects every depthwise output row at
+once; blocks with squeeze-excite run whole-map, their pool needing the whole depthwise output — and the whole
 network runs in one parallel region with a spin barrier per block.
 
 ISA levels (``ISAS``): ``avx2`` (AVX2 + FMA), ``avx512`` (AVX-512 F/BW/VL/DQ + VNNI: 16-lane fp32 kernels and
@@ -39,13 +41,14 @@ from torch import nn
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.errors import ConfigError, InputError, MobilenetsError
 from mobilenets.models.blocks import DepthwiseSeparable, InvertedResidual
-from mobilenets.models.layers import ConvBNAct
+from mobilenets.models.layers import ConvBNAct, SqueezeExcite
 from mobilenets.models.mobilenet import MobileNet, check_image_batch
 
 SOURCE_DIR = Path(__file__).with_name("csrc")
-ABI_VERSION = 2  # MN_ABI_VERSION in csrc/abi.h
+ABI_VERSION = 3  # MN_ABI_VERSION in csrc/abi.h
 _STEM, _BLOCK, _POINTWISE, _POOL_FC = 1, 2, 3, 4
-_ACTS = {"linear": 0, "relu": 1, "relu6": 2}
+_ACTS = {"linear": 0, "relu": 1, "relu6": 2, "hswish": 3}
+MAX_SPAN = 17  # kMaxSpan in csrc/kernels.h: the rows a depthwise window spans, (k - 1) · dilation + 1
 MAX_HEIGHT = 65533  # the engine shares out rows in 16-bit counters (the stem's: height + 2)
 PRECISIONS = ("fp32", "int8", "bf16")
 
@@ -84,8 +87,9 @@ class _Layer(ctypes.Structure):
         ("w_dw", ctypes.c_void_p),
         ("b_dw", ctypes.c_void_p),
         ("out", _Conv),
-        ("dw_codes", ctypes.c_int32),
-        ("reserved", ctypes.c_int32),
+        *[(n, ctypes.c_int32) for n in ("dw_codes", "kernel", "dilation", "se_channels")],
+        ("se_reduce", _Conv),
+        ("se_expand", _Conv),
     ]
 
 
@@ -294,11 +298,12 @@ def _conv_weights(unit: ConvBNAct) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _depthwise(unit: ConvBNAct) -> tuple[torch.Tensor, torch.Tensor]:
     w, b = _conv_weights(unit)
-    return w.reshape(w.shape[0], 9).t().contiguous(), _pad8(b)
+    return w.reshape(w.shape[0], -1).t().contiguous(), _pad8(b)  # [k·k taps][channels]
 
 
 def _check_supported(model: MobileNet) -> None:
-    """V1, V2 and the minimalistic V3 (3×3 depthwise, ReLU, no squeeze-excite); anything else is named."""
+    """V1, V2 and V3 (3×3 / 5×5 depthwise at any output stride, ReLU / ReLU6 / h-swish, squeeze-excite); anything
+    else is named."""
     config, spec = model.config, model.spec
     problems: list[str] = []
 
@@ -308,21 +313,17 @@ def _check_supported(model: MobileNet) -> None:
 
     if config.padding != "symmetric":
         note("TensorFlow 'same' padding")
-    if config.output_stride != 32:
-        note(f"output stride {config.output_stride} (dilated convolutions)")
     acts = {spec.stem_act, spec.head_act if spec.head_channels else "relu"}
     acts |= {spec.pre_logits_act} if spec.pre_logits_channels else set()
     for b in spec.blocks:
         acts |= {b.act, b.project_act}
-        if b.se_channels:
-            note("squeeze-excite (V3; its minimalistic variants have none)")
-        if b.kernel != 3:
-            note(f"{b.kernel}×{b.kernel} depthwise (only 3×3)")
-        if b.dilation != 1 or b.stride not in (1, 2):
-            note("dilation, or a stride other than 1 and 2")
+        if b.kernel not in (3, 5):
+            note(f"{b.kernel}×{b.kernel} depthwise (only 3×3 and 5×5)")
+        elif b.stride not in (1, 2) or (b.dilation > 1 and b.stride != 1) or (b.kernel - 1) * b.dilation + 1 > MAX_SPAN:
+            note(f"a depthwise stride of {b.stride} at dilation {b.dilation}")
         if b.has_residual and b.shortcut == "expansion":
             note("the 'expansion' shortcut ablation")
-        if any(c % 8 for c in (b.in_channels, b.mid_channels, b.out_channels)):
+        if any(c % 8 for c in (b.in_channels, b.mid_channels, b.out_channels, b.se_channels)):
             note("channels not multiples of 8")
     if acts - set(_ACTS):
         note(f"activation {', '.join(sorted(acts - set(_ACTS)))}")
@@ -342,7 +343,13 @@ def calibrate(
     """The range (min, max) of the input of the stem, of every 1×1 convolution and of every linear layer
     (pre-logits, classifier) over ``batches``: the layers the int8 engine runs in int8. ``forward`` runs a batch
     (default: the model; a backbone's ``forward_features`` for sides that are not multiples of 32)."""
-    targets = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1]
+    # Squeeze-excite's two 1×1 layers act on one pooled pixel and stay fp32 (V3 §5.3): not calibrated.
+    squeeze_excite = {id(m) for se in model.modules() if isinstance(se, SqueezeExcite) for m in se.modules()}
+    targets = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1 and id(m) not in squeeze_excite
+    ]
     targets += [model.stem.conv, *(m for m in model.modules() if isinstance(m, nn.Linear))]
     ranges: Ranges = {}
 
@@ -369,8 +376,9 @@ def _projection(block: nn.Module) -> ConvBNAct:
 def _codes_scale(block: nn.Module, ranges: Ranges, grid: Int8Grid) -> float | None:
     """The scale of the projection's input codes when the int8 engine makes them in the depthwise epilogue from
     weights pre-divided by it: a ReLU / ReLU6 output (zero point 0; the clamp to the top code stands in for the
-    activation). None for a block whose depthwise output is quantised the ordinary way."""
-    if block.spec.act not in ("relu", "relu6"):
+    activation). None for a block whose depthwise output is quantised the ordinary way, and for a block with
+    squeeze-excite, whose gate comes between the depthwise output and the projection's codes."""
+    if block.spec.act not in ("relu", "relu6") or block.spec.se_channels:
         return None
     scale, zero = activation_quantization(*ranges[_projection(block).conv], grid.levels)
     return scale if zero == 0 else None
@@ -472,6 +480,11 @@ class _Builder:
         c.inv_scale, c.zero, c.qmax = 1.0 / scale, zero, self.grid.levels
         return c
 
+    def fp32(self, conv: nn.Conv2d) -> _Conv:
+        """A 1×1 convolution with a bias kept in fp32 whatever the engine's precision (squeeze-excite's)."""
+        weight, bias = conv.weight.detach().float(), conv.bias.detach().float()
+        return _Conv(w=self.ptr(pack_panels(weight.flatten(1).t())), bias=self.ptr(_pad8(bias)))
+
     def pointwise(self, unit: ConvBNAct) -> _Conv:
         w, b = _conv_weights(unit)
         return self.conv(unit.conv, w.flatten(1).t(), b, bf16=self.bf16)
@@ -489,7 +502,8 @@ class _Builder:
         for block in model.blocks:
             spec = block.spec
             layer = _Layer(kind=_BLOCK, cin=spec.in_channels, cmid=spec.mid_channels, cout=spec.out_channels,
-                           stride=spec.stride, act_mid=_ACTS[spec.act])  # fmt: skip
+                           stride=spec.stride, act_mid=_ACTS[spec.act], kernel=spec.kernel,
+                           dilation=spec.dilation)  # fmt: skip
             if isinstance(block, DepthwiseSeparable):
                 layer.out, layer.act_out = self.pointwise(block.pointwise), _ACTS[spec.act]
             elif isinstance(block, InvertedResidual):
@@ -497,6 +511,9 @@ class _Builder:
                 layer.residual = int(block.bottleneck_shortcut)
                 if block.expand is not None:
                     layer.has_expand, layer.expand = 1, self.pointwise(block.expand)
+                if block.se is not None:  # V3 §5.3, after the depthwise activation, before the projection
+                    layer.se_channels = spec.se_channels
+                    layer.se_reduce, layer.se_expand = self.fp32(block.se.squeeze), self.fp32(block.se.excite)
             else:
                 raise ConfigError(f"the fused engine cannot run a {type(block).__name__}")
             wd, bd = _depthwise(block.depthwise)
@@ -526,7 +543,7 @@ class _Builder:
 
 
 class FusedEngine:
-    """A MobileNetV1/V2 or minimalistic V3 classifier (``MobileNet``, output stride 32) as the fused engine runs it.
+    """A MobileNetV1 / V2 / V3 classifier (``MobileNet``, any output stride) as the fused engine runs it.
 
     ``engine(x)`` takes an NCHW float batch (any batch size; the sides the model accepts) and returns the
     logits (or the pooled features when the model has no classifier). ``threads`` defaults to PyTorch's.

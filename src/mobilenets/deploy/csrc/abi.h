@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#define MN_ABI_VERSION 2
+#define MN_ABI_VERSION 3
 
 // ISA levels a library can be built for (fused.py compiles one library per level, -DMN_ISA=<level>, and loads
 // the one asked for). Macros, not an enum: the sources test them in #if.
@@ -14,7 +14,8 @@
 #define MN_ISA_AVX512 2
 #define MN_ISA_AMX 3
 
-enum MnAct : int32_t { MN_LINEAR = 0, MN_RELU = 1, MN_RELU6 = 2 };
+// MN_HSWISH: V3 §5.2 h-swish; MN_HSIGMOID: the squeeze-excite gate (V3 §5.3).
+enum MnAct : int32_t { MN_LINEAR = 0, MN_RELU = 1, MN_RELU6 = 2, MN_HSWISH = 3, MN_HSIGMOID = 4 };
 // MN_TAP copies the current map (NHWC) into the caller's output, after the taps before it: a backbone's feature
 // maps for a detection or segmentation head (no pool or classifier follows). It reads no field but kind.
 enum MnKind : int32_t { MN_STEM = 1, MN_BLOCK = 2, MN_POINTWISE = 3, MN_POOL_FC = 4, MN_TAP = 5 };
@@ -44,11 +45,15 @@ struct MnLayer {
   int32_t has_expand, residual;
   int32_t stem_in_chans;
   MnConv expand;             // [cin] x [cmid] (POOL_FC: the pre-logits layer)
-  const float* w_dw;         // [9][cmid]
+  const float* w_dw;         // [kernel · kernel][cmid]
   const float* b_dw;         // [cmid]
   MnConv out;                // [cmid] x [cout] (STEM: [27] x [cout]; POOL_FC: [cin] x [cout])
   int32_t dw_codes;          // BLOCK with an int8 `out`: w_dw, b_dw are pre-divided by its input scale (see Sink)
-  int32_t reserved;
+  int32_t kernel;            // BLOCK: the depthwise kernel, 3 or 5 (V3 Table 1)
+  int32_t dilation;          // BLOCK: the depthwise dilation (padding dilation · (kernel − 1) / 2; stride 1 if > 1)
+  int32_t se_channels;       // BLOCK: squeeze-excite's reduced width, 0 without SE (V3 §5.3)
+  MnConv se_reduce;          // fp32 [cmid] x [se_channels], ReLU, on the depthwise output's channel means
+  MnConv se_expand;          // fp32 [se_channels] x [cmid], h-sigmoid: the gate the depthwise output is scaled by
 };
 
 // What mn_struct_size reports, in this order.

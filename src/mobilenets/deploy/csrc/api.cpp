@@ -55,6 +55,12 @@ int mn_run(const MnLayer* layers, int n_layers, const float* input, int N, int C
            int out_stride, int threads, float* scratch) {
   if (threads < 1 || N < 0) return 1;
   if (H + 2 > kMaxItems) return 2;
+  for (int i = 0; i < n_layers; ++i) {  // fused.py refuses these first; a wrong layer list must not overrun the ring
+    const MnLayer& L = layers[i];
+    if (L.kind == MN_BLOCK && ((L.kernel != 3 && L.kernel != 5) || L.dilation < 1 || depthwise_span(L) > kMaxSpan ||
+                               (L.dilation > 1 && L.stride != 1)))
+      return 3;
+  }
   const Plan solo_plan = make_plan(layers, n_layers, H, W, true);
   bool tiles = false;  // AMX tiles are configured per thread, and only when a layer uses them (bf16, or int8 on AMX)
   for (int i = 0; i < n_layers; ++i) {

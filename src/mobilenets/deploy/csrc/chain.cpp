@@ -157,7 +157,11 @@ int chain_length(const MnLayer* layers, int n_layers, int H, int W, int min_widt
   if (n_layers == 0 || layers[0].kind != MN_STEM) return 0;
   int h = (H - 1) / layers[0].stride + 1, w = (W - 1) / layers[0].stride + 1;
   int n = 1;
-  for (; n < n_layers && layers[n].kind == MN_BLOCK && w >= min_width; ++n) {
+  // 3×3 undilated blocks without squeeze-excite (whose pool needs the whole depthwise output before projecting).
+  auto chains = [](const MnLayer& L) {
+    return L.kind == MN_BLOCK && L.kernel == 3 && L.dilation == 1 && !L.se_channels;
+  };
+  for (; n < n_layers && chains(layers[n]) && w >= min_width; ++n) {
     h = (h - 1) / layers[n].stride + 1, w = (w - 1) / layers[n].stride + 1;
   }
   return n;

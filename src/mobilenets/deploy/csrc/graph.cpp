@@ -8,6 +8,13 @@
 // after each block instead of a thread-pool dispatch per operator, and take rows and panels as they go (see
 // Share) rather than a fixed share each. A thread running an image alone goes further (chain.cpp): the stem and
 // the wide blocks stream rows from one block into the next, and every later block streams through its ring.
+//
+// Squeeze-and-excite (V3 §5.3) does not stream: its pool needs the whole depthwise output of the block before the
+// projection may start, so SE blocks always run whole-map (depthwise → pool → barrier → the two small FCs →
+// scale → barrier → projection), whatever their width, with their expanded input and depthwise output kept whole.
+// At 224 px the largest such maps are the expansion of V3-Large's 4th block (56 × 56 × 72) and the input of
+// V3-Small's 1st (112 × 112 × 16, no expansion: the stem's output, then not streamed into a ring either); blocks
+// without SE keep streaming rows.
 #include "graph.h"
 
 #include <algorithm>
@@ -30,52 +37,99 @@ void run_stem(const MnLayer& L, const float* img, int H, int W, float* out, int 
   for (int y; (y = rows.next()) >= 0;) stem_row(L, padded, W, col, y, Wo, out + static_cast<int64_t>(y) * Wo * L.cout);
 }
 
-// A block on a wide map: each thread streams its output rows through a ring of three expanded rows, made by
-// produce(r, slot) (the expansion of input row r; or, for a first block without expansion or residual, the stem's
-// output row r: its input is then never materialised). produced = false: the depthwise reads `in` itself.
+// A block on a wide map: each thread streams its output rows through a ring of expanded rows (as many as the
+// depthwise window spans: (k − 1)·d + 1, three for a 3×3 kernel), made by produce(r, slot) (the expansion of input
+// row r; or, for a first block without expansion or residual, the stem's output row r: its input is then never
+// materialised). produced = false: the depthwise reads `in` itself. Blocks with squeeze-excite never come here
+// (streams_rows): their projection needs the whole depthwise output first.
 template <typename Produce>
 void run_block_rows(const MnLayer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* ring,
                     uint8_t* qrow, Member& me, bool produced, Produce&& produce) {
-  const int E = L.cmid;
+  const int E = L.cmid, K = L.kernel, D = L.dilation, span = depthwise_span(L);
   const int64_t row_in = static_cast<int64_t>(W) * L.cin, row_e = static_cast<int64_t>(W) * E;
-  float* slots = ring;                 // 3 rows of W × E
-  float* dw = ring + 3 * row_e;        // one depthwise output row (Wo × E)
+  float* slots = ring;                 // span rows of W × E
+  float* dw = ring + span * row_e;     // one depthwise output row (Wo × E)
   float* zero = dw + row_e;            // padding row
   std::memset(zero, 0, sizeof(float) * row_e);
-  int held[3] = {-1, -1, -1};  // the input row each slot holds (row r goes to slot r % 3)
-  const float* rows[3];
+  int held[kMaxSpan];  // the input row each slot holds (row r goes to slot r % span)
+  std::fill(held, held + span, -1);
+  const float* rows[5];
   Share share(me, Ho);
   for (int y; (y = share.next()) >= 0;) {
-    const int lo = y * L.stride - 1;
-    for (int r = std::max(lo, 0); produced && r <= std::min(lo + 2, H - 1); ++r) {
-      if (held[r % 3] == r) continue;
-      produce(r, slots + (r % 3) * row_e);
-      held[r % 3] = r;
+    const int lo = y * L.stride - D * (K - 1) / 2;
+    for (int r = std::max(lo, 0); produced && r <= std::min(lo + span - 1, H - 1); ++r) {
+      if (held[r % span] == r) continue;
+      produce(r, slots + (r % span) * row_e);
+      held[r % span] = r;
     }
-    for (int k = 0; k < 3; ++k) {
-      const int r = lo + k;
+    for (int k = 0; k < K; ++k) {
+      const int r = lo + k * D;
       if (r < 0 || r >= H)
         rows[k] = zero;
       else
-        rows[k] = produced ? slots + (r % 3) * row_e : in + r * row_in;
+        rows[k] = produced ? slots + (r % span) * row_e : in + r * row_in;
     }
     // An int8 projection gets the depthwise row as 7-bit codes straight away.
     const Sink sink{dw, L.out.q ? qrow : nullptr, L.out.inv_scale, L.out.zero, L.out.qmax, L.dw_codes != 0};
-    depthwise_row(rows, W, Wo, L.stride, E, L.w_dw, L.b_dw, sink, 0, E, L.dw_codes ? MN_LINEAR : L.act_mid);
+    depthwise_row(rows, K, D, W, Wo, L.stride, E, L.w_dw, L.b_dw, sink, 0, E, L.dw_codes ? MN_LINEAR : L.act_mid);
     const float* res = L.residual ? in + static_cast<int64_t>(y) * row_in : nullptr;
     conv1x1(L.out, Wo, L.cout, E, dw, E, sink.q, out + static_cast<int64_t>(y) * Wo * L.cout, L.cout, res, L.cout,
             L.act_out, 0, panels(L.cout), qrow);
   }
 }
 
-// A block on a small map: whole-map GEMMs, the threads sharing out channel panels (no ring needed: it fits in
-// L2): a panel's expansion and then its depthwise channels, a barrier, then the projection's panels.
+// Squeeze-and-excite (V3 §5.3) on a block's whole depthwise output dw (M pixels × E), whose channel means the
+// threads have left in se[0, E) (each pooled the channels it computed): the reduction (ReLU) and the expansion
+// (h-sigmoid) are two one-pixel fp32 GEMMs with their output panels shared out, then each thread scales the
+// channels whose gate it computed — into the codes of an int8 projection, quantised the ordinary way (the
+// depthwise's pre-scaled codes cannot serve: the gate comes between), or in place. The caller waits after it.
+void squeeze_excite(const MnLayer& L, float* dw, int M, float* se, uint8_t* codes, Member& me) {
+  const int E = L.cmid, R = L.se_channels, t = me.t, T = me.threads();
+  float* squeezed = se + E;
+  float* gate = squeezed + R;
+  int p0, p1;
+  me.wait();
+  split(panels(R), t, T, &p0, &p1);
+  conv1x1(L.se_reduce, 1, R, E, se, E, nullptr, squeezed, R, nullptr, 0, MN_RELU, p0, p1, nullptr);
+  me.wait();
+  split(panels(E), t, T, &p0, &p1);
+  conv1x1(L.se_expand, 1, E, R, squeezed, R, nullptr, gate, E, nullptr, 0, MN_HSIGMOID, p0, p1, nullptr);
+  const int c0 = 16 * p0, c1 = std::min(E, 16 * p1);
+  const __m256 inv = _mm256_set1_ps(L.out.inv_scale);
+  const __m256i zero = _mm256_set1_epi32(L.out.zero);
+  for (int64_t q = 0; q < M; ++q) {
+    float* x = dw + q * E;
+    for (int c = c0; c < c1; c += 8) {
+      const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + c), _mm256_loadu_ps(gate + c));
+      if (codes)
+        store_codes(codes + q * E + c, v, inv, zero, L.out.qmax);
+      else
+        _mm256_storeu_ps(x + c, v);
+    }
+  }
+}
+
+// The channel means of dw (M pixels × E) for channels [c0, c1) into mean.
+void channel_means(const float* dw, int M, int E, int c0, int c1, float* mean) {
+  const __m256 inv = _mm256_set1_ps(1.0f / static_cast<float>(M));
+  for (int c = c0; c < c1; c += 8) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t q = 0; q < M; ++q) acc = _mm256_add_ps(acc, _mm256_loadu_ps(dw + q * E + c));
+    _mm256_storeu_ps(mean + c, _mm256_mul_ps(acc, inv));
+  }
+}
+
+// A block on a small map, or any block with squeeze-excite: whole-map GEMMs, the threads sharing out channel
+// panels (no ring needed: a small map fits in L2): a panel's expansion and then its depthwise channels, a barrier,
+// [squeeze-excite,] then the projection's panels. se: the group's squeeze-excite buffer (means, reduced, gate).
 void run_block_whole(const MnLayer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* wide0,
-                     float* wide1, float* zero, uint8_t* qrow, uint8_t* qwide, Member& me) {
-  const int E = L.cmid;
+                     float* wide1, float* zero, uint8_t* qrow, uint8_t* qwide, float* se, Member& me) {
+  const int E = L.cmid, K = L.kernel, D = L.dilation;
   const int64_t row_e = static_cast<int64_t>(W) * E;
   const float* expanded = L.has_expand ? wide0 : in;
   const uint8_t* codes = nullptr;  // an int8 expansion's input codes
+  // With squeeze-excite the depthwise output stays fp32 until it is scaled.
+  uint8_t* dw_q = L.out.q && !L.se_channels ? qwide : nullptr;
   Share share(me, panels(E), panel_chunk(panels(E), me.threads()));
   for (int p0, p1; share.next(&p0, &p1);) {
     if (L.has_expand) {
@@ -84,19 +138,22 @@ void run_block_whole(const MnLayer& L, const float* in, int H, int W, float* out
       conv1x1(L.expand, H * W, E, L.cin, in, L.cin, codes, wide0, E, nullptr, 0, L.act_mid, p0, p1, nullptr);
     }
     const int c0 = 16 * p0, c1 = std::min(E, 16 * p1);
-    const float* rows[3];
+    const float* rows[5];
     for (int y = 0; y < Ho; ++y) {
-      for (int k = 0; k < 3; ++k) {
-        const int r = y * L.stride - 1 + k;
+      for (int k = 0; k < K; ++k) {
+        const int r = y * L.stride - D * (K - 1) / 2 + k * D;
         rows[k] = (r < 0 || r >= H) ? zero : expanded + r * row_e;
       }
       // An int8 projection reads 7-bit codes: each thread writes those of its own channels.
       const int64_t at = static_cast<int64_t>(y) * Wo * E;
-      const Sink sink{wide1 + at, L.out.q ? qwide + at : nullptr, L.out.inv_scale, L.out.zero, L.out.qmax,
+      const Sink sink{wide1 + at, dw_q ? dw_q + at : nullptr, L.out.inv_scale, L.out.zero, L.out.qmax,
                       L.dw_codes != 0};
-      depthwise_row(rows, W, Wo, L.stride, E, L.w_dw, L.b_dw, sink, c0, c1, L.dw_codes ? MN_LINEAR : L.act_mid);
+      depthwise_row(rows, K, D, W, Wo, L.stride, E, L.w_dw, L.b_dw, sink, c0, c1,
+                    L.dw_codes ? MN_LINEAR : L.act_mid);
     }
+    if (L.se_channels) channel_means(wide1, Ho * Wo, E, c0, c1, se);
   }
+  if (L.se_channels) squeeze_excite(L, wide1, Ho * Wo, se, L.out.q ? qwide : nullptr, me);
   me.wait();
   Share projection(me, panels(L.cout), panel_chunk(panels(L.cout), me.threads()));
   for (int p0, p1; projection.next(&p0, &p1);)
@@ -141,7 +198,7 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
       const MnLayer* B = i + 1 < n_layers ? &layers[i + 1] : nullptr;
       // A first block without expansion or residual takes the stem's rows straight into its ring (V2: 112 × 112 ×
       // 32 fp32 never written out and read back).
-      const bool fuse = B && B->kind == MN_BLOCK && !B->has_expand && !B->residual && wo >= kFuseMinWidth;
+      const bool fuse = B && B->kind == MN_BLOCK && !B->has_expand && !B->residual && streams_rows(*B, wo, false);
       const int bo = fuse ? (ho - 1) / B->stride + 1 : ho, bwo = fuse ? (wo - 1) / B->stride + 1 : wo;
       auto stem = [&](auto* padded, auto* col) {  // uint8_t for an int8 stem, float otherwise
         if (!fuse) {
@@ -164,7 +221,7 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
     }
     if (L.kind == MN_BLOCK) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
-      if (w >= kFuseMinWidth || T == 1) {  // alone, every block streams through its ring (the memory bound)
+      if (streams_rows(L, w, T == 1)) {  // alone, every block without SE streams (the memory bound)
         const int E = L.cmid;
         run_block_rows(L, cur, h, w, nxt, ho, wo, s.ring[t], s.qrow[t], me, L.has_expand != 0,
                        [&](int r, float* slot) {
@@ -172,10 +229,10 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
                                  slot, E, nullptr, 0, L.act_mid, 0, panels(E), s.qrow[t]);
                        });
       } else {
-        // The ring's zero row serves as padding here (sized for the widest small map).
-        float* zero = s.ring[t] + 4 * static_cast<int64_t>(std::min(w, kFuseMinWidth)) * L.cmid;
+        // The ring's first row serves as padding here (make_plan sizes it for every whole-map block).
+        float* zero = s.ring[t];
         std::memset(zero, 0, sizeof(float) * static_cast<int64_t>(w) * L.cmid);
-        run_block_whole(L, cur, h, w, nxt, ho, wo, s.wide0, s.wide1, zero, s.qrow[t], s.qwide, me);
+        run_block_whole(L, cur, h, w, nxt, ho, wo, s.wide0, s.wide1, zero, s.qrow[t], s.qwide, s.pooled, me);
       }
       h = ho, w = wo, c = L.cout;
     } else if (L.kind == MN_POINTWISE && T == 1 && i + 1 < n_layers && layers[i + 1].kind == MN_POOL_FC) {

@@ -62,4 +62,14 @@ struct Sink {
 void depthwise_row(const float* const rows[3], int Wi, int Wo, int stride, int C, const float* w, const float* bias,
                    const Sink& out, int c0, int c1, int act);
 
+// The same for a k×k kernel (k = 3 or 5) at dilation d (padding d·(k−1)/2; d > 1 needs stride 1): rows[0..k−1]
+// are the input rows y·s − d·(k−1)/2 + i·d; w holds k·k taps of C channels.
+void depthwise_row(const float* const* rows, int kernel, int dilation, int Wi, int Wo, int stride, int C,
+                   const float* w, const float* bias, const Sink& out, int c0, int c1, int act);
+
+// The largest row span of a depthwise window, (k − 1) · d + 1 (a 5×5 kernel at dilation 4: V3 at output stride 8);
+// a block's row ring holds that many expanded rows.
+constexpr int kMaxSpan = 17;
+inline int depthwise_span(const MnLayer& L) { return (L.kernel - 1) * L.dilation + 1; }
+
 }  // namespace mn

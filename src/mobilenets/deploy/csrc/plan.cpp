@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "chain.h"
+#include "kernels.h"
 
 namespace mn {
 
@@ -27,15 +28,18 @@ Plan make_plan(const MnLayer* layers, int n_layers, int H, int W, bool solo) {
       p.act = std::max<int64_t>(p.act, static_cast<int64_t>(h) * w * L.cout);
     } else if (L.kind == MN_BLOCK) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
-      if (w >= kFuseMinWidth || solo) {
-        p.ring = std::max<int64_t>(p.ring, static_cast<int64_t>(5) * w * L.cmid);
+      if (streams_rows(L, w, solo)) {  // the ring: span expanded rows, the depthwise row, the zero row
+        p.ring = std::max<int64_t>(p.ring, static_cast<int64_t>(depthwise_span(L) + 2) * w * L.cmid);
         p.qrow = std::max<int64_t>(p.qrow, static_cast<int64_t>(w) * std::max(L.cin, L.cmid));
-      } else {
-        p.wide = std::max<int64_t>(p.wide, static_cast<int64_t>(h) * w * L.cmid);
+      } else {  // whole maps; the ring's first row is the zero row
+        // wide0 the expansion (a block without one reads its input), wide1 the depthwise output.
+        if (L.has_expand) p.wide = std::max<int64_t>(p.wide, static_cast<int64_t>(h) * w * L.cmid);
+        p.wide = std::max<int64_t>(p.wide, static_cast<int64_t>(ho) * wo * L.cmid);
         p.qrow = std::max<int64_t>(p.qrow, static_cast<int64_t>(h) * w * L.cin);
         p.qwide = std::max<int64_t>(p.qwide, static_cast<int64_t>(ho) * wo * L.cmid);
+        p.ring = std::max<int64_t>(p.ring, static_cast<int64_t>(w) * L.cmid);
+        p.pooled = std::max<int64_t>(p.pooled, 2 * L.cmid + L.se_channels);
       }
-      p.ring = std::max<int64_t>(p.ring, static_cast<int64_t>(5) * std::min(w, kFuseMinWidth) * L.cmid);
       h = ho, w = wo;
       p.act = std::max<int64_t>(p.act, static_cast<int64_t>(h) * w * L.cout);
     } else if (L.kind == MN_POINTWISE && solo && i + 1 < n_layers && layers[i + 1].kind == MN_POOL_FC) {

@@ -13,9 +13,9 @@ namespace mn {
 struct Plan {
   int64_t act = 0;        // largest activation map (floats), two of them ping-pong
   int64_t wide = 0;       // largest whole expanded map of a small-map block (two: expansion, depthwise)
-  int64_t ring = 0;       // per thread: three expanded rows + one depthwise row + one zero row
+  int64_t ring = 0;       // per thread: the depthwise span's expanded rows + one depthwise row + one zero row
   int64_t row_buf = 0;    // per thread: stem im2col row
-  int64_t pooled = 0;
+  int64_t pooled = 0;     // the pooled features (and a squeeze-excite's means, reduced features and gate)
   int64_t padded = 0;     // the stem's zero-padded NHWC copy of the image
   int64_t qrow = 0;       // per thread, bytes: the 7-bit codes of one int8 GEMM's input
   int64_t qwide = 0;      // bytes: the codes of a small-map block's depthwise output
@@ -24,8 +24,15 @@ struct Plan {
 
 constexpr int kFuseMinWidth = 28;  // maps at least this wide stream rows through the ring; narrower run whole
 
+// Whether a block on a map w wide streams rows through its ring: wide maps (any map for a thread running the image
+// alone), except blocks with squeeze-excite, whose projection needs the whole depthwise output first (V3 §5.3: the
+// pool spans the map); those run whole.
+inline bool streams_rows(const MnLayer& L, int w, bool alone) {
+  return (w >= kFuseMinWidth || alone) && !L.se_channels;
+}
+
 // solo: the plan of a thread running an image alone, which streams the first layers as a chain (chain.h) and
-// every later block through its row ring; otherwise that of threads sharing an image.
+// every later block without squeeze-excite through its row ring; otherwise that of threads sharing an image.
 Plan make_plan(const MnLayer* layers, int n_layers, int H, int W, bool solo);
 
 struct Scratch {  // one group's views into the caller's scratch memory

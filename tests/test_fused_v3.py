@@ -1,0 +1,176 @@
+"""The fused engine on MobileNetV3 (squeeze-excite, h-swish, 5×5 depthwise) and on dilated backbones (output stride
+16 / 8) against the eager model on the same weights.
+
+Tolerances as in ``tests/test_fused.py``: fp32 max abs logit difference ≤ 1e-4; int8 and bf16 against their
+PyTorch twins (``fused.fake_quantized``, ``fused.bf16_rounded``), bounded relative to their own error. V3's linear
+layers are initialised N(0, 0.01), which leaves its logits near 1e-2, where a 1e-4 bound could not tell a wrong
+squeeze-excite from a right one; ``_v3`` draws them at 1/√fan-in instead (logits ~0.4; moving every SE gate's bias
+by 1 moves them by ~0.07). Every ISA level this CPU has runs, the narrower ones forced.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mobilenets.deploy import fused
+from mobilenets.errors import ConfigError
+from model_util import trained_like
+
+ATOL = 1e-4
+SUPPORTED = fused.supported_isas() if fused.cpu_supported() is None else []
+
+try:
+    fused.load_library()
+except fused.EngineUnavailable as e:  # pragma: no cover - machines without a compiler or AVX2
+    pytest.skip(f"fused engine unavailable here: {e}", allow_module_level=True)
+
+
+def _v3(name: str, **overrides: object) -> torch.nn.Module:
+    model = trained_like(name, **{"num_classes": 10, **overrides})
+    g = torch.Generator().manual_seed(3)
+    for linear in (m for m in model.modules() if isinstance(m, torch.nn.Linear)):
+        linear.weight.data = torch.randn(linear.weight.shape, generator=g) / linear.in_features**0.5
+        linear.bias.data = torch.randn(linear.bias.shape, generator=g) * 0.1
+    return model
+
+
+def _isa(isa: str) -> str:
+    if isa not in SUPPORTED:
+        pytest.skip(f"this CPU lacks the engine's {isa} level")
+    return isa
+
+
+def _check(model: torch.nn.Module, shapes: list[tuple[int, ...]], threads: int, isa: str | None = None) -> None:
+    engine = fused.FusedEngine(model, threads=threads, isa=isa)
+    for shape in shapes:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            reference = model(x)
+        out = engine(x)
+        assert out.shape == reference.shape
+        assert reference.abs().max() > 0.05  # logits large enough for the bound to mean something
+        assert (out - reference).abs().max() <= ATOL, shape
+
+
+@pytest.mark.parametrize(
+    ("name", "width", "threads"),
+    [
+        ("mobilenet_v3_large", 1.0, 2),
+        ("mobilenet_v3_large", 0.75, 1),
+        ("mobilenet_v3_small", 1.0, 1),
+        ("mobilenet_v3_small", 0.75, 2),
+    ],
+)
+def test_v3_fp32_equals_eager(name: str, width: float, threads: int) -> None:
+    # Batches below, equal to and above the thread count; 224 and 96 × 160 (the early blocks ≥ 28 px wide stream
+    # through the row ring, the SE blocks among them run whole) and 64 (every block on a small map).
+    torch.manual_seed(0)
+    model = _v3(name, width=width)
+    _check(model, [(1, 3, 224, 224), (threads, 3, 96, 160), (threads + 1, 3, 64, 64)], threads)
+
+
+@pytest.mark.parametrize("isa", list(fused.ISAS))
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "mobilenet_v3_small"])
+def test_v3_fp32_equals_eager_on_every_isa(isa: str, name: str) -> None:
+    torch.manual_seed(0)
+    model = _v3(name, width=0.75)
+    for threads in (1, 2):
+        _check(model, [(1, 3, 160, 96), (3, 3, 64, 64)], threads, isa=_isa(isa))
+
+
+def test_v3_depthwise_rows_of_every_length() -> None:
+    # 5×5 windows reach two columns into the padding: widths 288 and 32 give maps 144, 72, 36, 18, 9 and 16, 8, 4,
+    # 2, 1 wide at strides 1 and 2, so the edge groups meet rows shorter than the window and remainders 0–7.
+    torch.manual_seed(0)
+    _check(_v3("mobilenet_v3_large", width=0.35), [(1, 3, 32, 288), (1, 3, 288, 32)], threads=1)
+
+
+@pytest.mark.parametrize(
+    ("name", "output_stride", "threads"),
+    [
+        ("mobilenet_v2", 16, 2),
+        ("mobilenet_v2", 8, 1),
+        ("mobilenet_v3_large", 16, 1),
+        ("mobilenet_v3_large", 8, 2),
+        ("mobilenet_v3_small", 8, 1),
+    ],
+)
+def test_dilated_classifiers_equal_eager(name: str, output_stride: int, threads: int) -> None:
+    # Output stride 16 / 8: the later blocks dilate their depthwise (rate 2, then 4) instead of striding; at 224
+    # the dilated maps are 14 / 28 px wide (28: a 5×5 window at rate 4 spans 17 rows of the ring).
+    torch.manual_seed(0)
+    model = _v3(name, width=0.5, output_stride=output_stride)
+    _check(model, [(1, 3, 224, 224), (threads + 1, 3, 64, 96)], threads)
+
+
+# The amx level's int8 kernels are avx512's (VNNI); its library runs in the fp32 and bf16 tests.
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "mobilenet_v3_small"])
+def test_v3_int8_engine_equals_its_fake_quantized_model(isa: str, name: str) -> None:
+    # As for V2 (tests/test_fused.py): the same integer sums, so most images equal their twin to ~1e-7, and a norm
+    # bound for the few codes that float rounding puts on the other side of a boundary. Squeeze-excite stays fp32
+    # in both, and the projection after it reads ordinary codes of the scaled depthwise output. V3 quantises more
+    # values off a zero point (h-swish outputs reach −0.375), so flips are more frequent than in V2: the twin run in
+    # float64 differs from itself in float32 by as much as the engine does (0.53 of its error on one 5-image batch).
+    # Batches of 12 average that out: measured ≤ 0.26 (AVX2, then 7-bit codes) / 0.39 (VNNI) over 9 batches each,
+    # ≥ 8 of 12 exact. Both grids now have 8-bit codes: ≤ 0.5 for both, as for V2.
+    torch.manual_seed(0)
+    model = _v3(name, width=0.75)
+    calibration = list(torch.randn(16, 3, 64, 64).split(8))
+    engine = fused.FusedEngine(model, threads=2, calibration=calibration, isa=_isa(isa))
+    assert engine.precision == "int8" and engine.isa == isa
+    twin = fused.fake_quantized(model, calibration, fused.int8_grid(isa))
+    bound = 0.5
+    for seed, (h, w) in enumerate([(96, 64), (64, 96), (32, 160)]):
+        torch.manual_seed(seed)
+        x = torch.randn(12, 3, h, w)
+        with torch.no_grad():
+            want, fp32 = twin(x), model(x)
+        got = engine(x)
+        assert (got - want).norm() <= bound * (want - fp32).norm()
+        assert ((got - want).abs().amax(1) < 1e-5).sum() >= 7  # most images: the same sums exactly
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "mobilenet_v3_small"])
+def test_v3_bf16_engine_equals_its_rounded_model(name: str) -> None:
+    _isa("amx")
+    torch.manual_seed(0)
+    model = _v3(name, width=0.75)
+    twin = fused.bf16_rounded(model)
+    for threads in (1, 2):
+        engine = fused.FusedEngine(model, threads=threads, precision="bf16", isa="amx")
+        x = torch.randn(4, 3, 96, 128)
+        with torch.no_grad():
+            want, fp32 = twin(x), model(x)
+        got = engine(x)
+        assert (got - want).norm() <= 0.3 * (want - fp32).norm()
+        assert torch.equal(got.argmax(1), want.argmax(1))
+
+
+def test_v3_features_and_memory() -> None:
+    # Without a classifier the engine returns the pre-logits features. Its scratch holds the SE blocks' whole
+    # maps, yet for V3-Large stays below eager PyTorch's peak of live activations (4.4 vs 7.8 MB at 224; not so for
+    # V3-Small, whose first block has SE, so the stem's 112 × 112 × 16 output is kept whole rather than streamed).
+    from mobilenets.analysis.memtrace import peak_activation_bytes
+
+    torch.manual_seed(0)
+    _check(_v3("mobilenet_v3_small", width=0.75, num_classes=0), [(2, 3, 96, 96)], threads=2)
+    model = _v3("mobilenet_v3_large")
+    engine = fused.FusedEngine(model, threads=1)
+    assert 0 < engine.activation_bytes(160, 160) < peak_activation_bytes(model, torch.randn(1, 3, 160, 160))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"padding": "same"}, "TensorFlow 'same' padding"),
+        ({"arch": "v2", "shortcut": "expansion"}, "'expansion' shortcut"),
+    ],
+)
+def test_what_remains_refused_is_named(overrides: dict[str, object], message: str) -> None:
+    from mobilenets.models.mobilenet import MobileNet, MobileNetConfig
+
+    config = MobileNetConfig(**{"arch": "v3_large", "num_classes": 10, **overrides})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=message):
+        fused.FusedEngine(MobileNet(config).eval())
