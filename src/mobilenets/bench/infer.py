@@ -22,7 +22,7 @@ from torch import nn
 from mobilenets.bench import peers
 from mobilenets.bench.goals import goal_ratios
 from mobilenets.bench.host import host_record, versions
-from mobilenets.bench.models import ModelSpec, build, parse_model_spec
+from mobilenets.bench.models import BackboneTaps, FusedTaps, ModelSpec, build, parse_model_spec
 from mobilenets.bench.photos import real_images
 from mobilenets.bench.timing import Candidate, measure_interleaved
 from mobilenets.errors import ConfigError, MobilenetsError
@@ -179,21 +179,23 @@ def fused_candidates(
     notes: list[str],
 ) -> list[Candidate]:
     """The fused engine's rows (fp32, int8 and, on a CPU with AMX-BF16, bf16), labelled by the precision and
-    instruction-set level the engine says it runs (``engine.precision``, ``engine.isa``)."""
+    instruction-set level the engine says it runs (``engine.precision``, ``engine.isa``); an SSDLite backbone runs
+    as far as its taps (``FusedTaps``)."""
     import inspect
 
     from mobilenets.deploy.fused import FusedEngine
 
+    engine_for = FusedTaps if isinstance(model, BackboneTaps) else FusedEngine
     builds: list[tuple[str, Callable[[], Any]]] = [
-        ("fp32", lambda: FusedEngine(model, threads)),
-        ("int8", lambda: FusedEngine(model, threads, calibration=calibration)),
+        ("fp32", lambda: engine_for(model, threads)),
+        ("int8", lambda: engine_for(model, threads, calibration=calibration)),
     ]
     if not isa.get("amx_bf16"):
         notes.append("fused engine bf16 row skipped: this CPU has no AMX-BF16")
     elif "precision" not in inspect.signature(FusedEngine).parameters:
         notes.append("fused engine bf16 row skipped: this engine has no bf16 precision")
     else:
-        builds.append(("bf16", lambda: FusedEngine(model, threads, precision="bf16")))
+        builds.append(("bf16", lambda: engine_for(model, threads, precision="bf16")))
     out = []
     for wanted, make in builds:
         try:

@@ -57,6 +57,29 @@ class BackboneTaps(nn.Module):
         return tuple(self.backbone.forward_taps(x, self.taps).values())
 
 
+class FusedTaps:
+    """A ``BackboneTaps`` run by the fused engine (``deploy.fused_backbone``): the same tuple of maps, and the
+    engine's ``precision``, ``isa`` and ``activation_bytes`` for the benchmark's row."""
+
+    def __init__(
+        self,
+        taps: BackboneTaps,
+        threads: int,
+        calibration: list[torch.Tensor] | None = None,
+        precision: str | None = None,
+    ) -> None:
+        from mobilenets.deploy.fused_backbone import FusedBackbone
+
+        self.engine = FusedBackbone(taps.backbone, taps.taps, threads, calibration, precision)
+        self.precision, self.isa = self.engine.precision, self.engine.isa
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.engine(x).values())
+
+    def activation_bytes(self, h: int, w: int) -> int:
+        return self.engine.activation_bytes(h, w)
+
+
 def build(spec: ModelSpec, images: torch.Tensor, checkpoint: str | None = None) -> tuple[nn.Module, str]:
     """The model to time (eval mode) and a line saying where its weights come from. Without a checkpoint the
     weights are random (seed 0) and BatchNorm is re-estimated on ``images``."""

@@ -40,6 +40,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = eval_config(args, task)
     trained, module = load(cfg.checkpoint, cfg.device, cfg.threads)
     result = module.evaluate_checkpoint(trained, cfg, predictor_for(trained, cfg))
+    result.setdefault("engine", cfg.engine)  # the classifier's says so itself; detectors' and segmenters' here
     if hasattr(module, "plot_result"):  # figures go beside the checkpoint unless --out names a folder
         result.update(module.plot_result(result, trained, Path(cfg.out) if cfg.out else trained.path.parent))
     if trained.task == "segment" and result.get("image_size"):

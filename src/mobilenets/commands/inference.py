@@ -3,6 +3,7 @@ paths handed to a task as predictors, and the image inputs of `predict`."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -33,13 +34,16 @@ def load(path: str, device: str, threads: int | None) -> tuple[Any, ModuleType]:
 
 
 def predictor_for(trained: Any, cfg: EvalConfig | PredictConfig) -> Any:
-    """The model itself, or for ``--engine fused|fused-int8`` the fused C++ engine built from it (a callable on
-    image batches that the task's evaluation and prediction use in the model's place)."""
+    """None (the model itself), or for ``--engine fused|fused-int8`` what the task's evaluation and prediction use
+    in the model's place: a classifier's fused C++ engine (a callable on image batches); for a detector or a
+    segmenter, a copy of the model whose backbone runs in the engine as far as its feature taps, the heads in
+    PyTorch."""
     if cfg.engine == "pytorch":
         return None
     from mobilenets.classification.task import eval_transform_of
     from mobilenets.deploy.calibration import calibration_batches
     from mobilenets.deploy.fused import FusedEngine
+    from mobilenets.deploy.fused_backbone import engine_model
 
     if next(trained.model.parameters()).device.type != "cpu":
         raise ConfigError(f"--engine {cfg.engine} runs on the CPU; add --device cpu")
@@ -48,7 +52,16 @@ def predictor_for(trained: Any, cfg: EvalConfig | PredictConfig) -> Any:
         if not cfg.calibration:
             raise ConfigError("--engine fused-int8 needs --calibration DATA (real images for the activation ranges)")
         calibration = calibration_batches(trained, cfg.calibration, cfg.calibration_count, eval_transform_of(trained))
-    return FusedEngine(trained.model, cfg.threads or None, calibration=calibration)
+    if trained.task == "classify":
+        return FusedEngine(trained.model, cfg.threads or None, calibration=calibration)
+    return engine_model(trained.model, cfg.threads or None, calibration=calibration)
+
+
+def with_predictor(trained: Any, cfg: PredictConfig) -> Any:
+    """``trained`` with its model replaced by ``predictor_for`` (a detector's or segmenter's ``predict_images``
+    reads the model from it)."""
+    predictor = predictor_for(trained, cfg)
+    return trained if predictor is None else dataclasses.replace(trained, model=predictor)
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[Path]:

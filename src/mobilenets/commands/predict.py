@@ -11,7 +11,14 @@ import json
 import sys
 
 from mobilenets.commands.eval import GROUPS
-from mobilenets.commands.inference import checkpoint_task, expand_inputs, load, output_stems, predictor_for
+from mobilenets.commands.inference import (
+    checkpoint_task,
+    expand_inputs,
+    load,
+    output_stems,
+    predictor_for,
+    with_predictor,
+)
 from mobilenets.commands.options import add_task_groups, flat_given, not_for
 from mobilenets.config import PredictConfig
 from mobilenets.errors import ConfigError
@@ -47,7 +54,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if trained.task == "classify":
         results = module.predict_images(trained, cfg, paths, predictor_for(trained, cfg))
     else:
-        results = module.predict_images(trained, cfg, paths, output_stems(paths))
+        results = module.predict_images(with_predictor(trained, cfg), cfg, paths, output_stems(paths))
     if args.json:
         print(json.dumps(results, indent=2))
     else:

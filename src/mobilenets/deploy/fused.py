@@ -30,6 +30,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -336,9 +337,12 @@ Ranges = dict[nn.Module, tuple[float, float]]
 
 
 @torch.no_grad()
-def calibrate(model: MobileNet, batches: list[torch.Tensor]) -> Ranges:
+def calibrate(
+    model: MobileNet, batches: list[torch.Tensor], forward: Callable[[torch.Tensor], object] | None = None
+) -> Ranges:
     """The range (min, max) of the input of the stem, of every 1×1 convolution and of every linear layer
-    (pre-logits, classifier) over ``batches``: the layers the int8 engine runs in int8."""
+    (pre-logits, classifier) over ``batches``: the layers the int8 engine runs in int8. ``forward`` runs a batch
+    (default: the model; a backbone's ``forward_features`` for sides that are not multiples of 32)."""
     # Squeeze-excite's two 1×1 layers act on one pooled pixel and stay fp32 (V3 §5.3): not calibrated.
     squeeze_excite = {id(m) for se in model.modules() if isinstance(se, SqueezeExcite) for m in se.modules()}
     targets = [
@@ -357,7 +361,7 @@ def calibrate(model: MobileNet, batches: list[torch.Tensor]) -> Ranges:
     handles = [m.register_forward_pre_hook(record) for m in targets]
     try:
         for batch in batches:
-            model(batch)
+            (forward or model)(batch)
     finally:
         for h in handles:
             h.remove()
@@ -578,15 +582,18 @@ class FusedEngine:
         self.lib = load_library(self.isa)
         self.in_chans = model.config.in_chans
         self.threads = threads or torch.get_num_threads()
-        folded = fold_batchnorm(model)
-        ranges = calibrate(folded, calibration) if precision == "int8" and calibration else None
-        builder = _Builder(ranges, int8_grid(self.isa), bf16=precision == "bf16")
-        layers = builder.program(folded)
-        self._tensors = builder.keep
+        layers, self._tensors = self._program(fold_batchnorm(model), calibration if precision == "int8" else None)
         self._array = (_Layer * len(layers))(*layers)
         self._layers = ctypes.cast(self._array, ctypes.c_void_p)
         self.outputs = layers[-1].cout
         self._scratch: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _program(self, folded: MobileNet, calibration: list[torch.Tensor] | None) -> tuple[list[_Layer], list]:
+        """The layers of the BN-folded model (int8 where calibration images are given) and the tensors they point
+        into (``fused_backbone`` runs a backbone's program instead)."""
+        ranges = calibrate(folded, calibration) if calibration else None
+        builder = _Builder(ranges, int8_grid(self.isa), bf16=self.precision == "bf16")
+        return builder.program(folded), builder.keep
 
     def activation_bytes(self, h: int, w: int) -> int:
         """Bytes of scratch one h × w image uses when all threads share it: every activation the engine holds

@@ -16,7 +16,9 @@
 
 // MN_HSWISH: V3 §5.2 h-swish; MN_HSIGMOID: the squeeze-excite gate (V3 §5.3).
 enum MnAct : int32_t { MN_LINEAR = 0, MN_RELU = 1, MN_RELU6 = 2, MN_HSWISH = 3, MN_HSIGMOID = 4 };
-enum MnKind : int32_t { MN_STEM = 1, MN_BLOCK = 2, MN_POINTWISE = 3, MN_POOL_FC = 4 };
+// MN_TAP copies the current map (NHWC) into the caller's output, after the taps before it: a backbone's feature
+// maps for a detection or segmentation head (no pool or classifier follows). It reads no field but kind.
+enum MnKind : int32_t { MN_STEM = 1, MN_BLOCK = 2, MN_POINTWISE = 3, MN_POOL_FC = 4, MN_TAP = 5 };
 
 // A 1×1 convolution (or the stem's im2col GEMM, or a linear layer) in one of three precisions: fp32 weights (w),
 // int8 weights (q: the input is quantised on the fly), or bf16 weights (wb: the input is rounded to bf16 on the

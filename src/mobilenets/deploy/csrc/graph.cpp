@@ -161,6 +161,15 @@ void run_block_whole(const MnLayer& L, const float* in, int H, int W, float* out
             L.cout, L.act_out, p0, p1, qrow);
 }
 
+// A feature tap: the h × w × c map (NHWC) copied out, the threads sharing its rows. The barrier after it keeps the
+// map alive until every row is copied (the layer after the last tap, or the next image, overwrites it).
+void copy_tap(const float* map, int h, int w, int c, float* out, Member& me) {
+  const int64_t row = static_cast<int64_t>(w) * c;
+  Share rows(me, h);
+  for (int y; (y = rows.next()) >= 0;) std::memcpy(out + y * row, map + y * row, sizeof(float) * row);
+  me.wait();
+}
+
 }  // namespace
 
 void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int W, float* logits, const Scratch& s,
@@ -170,6 +179,7 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
   float* nxt = s.act1;
   int h = H, w = W, c = 0;
   int i = 0;
+  int64_t tapped = 0;  // floats of `logits` the taps so far have written
   bool pooled = false;  // the pool's sums are made already (a thread alone, the head fused with the pool)
   if (T == 1 && (i = chain_length(layers, n_layers, H, W, kFuseMinWidth)) > 0) {  // alone: stream the wide layers
     run_chain(layers, i, img, H, W, cur, s.chain);
@@ -178,6 +188,11 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
   }
   for (; i < n_layers; ++i) {
     const MnLayer& L = layers[i];
+    if (L.kind == MN_TAP) {
+      copy_tap(cur, h, w, c, logits + tapped, me);
+      tapped += static_cast<int64_t>(h) * w * c;
+      continue;  // the map stays current: the next layer reads it
+    }
     if (L.kind == MN_STEM) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
       const MnLayer* B = i + 1 < n_layers ? &layers[i + 1] : nullptr;
