@@ -124,7 +124,7 @@ def verdict_lines(goals: Mapping[str, Any]) -> list[str]:
     for key in ("fp32", "reduced", "eager"):
         g = goals[key]
         shown = "n/a" if g["ratio"] is None else f"{g['ratio']:.2f}"
-        verdict = "met" if g["met"] else "not met"
+        verdict = "no peer to compare with" if g["ratio"] is None else "met" if g["met"] else "not met"
         line = f"goal {key} ({g['class']}): {g['ours']} / {g['peer']} = {shown} (goal <= {g['goal']}: {verdict})"
         if (rounds := g.get("rounds")) is not None:
             line += f"; per round {rounds['median']:.2f} (p10-p90 {rounds['p10']:.2f}-{rounds['p90']:.2f})"
