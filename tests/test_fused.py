@@ -91,7 +91,7 @@ def test_fused_engine_alone_streams_rows_across_blocks(isa: str) -> None:
     model = trained_like("mobilenet_v2", num_classes=10)
     alone = fused.FusedEngine(model, threads=1, isa=_isa(isa))
     assert alone.activation_bytes(224, 224) <= 1.6e6
-    assert fused.FusedEngine(model, threads=2, isa=_isa(isa)).activation_bytes(224, 224) > 3 * 1.6e6
+    assert fused.FusedEngine(model, threads=2, isa=_isa(isa)).activation_bytes(224, 224) > 2 * 1.6e6  # whole maps
     x = torch.randn(2, 3, 224, 224)  # at two threads, two images run one per thread: the chain too
     with torch.no_grad():
         reference = model(x)

@@ -181,7 +181,7 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
   int i = 0;
   int64_t tapped = 0;  // floats of `logits` the taps so far have written
   bool pooled = false;  // the pool's sums are made already (a thread alone, the head fused with the pool)
-  if (T == 1 && (i = chain_length(layers, n_layers, H, W, kFuseMinWidth)) > 0) {  // alone: stream the wide layers
+  if (T == 1 && (i = chain_length(layers, n_layers, H, W, kChainMinWidth)) > 0) {  // alone: stream the wide layers
     run_chain(layers, i, img, H, W, cur, s.chain);
     const MapSize m = chain_output(layers, i, H, W);
     h = m.h, w = m.w, c = m.c;

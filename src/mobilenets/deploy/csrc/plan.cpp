@@ -11,7 +11,7 @@ namespace mn {
 Plan make_plan(const MnLayer* layers, int n_layers, int H, int W, bool solo) {
   Plan p;
   int h = H, w = W;
-  const int chained = solo ? chain_length(layers, n_layers, H, W, kFuseMinWidth) : 0;
+  const int chained = solo ? chain_length(layers, n_layers, H, W, kChainMinWidth) : 0;
   if (chained) {
     const MapSize m = chain_output(layers, chained, H, W);
     p.chain = chain_floats(layers, chained, H, W);

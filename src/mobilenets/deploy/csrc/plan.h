@@ -22,7 +22,12 @@ struct Plan {
   int64_t chain = 0;      // a thread alone: the rings of the chain streaming the first layers (chain.cpp)
 };
 
-constexpr int kFuseMinWidth = 28;  // maps at least this wide stream rows through the ring; narrower run whole
+// Maps at least this wide stream rows through the ring; narrower ones run whole. Threads sharing an image: 14
+// measured faster than 28 (V2 1.0 @ 224, two threads: fp32 0.87×, int8 0.88×, bf16 0.77× the time; 7 slower again).
+constexpr int kFuseMinWidth = 14;
+// A thread alone chains the blocks on maps at least this wide (chain.h): all of a chain's rings are live at once,
+// while the narrower blocks after it reuse one ring, so a longer chain would hold more (V2 @ 224: 1.08 MB).
+constexpr int kChainMinWidth = 28;
 
 // Whether a block on a map w wide streams rows through its ring: wide maps (any map for a thread running the image
 // alone), except blocks with squeeze-excite, whose projection needs the whole depthwise output first (V3 §5.3: the
