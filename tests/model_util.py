@@ -36,3 +36,44 @@ def assert_round_trip(model: nn.Module, path: Path, x: torch.Tensor) -> None:
     again = create_model(model.registry_name, weights=path).eval()
     with torch.no_grad():
         assert torch.equal(model.eval()(x), again(x))
+
+
+def assert_int8_engine_matches_twin(model: nn.Module, isa: str, batch: int, exact: int) -> None:
+    """The int8 fused engine at ``isa`` against its fake-quantised PyTorch twin (the same integer sums): over three
+    input shapes, ‖engine − twin‖ ≤ 0.5 ‖twin − fp32‖ and at least ``exact`` of ``batch`` images equal to 1e-5.
+    Why a norm bound: a value within float rounding of a rounding boundary of the activation codes (the fp32 parts
+    sum in another order) can land on the neighbouring code and move an image's logits by ~1e-3; a wrong scale or
+    zero point gives ~1 or more. With 8-bit codes (both grids) the twin's own error is small, so one flipped code
+    weighs relatively more than it did with 7-bit codes, whose bound was 0.3."""
+    from mobilenets.deploy import fused
+
+    calibration = list(torch.randn(16, 3, 64, 64).split(8))  # drawn from the caller's seed, after the model
+    engine = fused.FusedEngine(model, threads=2, calibration=calibration, isa=isa)
+    assert engine.precision == "int8" and engine.isa == isa
+    twin = fused.fake_quantized(model, calibration, fused.int8_grid(isa))
+    for seed, (h, w) in enumerate([(96, 64), (64, 96), (32, 160)]):
+        torch.manual_seed(seed)
+        x = torch.randn(batch, 3, h, w)
+        with torch.no_grad():
+            want, fp32 = twin(x), model(x)
+        got = engine(x)
+        assert (got - want).norm() <= 0.5 * (want - fp32).norm()
+        assert ((got - want).abs().amax(1) < 1e-5).sum() >= exact  # most images: the same sums exactly
+
+
+def assert_engine_equals_eager(
+    model: nn.Module, shapes: list[tuple[int, ...]], threads: int, isa: str | None = None, atol: float = 1e-4
+) -> None:
+    """The fp32 fused engine's logits within ``atol`` of eager PyTorch's on random batches of ``shapes`` (float
+    rounding in another summation order), the logits large enough (> 0.05) for the bound to mean something."""
+    from mobilenets.deploy import fused
+
+    engine = fused.FusedEngine(model, threads=threads, isa=isa)
+    for shape in shapes:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            reference = model(x)
+        out = engine(x)
+        assert out.shape == reference.shape
+        assert reference.abs().max() > 0.05, shape
+        assert (out - reference).abs().max() <= atol, shape

@@ -14,7 +14,7 @@ import torch
 
 from mobilenets.deploy import fused
 from mobilenets.errors import ConfigError, InputError
-from model_util import trained_like
+from model_util import assert_engine_equals_eager, assert_int8_engine_matches_twin, trained_like
 
 ATOL = 1e-4
 SUPPORTED = fused.supported_isas() if fused.cpu_supported() is None else []
@@ -26,14 +26,7 @@ except fused.EngineUnavailable as e:  # pragma: no cover - machines without a co
 
 
 def _check(model: torch.nn.Module, shapes: list[tuple[int, ...]], threads: int, isa: str | None = None) -> None:
-    engine = fused.FusedEngine(model, threads=threads, isa=isa)
-    for shape in shapes:
-        x = torch.randn(*shape)
-        with torch.no_grad():
-            reference = model(x)
-        out = engine(x)
-        assert out.shape == reference.shape
-        assert (out - reference).abs().max() <= ATOL, shape
+    assert_engine_equals_eager(model, shapes, threads, isa, ATOL)
 
 
 @pytest.mark.parametrize(
@@ -215,28 +208,9 @@ def test_fp32_engine_equals_eager_on_every_isa(isa: str, name: str) -> None:
 @pytest.mark.parametrize("isa", list(fused.ISAS))
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small_minimal"])
 def test_int8_engine_equals_its_fake_quantized_model(isa: str, name: str) -> None:
-    # The engine's int8 error must be the quantisation's, i.e. that of its fake-quantised PyTorch twin: the same
-    # integer sums give logits equal to ~1e-7 for most images, but a value that lies within float rounding of a
-    # rounding boundary of the activation codes (the fp32 parts sum in another order) can land on the neighbouring
-    # code and move an image's logits by ~1e-3. So the bound is on norms: ‖engine − twin‖ ≤ 0.5 ‖twin − fp32‖
-    # (a wrong scale or zero point gives ~1 or more). The 8-bit codes of both grids (AVX2: weights ±63; VNNI:
-    # ±127) keep the twin's own error small, so one flipped code weighs relatively more than it did with 7-bit
-    # codes, whose bound was 0.3.
+    # The engine's int8 error must be the quantisation's, i.e. that of its fake-quantised PyTorch twin.
     torch.manual_seed(0)
-    model = trained_like(name, width=0.5, num_classes=10)
-    calibration = list(torch.randn(16, 3, 64, 64).split(8))
-    engine = fused.FusedEngine(model, threads=2, calibration=calibration, isa=_isa(isa))
-    assert engine.precision == "int8" and engine.isa == isa
-    twin = fused.fake_quantized(model, calibration, fused.int8_grid(isa))
-    bound = 0.5
-    for seed, (h, w) in enumerate([(96, 64), (64, 96), (32, 160)]):
-        torch.manual_seed(seed)
-        x = torch.randn(5, 3, h, w)
-        with torch.no_grad():
-            want, fp32 = twin(x), model(x)
-        got = engine(x)
-        assert (got - want).norm() <= bound * (want - fp32).norm()
-        assert ((got - want).abs().amax(1) < 1e-5).sum() >= 2  # most images: the same sums exactly
+    assert_int8_engine_matches_twin(trained_like(name, width=0.5, num_classes=10), _isa(isa), batch=5, exact=2)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -15,7 +15,7 @@ import torch
 
 from mobilenets.deploy import fused
 from mobilenets.errors import ConfigError
-from model_util import trained_like
+from model_util import assert_engine_equals_eager, assert_int8_engine_matches_twin, trained_like
 
 ATOL = 1e-4
 SUPPORTED = fused.supported_isas() if fused.cpu_supported() is None else []
@@ -42,15 +42,7 @@ def _isa(isa: str) -> str:
 
 
 def _check(model: torch.nn.Module, shapes: list[tuple[int, ...]], threads: int, isa: str | None = None) -> None:
-    engine = fused.FusedEngine(model, threads=threads, isa=isa)
-    for shape in shapes:
-        x = torch.randn(*shape)
-        with torch.no_grad():
-            reference = model(x)
-        out = engine(x)
-        assert out.shape == reference.shape
-        assert reference.abs().max() > 0.05  # logits large enough for the bound to mean something
-        assert (out - reference).abs().max() <= ATOL, shape
+    assert_engine_equals_eager(model, shapes, threads, isa, ATOL)
 
 
 @pytest.mark.parametrize(
@@ -104,7 +96,8 @@ def test_dilated_classifiers_equal_eager(name: str, output_stride: int, threads:
     _check(model, [(1, 3, 224, 224), (threads + 1, 3, 64, 96)], threads)
 
 
-# The amx level's int8 kernels are avx512's (VNNI); its library runs in the fp32 and bf16 tests.
+# The amx level's int8 outputs are avx512's bit for bit (tests/test_fused.py); its library runs in the fp32 and
+# bf16 tests.
 @pytest.mark.parametrize("isa", ["avx2", "avx512"])
 @pytest.mark.parametrize("name", ["mobilenet_v3_large", "mobilenet_v3_small"])
 def test_v3_int8_engine_equals_its_fake_quantized_model(isa: str, name: str) -> None:
@@ -116,20 +109,7 @@ def test_v3_int8_engine_equals_its_fake_quantized_model(isa: str, name: str) -> 
     # Batches of 12 average that out: measured ≤ 0.26 (AVX2, then 7-bit codes) / 0.39 (VNNI) over 9 batches each,
     # ≥ 8 of 12 exact. Both grids now have 8-bit codes: ≤ 0.5 for both, as for V2.
     torch.manual_seed(0)
-    model = _v3(name, width=0.75)
-    calibration = list(torch.randn(16, 3, 64, 64).split(8))
-    engine = fused.FusedEngine(model, threads=2, calibration=calibration, isa=_isa(isa))
-    assert engine.precision == "int8" and engine.isa == isa
-    twin = fused.fake_quantized(model, calibration, fused.int8_grid(isa))
-    bound = 0.5
-    for seed, (h, w) in enumerate([(96, 64), (64, 96), (32, 160)]):
-        torch.manual_seed(seed)
-        x = torch.randn(12, 3, h, w)
-        with torch.no_grad():
-            want, fp32 = twin(x), model(x)
-        got = engine(x)
-        assert (got - want).norm() <= bound * (want - fp32).norm()
-        assert ((got - want).abs().amax(1) < 1e-5).sum() >= 7  # most images: the same sums exactly
+    assert_int8_engine_matches_twin(_v3(name, width=0.75), _isa(isa), batch=12, exact=7)
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v3_large", "mobilenet_v3_small"])

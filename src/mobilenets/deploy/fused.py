@@ -607,13 +607,12 @@ class FusedEngine:
         return self._scratch[(h, w)]
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_batch(x, self.in_chans)
+    def _run(self, x: torch.Tensor, stride: int) -> torch.Tensor:
+        """The program on a checked NCHW batch; one row of ``stride`` floats of output per image."""
         x = x.detach().to(torch.float32).contiguous()
         n, c, h, w = x.shape
         if h > MAX_HEIGHT:
             raise InputError(f"the fused engine takes images at most {MAX_HEIGHT} px high, got {h}")
-        stride = (self.outputs + 7) // 8 * 8
         out = torch.empty(n, stride, dtype=torch.float32)
         status = self.lib.mn_run(
             self._layers, len(self._array), x.data_ptr(), n, c, h, w, out.data_ptr(), stride, self.threads,
@@ -621,4 +620,9 @@ class FusedEngine:
         )  # fmt: skip
         if status:
             raise MobilenetsError(f"the fused engine failed (status {status})")
-        return out[:, : self.outputs]
+        return out
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_batch(x, self.in_chans)
+        return self._run(x, (self.outputs + 7) // 8 * 8)[:, : self.outputs]

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from mobilenets.deploy import fused
-from mobilenets.deploy.fused import MAX_HEIGHT, FusedEngine, _Builder, _Conv, _Layer, calibrate, int8_grid
-from mobilenets.errors import ConfigError, InputError, MobilenetsError
+from mobilenets.deploy.fused import FusedEngine, _Builder, _Conv, _Layer, calibrate, int8_grid
+from mobilenets.errors import ConfigError
 from mobilenets.models.mobilenet import INPUT_MULTIPLE, MobileNet, check_image_batch
 
 _TAP = 5  # MN_TAP in csrc/abi.h
@@ -124,19 +124,9 @@ class FusedBackbone(FusedEngine):
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, input_multiple: int = INPUT_MULTIPLE) -> dict[str, torch.Tensor]:  # type: ignore[override]
         check_image_batch(x, self.in_chans, input_multiple)
-        x = x.detach().to(torch.float32).contiguous()
-        n, c, h, w = x.shape
-        if h > MAX_HEIGHT:
-            raise InputError(f"the fused engine takes images at most {MAX_HEIGHT} px high, got {h}")
+        n, _, h, w = x.shape
         shapes = self._tap_shapes(h, w)
-        stride = sum(th * tw * tc for th, tw, tc in shapes)
-        out = torch.empty(n, stride, dtype=torch.float32)
-        status = self.lib.mn_run(
-            self._layers, len(self._array), x.data_ptr(), n, c, h, w, out.data_ptr(), stride, self.threads,
-            self._scratch_for(h, w).data_ptr(),
-        )  # fmt: skip
-        if status:
-            raise MobilenetsError(f"the fused engine failed (status {status})")
+        out = self._run(x, sum(th * tw * tc for th, tw, tc in shapes))
         maps: dict[str, torch.Tensor] = {}
         offset = 0
         for (th, tw, tc), names in zip(shapes, self._served, strict=True):
