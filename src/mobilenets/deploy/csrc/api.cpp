@@ -46,7 +46,8 @@ int64_t mn_image_floats(const MnLayer* layers, int n_layers, int H, int W, int t
 // Floats of scratch memory that mn_run needs for a H×W input with this many threads.
 int64_t mn_scratch_floats(const MnLayer* layers, int n_layers, int H, int W, int threads) {
   const Plan solo = make_plan(layers, n_layers, H, W, true);
-  return threads * group_floats(solo, 1) + group_floats(make_plan(layers, n_layers, H, W, threads == 1), threads);
+  const Plan team = threads == 1 ? solo : make_plan(layers, n_layers, H, W, false);
+  return threads * group_floats(solo, 1) + group_floats(team, threads);
 }
 
 // Run N images (NCHW, fp32) through the program; out gets N rows of out_stride floats. With at least as many
@@ -55,18 +56,17 @@ int mn_run(const MnLayer* layers, int n_layers, const float* input, int N, int C
            int out_stride, int threads, float* scratch) {
   if (threads < 1 || N < 0) return 1;
   if (H + 2 > kMaxItems) return 2;
-  for (int i = 0; i < n_layers; ++i) {  // fused.py refuses these first; a wrong layer list must not overrun the ring
-    const MnLayer& L = layers[i];
-    if (L.kind == MN_BLOCK && ((L.kernel != 3 && L.kernel != 5) || L.dilation < 1 || depthwise_span(L) > kMaxSpan ||
-                               (L.dilation > 1 && L.stride != 1)))
-      return 3;
-  }
-  const Plan solo_plan = make_plan(layers, n_layers, H, W, true);
   bool tiles = false;  // AMX tiles are configured per thread, and only when a layer uses them (bf16, or int8 on AMX)
   for (int i = 0; i < n_layers; ++i) {
     const MnLayer& L = layers[i];
+    // fused.py refuses these first; a wrong layer list must not overrun the ring.
+    if (L.kind == MN_BLOCK && ((L.kernel != 3 && L.kernel != 5) || L.dilation < 1 || depthwise_span(L) > kMaxSpan ||
+                               (L.dilation > 1 && L.stride != 1)))
+      return 3;
     tiles |= L.expand.wb || L.out.wb || (MN_ISA >= MN_ISA_AMX && (L.expand.q || L.out.q));
   }
+  const Plan solo_plan = make_plan(layers, n_layers, H, W, true);
+  const Plan team_plan = threads == 1 ? solo_plan : make_plan(layers, n_layers, H, W, false);
   const int64_t image = static_cast<int64_t>(C) * H * W;
   const int alone = N / threads * threads;  // images run one per thread
   std::vector<Scratch> solo;
@@ -75,7 +75,7 @@ int mn_run(const MnLayer* layers, int n_layers, const float* input, int N, int C
     solo.push_back(carve(solo_plan, 1, base));
     base += group_floats(solo_plan, 1);
   }
-  const Scratch shared = carve(make_plan(layers, n_layers, H, W, threads == 1), threads, base);
+  const Scratch shared = carve(team_plan, threads, base);
   Team team(threads);
   auto work = [&](int t) {
     // Denormals flushed to zero in every thread (the caller's setting is restored below): activations of a

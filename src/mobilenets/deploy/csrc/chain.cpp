@@ -44,6 +44,7 @@ struct Chain {
   float* col = nullptr;     // the stem's patch row
   float* dw = nullptr;      // one depthwise output row
   float* zero = nullptr;    // the padding row above and below a map
+  int64_t zero_floats = 0;  // its length: the widest expanded row
   uint8_t* qrow = nullptr;  // an int8 convolution's input codes
   int64_t floats = 0;       // scratch taken (when laid out from nullptr: only counted)
 };
@@ -60,7 +61,7 @@ Chain lay_out(const MnLayer* layers, int n_chain, int H, int W, float* base, flo
     return at;
   };
   int h = H, w = W;
-  int64_t dw = 0, zero = 0, qrow = 0;
+  int64_t dw = 0, qrow = 0;
   for (int i = 0; i < n_chain; ++i) {
     const MnLayer& L = layers[i];
     Stage s;
@@ -78,13 +79,13 @@ Chain lay_out(const MnLayer* layers, int n_chain, int H, int W, float* base, flo
     } else {
       if (L.has_expand) s.expanded = take(static_cast<int64_t>(kRing) * w * L.cmid);
       dw = std::max<int64_t>(dw, static_cast<int64_t>(s.Wo) * L.cmid);
-      zero = std::max<int64_t>(zero, static_cast<int64_t>(w) * L.cmid);
+      c.zero_floats = std::max<int64_t>(c.zero_floats, static_cast<int64_t>(w) * L.cmid);
       qrow = std::max<int64_t>(qrow, static_cast<int64_t>(w) * std::max(L.cin, L.cmid));
     }
     c.stages.push_back(s);
     h = s.Ho, w = s.Wo;
   }
-  c.dw = take(dw), c.zero = take(zero);
+  c.dw = take(dw), c.zero = take(c.zero_floats);
   c.qrow = reinterpret_cast<uint8_t*>(take((qrow + 3) / 4));
   return c;
 }
@@ -155,15 +156,13 @@ const float* pull(Chain& c, int k, int y, const float* img) {
 
 int chain_length(const MnLayer* layers, int n_layers, int H, int W, int min_width) {
   if (n_layers == 0 || layers[0].kind != MN_STEM) return 0;
-  int h = (H - 1) / layers[0].stride + 1, w = (W - 1) / layers[0].stride + 1;
+  int w = (W - 1) / layers[0].stride + 1;
   int n = 1;
   // 3×3 undilated blocks without squeeze-excite (whose pool needs the whole depthwise output before projecting).
   auto chains = [](const MnLayer& L) {
     return L.kind == MN_BLOCK && L.kernel == 3 && L.dilation == 1 && !L.se_channels;
   };
-  for (; n < n_layers && chains(layers[n]) && w >= min_width; ++n) {
-    h = (h - 1) / layers[n].stride + 1, w = (w - 1) / layers[n].stride + 1;
-  }
+  for (; n < n_layers && chains(layers[n]) && w >= min_width; ++n) w = (w - 1) / layers[n].stride + 1;
   return n;
 }
 
@@ -179,14 +178,12 @@ int64_t chain_floats(const MnLayer* layers, int n_chain, int H, int W) {
   return n_chain ? lay_out(layers, n_chain, H, W, nullptr, nullptr).floats : 0;
 }
 
-void run_chain(const MnLayer* layers, int n_chain, const float* img, int H, int W, float* out, float* scratch) {
+MapSize run_chain(const MnLayer* layers, int n_chain, const float* img, int H, int W, float* out, float* scratch) {
   Chain c = lay_out(layers, n_chain, H, W, scratch, out);
-  int64_t zero = 0;
-  for (const Stage& s : c.stages)
-    if (s.L->kind != MN_STEM) zero = std::max<int64_t>(zero, static_cast<int64_t>(s.W) * s.L->cmid);
-  std::memset(c.zero, 0, sizeof(float) * zero);
-  const int last = n_chain - 1;
-  pull(c, last, c.stages[last].Ho - 1, img);
+  std::memset(c.zero, 0, sizeof(float) * c.zero_floats);
+  const Stage& last = c.stages.back();
+  pull(c, n_chain - 1, last.Ho - 1, img);
+  return {last.Ho, last.Wo, last.C};
 }
 
 }  // namespace mn

@@ -20,8 +20,8 @@ MapSize chain_output(const MnLayer* layers, int n_chain, int H, int W);
 // Floats of scratch the chain's rings use for an H × W image (its output map not included).
 int64_t chain_floats(const MnLayer* layers, int n_chain, int H, int W);
 
-// The image through the first n_chain layers by one thread; out gets the last one's whole output map (NHWC).
-// scratch: chain_floats(...) floats.
-void run_chain(const MnLayer* layers, int n_chain, const float* img, int H, int W, float* out, float* scratch);
+// The image through the first n_chain layers by one thread; out gets the last one's whole output map (NHWC), whose
+// size it returns. scratch: chain_floats(...) floats.
+MapSize run_chain(const MnLayer* layers, int n_chain, const float* img, int H, int W, float* out, float* scratch);
 
 }  // namespace mn

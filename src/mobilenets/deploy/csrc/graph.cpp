@@ -182,8 +182,7 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
   int64_t tapped = 0;  // floats of `logits` the taps so far have written
   bool pooled = false;  // the pool's sums are made already (a thread alone, the head fused with the pool)
   if (T == 1 && (i = chain_length(layers, n_layers, H, W, kChainMinWidth)) > 0) {  // alone: stream the wide layers
-    run_chain(layers, i, img, H, W, cur, s.chain);
-    const MapSize m = chain_output(layers, i, H, W);
+    const MapSize m = run_chain(layers, i, img, H, W, cur, s.chain);
     h = m.h, w = m.w, c = m.c;
   }
   for (; i < n_layers; ++i) {
@@ -235,7 +234,7 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
         run_block_whole(L, cur, h, w, nxt, ho, wo, s.wide0, s.wide1, zero, s.qrow[t], s.qwide, s.pooled, me);
       }
       h = ho, w = wo, c = L.cout;
-    } else if (L.kind == MN_POINTWISE && T == 1 && i + 1 < n_layers && layers[i + 1].kind == MN_POOL_FC) {
+    } else if (pools_rows(layers, n_layers, i, T == 1)) {
       // Alone, the last 1×1 convolution is fused with the average pool (as Table 3 counts it): each output row
       // is added to the pool's sums straight away, pixel by pixel in the order the whole-map pool adds them, and
       // the h × w × cout map is never whole.

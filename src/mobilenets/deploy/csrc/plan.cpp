@@ -42,7 +42,7 @@ Plan make_plan(const MnLayer* layers, int n_layers, int H, int W, bool solo) {
       }
       h = ho, w = wo;
       p.act = std::max<int64_t>(p.act, static_cast<int64_t>(h) * w * L.cout);
-    } else if (L.kind == MN_POINTWISE && solo && i + 1 < n_layers && layers[i + 1].kind == MN_POOL_FC) {
+    } else if (pools_rows(layers, n_layers, i, solo)) {
       p.ring = std::max<int64_t>(p.ring, static_cast<int64_t>(w) * L.cout);  // one row, added to the pool's sums
       p.qrow = std::max<int64_t>(p.qrow, static_cast<int64_t>(w) * L.cin);
     } else if (L.kind == MN_POINTWISE) {

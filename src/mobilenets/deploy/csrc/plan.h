@@ -36,6 +36,12 @@ inline bool streams_rows(const MnLayer& L, int w, bool alone) {
   return (w >= kFuseMinWidth || alone) && !L.se_channels;
 }
 
+// Whether layer i is a last 1×1 convolution whose output rows go straight into the average pool's sums (a thread
+// running the image alone: Table 3 counts it fused with the pool), its h × w map never whole.
+inline bool pools_rows(const MnLayer* layers, int n_layers, int i, bool alone) {
+  return alone && layers[i].kind == MN_POINTWISE && i + 1 < n_layers && layers[i + 1].kind == MN_POOL_FC;
+}
+
 // solo: the plan of a thread running an image alone, which streams the first layers as a chain (chain.h) and
 // every later block without squeeze-excite through its row ring; otherwise that of threads sharing an image.
 Plan make_plan(const MnLayer* layers, int n_layers, int H, int W, bool solo);
