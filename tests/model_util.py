@@ -77,3 +77,15 @@ def assert_engine_equals_eager(
         assert out.shape == reference.shape
         assert reference.abs().max() > 0.05, shape
         assert (out - reference).abs().max() <= atol, shape
+
+
+def engine_isa(isa: str) -> str:
+    """``isa`` when this CPU can run the fused engine's level of that name; else the test is skipped (a level the
+    CPU lacks is never executed)."""
+    import pytest
+
+    from mobilenets.deploy import fused
+
+    if fused.cpu_supported() is not None or isa not in fused.supported_isas():
+        pytest.skip(f"this CPU lacks the engine's {isa} level")
+    return isa

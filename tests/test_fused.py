@@ -14,7 +14,7 @@ import torch
 
 from mobilenets.deploy import fused
 from mobilenets.errors import ConfigError, InputError
-from model_util import assert_engine_equals_eager, assert_int8_engine_matches_twin, trained_like
+from model_util import assert_engine_equals_eager, assert_int8_engine_matches_twin, engine_isa, trained_like
 
 ATOL = 1e-4
 SUPPORTED = fused.supported_isas() if fused.cpu_supported() is None else []
@@ -23,10 +23,6 @@ try:
     fused.load_library()
 except fused.EngineUnavailable as e:  # pragma: no cover - machines without a compiler or AVX2
     pytest.skip(f"fused engine unavailable here: {e}", allow_module_level=True)
-
-
-def _check(model: torch.nn.Module, shapes: list[tuple[int, ...]], threads: int, isa: str | None = None) -> None:
-    assert_engine_equals_eager(model, shapes, threads, isa, ATOL)
 
 
 @pytest.mark.parametrize(
@@ -46,7 +42,7 @@ def test_fused_engine_equals_eager(name: str, width: float, threads: int) -> Non
     # Batches below, equal to and above the thread count (shared layers vs one image per thread), square and
     # not, and sizes whose wide maps stream through the row ring (≥ 28 px) as well as small ones that do not.
     model = trained_like(name, width=width, num_classes=10)
-    _check(model, [(1, 3, 96, 96), (threads, 3, 64, 160), (threads + 1, 3, 128, 64)], threads)
+    assert_engine_equals_eager(model, [(1, 3, 96, 96), (threads, 3, 64, 160), (threads + 1, 3, 128, 64)], threads)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +55,7 @@ def test_fused_engine_equals_eager(name: str, width: float, threads: int) -> Non
     ],
 )
 def test_fused_engine_ablations_and_features(name: str, switch: dict[str, object]) -> None:
-    _check(trained_like(name, width=0.5, **switch), [(2, 3, 64, 64)], threads=2)
+    assert_engine_equals_eager(trained_like(name, width=0.5, **switch), [(2, 3, 64, 64)], threads=2)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -67,11 +63,13 @@ def test_fused_engine_depthwise_rows_of_every_length(threads: int) -> None:
     # The depthwise kernel runs a row in groups of eight outputs plus one group of the remaining 1–7, with the left
     # / right padding columns skipped at compile time: widths 288 and 32 give maps 144, 72, 36, 18, 9 and 16, 8, 4,
     # 2, 1 wide (remainders 0, 1, 2, 4; the other tests cover 3, 5, 6, 7), at strides 1 and 2.
-    _check(trained_like("mobilenet_v2", width=0.35, num_classes=10), [(1, 3, 32, 288), (1, 3, 288, 32)], threads)
+    assert_engine_equals_eager(
+        trained_like("mobilenet_v2", width=0.35, num_classes=10), [(1, 3, 32, 288), (1, 3, 288, 32)], threads
+    )
 
 
 def test_fused_engine_at_224() -> None:
-    _check(trained_like("mobilenet_v2"), [(1, 3, 224, 224)], threads=2)
+    assert_engine_equals_eager(trained_like("mobilenet_v2"), [(1, 3, 224, 224)], threads=2)
 
 
 @pytest.mark.parametrize("isa", list(fused.ISAS))
@@ -82,14 +80,14 @@ def test_fused_engine_alone_streams_rows_across_blocks(isa: str) -> None:
     # (0.80 MB fp32); the engine's scratch must stay within twice that (1.6 MB fp32: it also holds the rows a 3×3
     # window needs and the smaller maps' rings; measured 1.08 MB), where whole maps took 5.1 MB.
     model = trained_like("mobilenet_v2", num_classes=10)
-    alone = fused.FusedEngine(model, threads=1, isa=_isa(isa))
+    alone = fused.FusedEngine(model, threads=1, isa=engine_isa(isa))
     assert alone.activation_bytes(224, 224) <= 1.6e6
-    assert fused.FusedEngine(model, threads=2, isa=_isa(isa)).activation_bytes(224, 224) > 2 * 1.6e6  # whole maps
+    assert fused.FusedEngine(model, threads=2, isa=engine_isa(isa)).activation_bytes(224, 224) > 2 * 1.6e6  # whole maps
     x = torch.randn(2, 3, 224, 224)  # at two threads, two images run one per thread: the chain too
     with torch.no_grad():
         reference = model(x)
     assert (alone(x) - reference).abs().max() <= ATOL
-    assert (fused.FusedEngine(model, threads=2, isa=_isa(isa))(x) - reference).abs().max() <= ATOL
+    assert (fused.FusedEngine(model, threads=2, isa=engine_isa(isa))(x) - reference).abs().max() <= ATOL
 
 
 def test_fused_engine_is_repeatable_across_shapes() -> None:
@@ -190,19 +188,13 @@ def test_pack_panels_layout() -> None:
     assert padded.numel() == 2 * 16 and padded.reshape(2, 16)[:, 10:].abs().sum() == 0
 
 
-def _isa(isa: str) -> str:
-    if isa not in SUPPORTED:
-        pytest.skip(f"this CPU lacks the engine's {isa} level")
-    return isa
-
-
 @pytest.mark.parametrize("isa", list(fused.ISAS))
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small_minimal", "mobilenet_v1"])
 def test_fp32_engine_equals_eager_on_every_isa(isa: str, name: str) -> None:
     # Wide maps (row ring) and small ones, 16-wide and 8-wide channel panels, one and two threads.
     model = trained_like(name, width=0.5, num_classes=10)
     for threads in (1, 2):
-        _check(model, [(1, 3, 96, 128), (3, 3, 64, 64)], threads, isa=_isa(isa))
+        assert_engine_equals_eager(model, [(1, 3, 96, 128), (3, 3, 64, 64)], threads, isa=engine_isa(isa))
 
 
 @pytest.mark.parametrize("isa", list(fused.ISAS))
@@ -210,7 +202,7 @@ def test_fp32_engine_equals_eager_on_every_isa(isa: str, name: str) -> None:
 def test_int8_engine_equals_its_fake_quantized_model(isa: str, name: str) -> None:
     # The engine's int8 error must be the quantisation's, i.e. that of its fake-quantised PyTorch twin.
     torch.manual_seed(0)
-    assert_int8_engine_matches_twin(trained_like(name, width=0.5, num_classes=10), _isa(isa), batch=5, exact=2)
+    assert_int8_engine_matches_twin(trained_like(name, width=0.5, num_classes=10), engine_isa(isa), batch=5, exact=2)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -219,7 +211,7 @@ def test_amx_int8_equals_vnni_int8_exactly(threads: int) -> None:
     # the same u8 × s8 products in int32 as vpdpbusd: the outputs must be bit-identical to the avx512 level's on
     # the same grid, over K that are and are not multiples of 64, 8-wide last panels and row tails. (A thread
     # alone runs rows of one map row: the 1024-wide input gives 64-pixel rows at stride 16.)
-    _isa("amx")
+    engine_isa("amx")
     torch.manual_seed(0)
     model = trained_like("mobilenet_v2", width=0.75, num_classes=12)  # 12 classes: an 8-wide last panel
     calibration = list(torch.randn(16, 3, 64, 64).split(8))
@@ -235,7 +227,7 @@ def test_bf16_engine_equals_its_rounded_model(name: str) -> None:
     # AMX sums the bf16 products in fp32 in another order than PyTorch, and a sum that lies within that rounding of
     # a bf16 rounding boundary of the next layer's input lands on the neighbouring bf16 value: a bound on norms
     # again, ‖engine − twin‖ ≤ 0.3 ‖twin − fp32‖, and every image's top-1 equal to the twin's.
-    _isa("amx")
+    engine_isa("amx")
     torch.manual_seed(0)
     model = trained_like(name, width=0.5, num_classes=10)
     twin = fused.bf16_rounded(model)

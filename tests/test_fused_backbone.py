@@ -22,7 +22,7 @@ from mobilenets.data.scenes import SceneConfig, write_split
 from mobilenets.deploy import fused
 from mobilenets.deploy.fused_backbone import FusedBackbone, engine_model
 from mobilenets.errors import ConfigError
-from model_util import trained_like
+from model_util import engine_isa, trained_like
 
 ATOL = 1e-4
 
@@ -30,12 +30,6 @@ try:
     fused.load_library()
 except fused.EngineUnavailable as e:  # pragma: no cover - machines without a compiler or AVX2
     pytest.skip(f"fused engine unavailable here: {e}", allow_module_level=True)
-
-
-def _isa(isa: str) -> str:
-    if isa not in fused.supported_isas():
-        pytest.skip(f"this CPU lacks the engine's {isa} level")
-    return isa
 
 
 def _assert_taps_equal(backbone: torch.nn.Module, taps: list[str], shapes: list[tuple[int, ...]], threads: int,
@@ -60,7 +54,7 @@ def test_ssdlite_v2_taps_equal_eager_on_every_isa(isa: str) -> None:
     assert detector.taps == ("blocks.13.expansion", "head")
     for threads in (1, 2):
         shapes = [(1, 3, 320, 320), (threads + 1, 3, 321, 193)]
-        _assert_taps_equal(detector.backbone, list(detector.taps), shapes, threads, _isa(isa))
+        _assert_taps_equal(detector.backbone, list(detector.taps), shapes, threads, engine_isa(isa))
 
 
 @pytest.mark.parametrize(
@@ -100,7 +94,7 @@ def test_int8_taps_equal_their_fake_quantized_backbone(isa: str) -> None:
     detector = trained_like("ssdlite_mobilenet_v2", width=0.5, num_classes=3)
     backbone, taps = detector.backbone, list(detector.taps)
     calibration = list(torch.randn(16, 3, 64, 64).split(8))
-    engine = FusedBackbone(backbone, taps, threads=2, calibration=calibration, isa=_isa(isa))
+    engine = FusedBackbone(backbone, taps, threads=2, calibration=calibration, isa=engine_isa(isa))
     assert engine.precision == "int8" and engine.isa == isa
     twin = fused.fake_quantized(backbone, calibration, fused.int8_grid(isa))
     for seed, (h, w) in enumerate([(96, 64), (65, 97)]):
@@ -114,7 +108,7 @@ def test_int8_taps_equal_their_fake_quantized_backbone(isa: str) -> None:
 
 
 def test_bf16_taps_equal_their_rounded_backbone() -> None:
-    _isa("amx")
+    engine_isa("amx")
     detector = trained_like("ssdlite_mobilenet_v2", width=0.5, num_classes=3)
     backbone, taps = detector.backbone, list(detector.taps)
     twin = fused.bf16_rounded(backbone)

@@ -15,10 +15,9 @@ import torch
 
 from mobilenets.deploy import fused
 from mobilenets.errors import ConfigError
-from model_util import assert_engine_equals_eager, assert_int8_engine_matches_twin, trained_like
+from model_util import assert_engine_equals_eager, assert_int8_engine_matches_twin, engine_isa, trained_like
 
 ATOL = 1e-4
-SUPPORTED = fused.supported_isas() if fused.cpu_supported() is None else []
 
 try:
     fused.load_library()
@@ -35,16 +34,6 @@ def _v3(name: str, **overrides: object) -> torch.nn.Module:
     return model
 
 
-def _isa(isa: str) -> str:
-    if isa not in SUPPORTED:
-        pytest.skip(f"this CPU lacks the engine's {isa} level")
-    return isa
-
-
-def _check(model: torch.nn.Module, shapes: list[tuple[int, ...]], threads: int, isa: str | None = None) -> None:
-    assert_engine_equals_eager(model, shapes, threads, isa, ATOL)
-
-
 @pytest.mark.parametrize(
     ("name", "width", "threads"),
     [
@@ -59,7 +48,7 @@ def test_v3_fp32_equals_eager(name: str, width: float, threads: int) -> None:
     # through the row ring, the SE blocks among them run whole) and 64 (every block on a small map).
     torch.manual_seed(0)
     model = _v3(name, width=width)
-    _check(model, [(1, 3, 224, 224), (threads, 3, 96, 160), (threads + 1, 3, 64, 64)], threads)
+    assert_engine_equals_eager(model, [(1, 3, 224, 224), (threads, 3, 96, 160), (threads + 1, 3, 64, 64)], threads)
 
 
 @pytest.mark.parametrize("isa", list(fused.ISAS))
@@ -68,14 +57,14 @@ def test_v3_fp32_equals_eager_on_every_isa(isa: str, name: str) -> None:
     torch.manual_seed(0)
     model = _v3(name, width=0.75)
     for threads in (1, 2):
-        _check(model, [(1, 3, 160, 96), (3, 3, 64, 64)], threads, isa=_isa(isa))
+        assert_engine_equals_eager(model, [(1, 3, 160, 96), (3, 3, 64, 64)], threads, isa=engine_isa(isa))
 
 
 def test_v3_depthwise_rows_of_every_length() -> None:
     # 5×5 windows reach two columns into the padding: widths 288 and 32 give maps 144, 72, 36, 18, 9 and 16, 8, 4,
     # 2, 1 wide at strides 1 and 2, so the edge groups meet rows shorter than the window and remainders 0–7.
     torch.manual_seed(0)
-    _check(_v3("mobilenet_v3_large", width=0.35), [(1, 3, 32, 288), (1, 3, 288, 32)], threads=1)
+    assert_engine_equals_eager(_v3("mobilenet_v3_large", width=0.35), [(1, 3, 32, 288), (1, 3, 288, 32)], threads=1)
 
 
 @pytest.mark.parametrize(
@@ -93,7 +82,7 @@ def test_dilated_classifiers_equal_eager(name: str, output_stride: int, threads:
     # the dilated maps are 14 / 28 px wide (28: a 5×5 window at rate 4 spans 17 rows of the ring).
     torch.manual_seed(0)
     model = _v3(name, width=0.5, output_stride=output_stride)
-    _check(model, [(1, 3, 224, 224), (threads + 1, 3, 64, 96)], threads)
+    assert_engine_equals_eager(model, [(1, 3, 224, 224), (threads + 1, 3, 64, 96)], threads)
 
 
 # The amx level's int8 outputs are avx512's bit for bit (tests/test_fused.py); its library runs in the fp32 and
@@ -109,12 +98,12 @@ def test_v3_int8_engine_equals_its_fake_quantized_model(isa: str, name: str) -> 
     # Batches of 12 average that out: measured ≤ 0.26 (AVX2, then 7-bit codes) / 0.39 (VNNI) over 9 batches each,
     # ≥ 8 of 12 exact. Both grids now have 8-bit codes: ≤ 0.5 for both, as for V2.
     torch.manual_seed(0)
-    assert_int8_engine_matches_twin(_v3(name, width=0.75), _isa(isa), batch=12, exact=7)
+    assert_int8_engine_matches_twin(_v3(name, width=0.75), engine_isa(isa), batch=12, exact=7)
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v3_large", "mobilenet_v3_small"])
 def test_v3_bf16_engine_equals_its_rounded_model(name: str) -> None:
-    _isa("amx")
+    engine_isa("amx")
     torch.manual_seed(0)
     model = _v3(name, width=0.75)
     twin = fused.bf16_rounded(model)
@@ -135,7 +124,7 @@ def test_v3_features_and_memory() -> None:
     from mobilenets.analysis.memtrace import peak_activation_bytes
 
     torch.manual_seed(0)
-    _check(_v3("mobilenet_v3_small", width=0.75, num_classes=0), [(2, 3, 96, 96)], threads=2)
+    assert_engine_equals_eager(_v3("mobilenet_v3_small", width=0.75, num_classes=0), [(2, 3, 96, 96)], threads=2)
     model = _v3("mobilenet_v3_large")
     engine = fused.FusedEngine(model, threads=1)
     assert 0 < engine.activation_bytes(160, 160) < peak_activation_bytes(model, torch.randn(1, 3, 160, 160))
