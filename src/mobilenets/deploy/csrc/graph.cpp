@@ -9,12 +9,13 @@
 // Share) rather than a fixed share each. A thread running an image alone goes further (chain.cpp): the stem and
 // the wide blocks stream rows from one block into the next, and every later block streams through its ring.
 //
-// Squeeze-and-excite (V3 §5.3) does not stream: its pool needs the whole depthwise output of the block before the
-// projection may start, so SE blocks always run whole-map (depthwise → pool → barrier → the two small FCs →
-// scale → barrier → projection), whatever their width, with their expanded input and depthwise output kept whole.
-// At 224 px the largest such maps are the expansion of V3-Large's 4th block (56 × 56 × 72) and the input of
-// V3-Small's 1st (112 × 112 × 16, no expansion: the stem's output, then not streamed into a ring either); blocks
-// without SE keep streaming rows.
+// Squeeze-and-excite (V3 §5.3) streams only halfway: its pool needs the whole depthwise output of the block before
+// the projection may start. On wide maps an SE block streams its expansion through the ring like any other, keeps
+// only its depthwise output whole (with each row's channel sums), and after one barrier every thread makes the
+// gate (or, for large FCs, the threads share it out) and projects rows, scaling each by the gate first
+// (run_block_se). Small maps run whole: depthwise → pool → barrier → the two FCs → scale → barrier → projection.
+// At 224 px the largest whole map this leaves is the depthwise output of V3-Large's 5th block (28 × 28 × 120) or
+// of V3-Small's 1st (56 × 56 × 16).
 #include "graph.h"
 
 #include <algorithm>
@@ -37,76 +38,176 @@ void run_stem(const MnLayer& L, const float* img, int H, int W, float* out, int 
   for (int y; (y = rows.next()) >= 0;) stem_row(L, padded, W, col, y, Wo, out + static_cast<int64_t>(y) * Wo * L.cout);
 }
 
-// A block on a wide map: each thread streams its output rows through a ring of expanded rows (as many as the
-// depthwise window spans: (k − 1)·d + 1, three for a 3×3 kernel), made by produce(r, slot) (the expansion of input
-// row r; or, for a first block without expansion or residual, the stem's output row r: its input is then never
-// materialised). produced = false: the depthwise reads `in` itself. Blocks with squeeze-excite never come here
-// (streams_rows): their projection needs the whole depthwise output first.
+// The expanded rows a block's depthwise window reads, for the output rows one thread takes: a ring of as many
+// expanded rows as the window spans ((k − 1)·d + 1, three for a 3×3 kernel), made by produce(r, slot) (the
+// expansion of input row r; or, for a first block without expansion or residual, the stem's output row r: its
+// input is then never materialised) when first needed. produced = false: the depthwise reads `in` itself.
 template <typename Produce>
-void run_block_rows(const MnLayer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* ring,
-                    uint8_t* qrow, Member& me, bool produced, Produce&& produce) {
-  const int E = L.cmid, K = L.kernel, D = L.dilation, span = depthwise_span(L);
-  const int64_t row_in = static_cast<int64_t>(W) * L.cin, row_e = static_cast<int64_t>(W) * E;
-  float* slots = ring;                 // span rows of W × E
-  float* dw = ring + span * row_e;     // one depthwise output row (Wo × E)
-  float* zero = dw + row_e;            // padding row
-  std::memset(zero, 0, sizeof(float) * row_e);
-  int held[kMaxSpan];  // the input row each slot holds (row r goes to slot r % span)
-  std::fill(held, held + span, -1);
-  const float* rows[5];
-  Share share(me, Ho);
-  for (int y; (y = share.next()) >= 0;) {
-    const int lo = y * L.stride - D * (K - 1) / 2;
-    for (int r = std::max(lo, 0); produced && r <= std::min(lo + span - 1, H - 1); ++r) {
-      if (held[r % span] == r) continue;
-      produce(r, slots + (r % span) * row_e);
-      held[r % span] = r;
+class RowWindow {
+ public:
+  RowWindow(const MnLayer& L, const float* in, int H, int W, float* ring, bool produced, Produce& produce)
+      : L_(L), in_(in), H_(H), span_(depthwise_span(L)), produced_(produced), produce_(produce),
+        row_in_(static_cast<int64_t>(W) * L.cin), row_e_(static_cast<int64_t>(W) * L.cmid), slots_(ring),
+        dw(ring + span_ * row_e_), zero_(dw + row_e_) {
+    std::memset(zero_, 0, sizeof(float) * row_e_);
+    std::fill(held_, held_ + span_, -1);
+  }
+
+  // rows[0..k) of output row y's window, their expanded rows made first.
+  void rows(int y, const float** rows) {
+    const int K = L_.kernel, D = L_.dilation, lo = y * L_.stride - D * (K - 1) / 2;
+    for (int r = std::max(lo, 0); produced_ && r <= std::min(lo + span_ - 1, H_ - 1); ++r) {
+      if (held_[r % span_] == r) continue;
+      produce_(r, slots_ + (r % span_) * row_e_);
+      held_[r % span_] = r;
     }
     for (int k = 0; k < K; ++k) {
       const int r = lo + k * D;
-      if (r < 0 || r >= H)
-        rows[k] = zero;
+      if (r < 0 || r >= H_)
+        rows[k] = zero_;
       else
-        rows[k] = produced ? slots + (r % span) * row_e : in + r * row_in;
+        rows[k] = produced_ ? slots_ + (r % span_) * row_e_ : in_ + r * row_in_;
     }
+  }
+
+ private:
+  const MnLayer& L_;
+  const float* in_;
+  const int H_, span_;
+  const bool produced_;
+  Produce& produce_;
+  const int64_t row_in_, row_e_;
+  float* slots_;  // span rows of W × E, row r in slot r % span
+  int held_[kMaxSpan];  // the input row each slot holds
+
+ public:
+  float* const dw;  // one depthwise output row (Wo × E)
+
+ private:
+  float* const zero_;  // the padding row
+};
+
+// A block on a wide map without squeeze-excite: each thread streams its output rows through its window and
+// projects each depthwise row straight away, so the t-times-wider tensor lives only in the core's cache.
+template <typename Produce>
+void run_block_rows(const MnLayer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* ring,
+                    uint8_t* qrow, Member& me, bool produced, Produce&& produce) {
+  const int E = L.cmid;
+  const int64_t row_in = static_cast<int64_t>(W) * L.cin;
+  RowWindow<Produce> window(L, in, H, W, ring, produced, produce);
+  const float* rows[5];
+  Share share(me, Ho);
+  for (int y; (y = share.next()) >= 0;) {
+    window.rows(y, rows);
     // An int8 projection gets the depthwise row as 7-bit codes straight away.
-    const Sink sink{dw, L.out.q ? qrow : nullptr, L.out.inv_scale, L.out.zero, L.out.qmax, L.dw_codes != 0};
-    depthwise_row(rows, K, D, W, Wo, L.stride, E, L.w_dw, L.b_dw, sink, 0, E, L.dw_codes ? MN_LINEAR : L.act_mid);
+    const Sink sink{window.dw, L.out.q ? qrow : nullptr, L.out.inv_scale, L.out.zero, L.out.qmax, L.dw_codes != 0};
+    depthwise_row(rows, L.kernel, L.dilation, W, Wo, L.stride, E, L.w_dw, L.b_dw, sink, 0, E,
+                  L.dw_codes ? MN_LINEAR : L.act_mid);
     const float* res = L.residual ? in + static_cast<int64_t>(y) * row_in : nullptr;
-    conv1x1(L.out, Wo, L.cout, E, dw, E, sink.q, out + static_cast<int64_t>(y) * Wo * L.cout, L.cout, res, L.cout,
-            L.act_out, 0, panels(L.cout), qrow);
+    conv1x1(L.out, Wo, L.cout, E, window.dw, E, sink.q, out + static_cast<int64_t>(y) * Wo * L.cout, L.cout, res,
+            L.cout, L.act_out, 0, panels(L.cout), qrow);
   }
 }
 
-// Squeeze-and-excite (V3 §5.3) on a block's whole depthwise output dw (M pixels × E), whose channel means the
-// threads have left in se[0, E) (each pooled the channels it computed): the reduction (ReLU) and the expansion
-// (h-sigmoid) are two one-pixel fp32 GEMMs with their output panels shared out, then each thread scales the
-// channels whose gate it computed — into the codes of an int8 projection, quantised the ordinary way (the
-// depthwise's pre-scaled codes cannot serve: the gate comes between), or in place. The caller waits after it.
-void squeeze_excite(const MnLayer& L, float* dw, int M, float* se, uint8_t* codes, Member& me) {
-  const int E = L.cmid, R = L.se_channels, t = me.t, T = me.threads();
-  float* squeezed = se + E;
-  float* gate = squeezed + R;
+// Squeeze-excite (V3 §5.3) fits in a thread's cache when its two FCs hold at most this many weights together:
+// then every thread computes the whole gate for itself, and the block needs no barrier between the pool and the
+// projection (V3-Large's 28-px blocks: 3,456 and 7,680 weights). Larger FCs are shared out, a barrier after each.
+constexpr int64_t kPrivateGateWeights = 16384;
+
+// The gate of a squeeze-excite block from the channel means `mean` (E floats): the reduction (ReLU) and the
+// expansion (h-sigmoid), two one-pixel fp32 GEMMs, into gate. shared: the threads share the output panels out
+// (squeezed and gate are the team's buffers, a barrier between the GEMMs; each thread has made the gate's panels
+// split() gives it); otherwise this thread makes it all.
+void se_gate(const MnLayer& L, const float* mean, float* squeezed, float* gate, bool shared, Member& me) {
+  const int E = L.cmid, R = L.se_channels, T = shared ? me.threads() : 1, t = shared ? me.t : 0;
   int p0, p1;
-  me.wait();
   split(panels(R), t, T, &p0, &p1);
-  conv1x1(L.se_reduce, 1, R, E, se, E, nullptr, squeezed, R, nullptr, 0, MN_RELU, p0, p1, nullptr);
-  me.wait();
+  conv1x1(L.se_reduce, 1, R, E, mean, E, nullptr, squeezed, R, nullptr, 0, MN_RELU, p0, p1, nullptr);
+  if (shared) me.wait();
   split(panels(E), t, T, &p0, &p1);
   conv1x1(L.se_expand, 1, E, R, squeezed, R, nullptr, gate, E, nullptr, 0, MN_HSIGMOID, p0, p1, nullptr);
-  const int c0 = 16 * p0, c1 = std::min(E, 16 * p1);
+}
+
+// M pixels of E channels (rows E apart) scaled by gate (E): into the codes of an int8 projection, quantised the
+// ordinary way (the depthwise's pre-scaled codes cannot serve: the gate comes between), or in place.
+void scale_channels(const MnLayer& L, float* x, int64_t M, const float* gate, int c0, int c1, uint8_t* codes) {
+  const int E = L.cmid;
   const __m256 inv = _mm256_set1_ps(L.out.inv_scale);
   const __m256i zero = _mm256_set1_epi32(L.out.zero);
   for (int64_t q = 0; q < M; ++q) {
-    float* x = dw + q * E;
+    float* p = x + q * E;
     for (int c = c0; c < c1; c += 8) {
-      const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + c), _mm256_loadu_ps(gate + c));
+      const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(p + c), _mm256_loadu_ps(gate + c));
       if (codes)
         store_codes(codes + q * E + c, v, inv, zero, L.out.qmax);
       else
-        _mm256_storeu_ps(x + c, v);
+        _mm256_storeu_ps(p + c, v);
     }
   }
+}
+
+// A block with squeeze-excite on a wide map: the expansion streams through each thread's window as in
+// run_block_rows, but the pool spans the map, so the depthwise rows are kept whole (dw, Ho × Wo × E) and each
+// row's channel sums go to sums (Ho × E: the means add them in row order, whichever thread made a row). After a
+// barrier the gate (se_gate), then each thread projects rows, each scaled by the gate first. se: the team's
+// squeezed features and gate (R + E floats) for a shared gate.
+template <typename Produce>
+void run_block_se(const MnLayer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* ring,
+                  float* dw, float* sums, float* se, uint8_t* qrow, Member& me, Produce&& produce) {
+  const int E = L.cmid;
+  const int64_t row_in = static_cast<int64_t>(W) * L.cin, row_dw = static_cast<int64_t>(Wo) * E;
+  {
+    RowWindow<Produce> window(L, in, H, W, ring, L.has_expand != 0, produce);
+    const float* rows[5];
+    Share share(me, Ho);
+    for (int y; (y = share.next()) >= 0;) {
+      window.rows(y, rows);
+      float* d = dw + y * row_dw;
+      depthwise_row(rows, L.kernel, L.dilation, W, Wo, L.stride, E, L.w_dw, L.b_dw, Sink{d, nullptr, 0, 0, 0, false},
+                    0, E, L.act_mid);
+      for (int c = 0; c < E; c += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int q = 0; q < Wo; ++q) acc = _mm256_add_ps(acc, _mm256_loadu_ps(d + int64_t{q} * E + c));
+        _mm256_storeu_ps(sums + int64_t{y} * E + c, acc);
+      }
+    }
+  }
+  me.wait();
+  // The means, by every thread for itself (Ho × E additions), in its ring (free now).
+  float* mean = ring;
+  const __m256 inv = _mm256_set1_ps(1.0f / static_cast<float>(Ho * Wo));
+  for (int c = 0; c < E; c += 8) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int y = 0; y < Ho; ++y) acc = _mm256_add_ps(acc, _mm256_loadu_ps(sums + int64_t{y} * E + c));
+    _mm256_storeu_ps(mean + c, _mm256_mul_ps(acc, inv));
+  }
+  const bool shared = static_cast<int64_t>(2) * E * L.se_channels > kPrivateGateWeights && me.threads() > 1;
+  float* squeezed = shared ? se : mean + E;
+  float* gate = squeezed + L.se_channels;
+  se_gate(L, mean, squeezed, gate, shared, me);
+  if (shared) me.wait();
+  Share share(me, Ho);
+  for (int y; (y = share.next()) >= 0;) {
+    float* d = dw + y * row_dw;
+    scale_channels(L, d, Wo, gate, 0, E, L.out.q ? qrow : nullptr);
+    const float* res = L.residual ? in + static_cast<int64_t>(y) * row_in : nullptr;
+    conv1x1(L.out, Wo, L.cout, E, d, E, L.out.q ? qrow : nullptr, out + static_cast<int64_t>(y) * Wo * L.cout,
+            L.cout, res, L.cout, L.act_out, 0, panels(L.cout), qrow);
+  }
+}
+
+// Squeeze-excite on a block's whole depthwise output dw (M pixels × E), whose channel means the threads have left
+// in se[0, E) (each pooled the channels it computed): the gate, its two GEMMs shared out, then each thread scales
+// the channels whose gate it computed. The caller waits after it.
+void squeeze_excite(const MnLayer& L, float* dw, int M, float* se, uint8_t* codes, Member& me) {
+  const int E = L.cmid, R = L.se_channels;
+  float* squeezed = se + E;
+  float* gate = squeezed + R;
+  me.wait();
+  se_gate(L, se, squeezed, gate, true, me);
+  int p0, p1;
+  split(panels(E), me.t, me.threads(), &p0, &p1);
+  scale_channels(L, dw, M, gate, 16 * p0, std::min(E, 16 * p1), codes);
 }
 
 // The channel means of dw (M pixels × E) for channels [c0, c1) into mean.
@@ -197,7 +298,8 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
       const MnLayer* B = i + 1 < n_layers ? &layers[i + 1] : nullptr;
       // A first block without expansion or residual takes the stem's rows straight into its ring (V2: 112 × 112 ×
       // 32 fp32 never written out and read back).
-      const bool fuse = B && B->kind == MN_BLOCK && !B->has_expand && !B->residual && streams_rows(*B, wo, false);
+      const bool fuse = B && B->kind == MN_BLOCK && !B->has_expand && !B->residual && !B->se_channels &&
+                        streams_rows(*B, wo, false);
       const int bo = fuse ? (ho - 1) / B->stride + 1 : ho, bwo = fuse ? (wo - 1) / B->stride + 1 : wo;
       auto stem = [&](auto* padded, auto* col) {  // uint8_t for an int8 stem, float otherwise
         if (!fuse) {
@@ -220,13 +322,17 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
     }
     if (L.kind == MN_BLOCK) {
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
-      if (streams_rows(L, w, T == 1)) {  // alone, every block without SE streams (the memory bound)
+      if (streams_rows(L, w, T == 1)) {  // alone, every block streams (the memory bound)
         const int E = L.cmid;
-        run_block_rows(L, cur, h, w, nxt, ho, wo, s.ring[t], s.qrow[t], me, L.has_expand != 0,
-                       [&](int r, float* slot) {
-                         conv1x1(L.expand, w, E, L.cin, cur + static_cast<int64_t>(r) * w * L.cin, L.cin, nullptr,
-                                 slot, E, nullptr, 0, L.act_mid, 0, panels(E), s.qrow[t]);
-                       });
+        auto expand = [&](int r, float* slot) {
+          conv1x1(L.expand, w, E, L.cin, cur + static_cast<int64_t>(r) * w * L.cin, L.cin, nullptr, slot, E, nullptr,
+                  0, L.act_mid, 0, panels(E), s.qrow[t]);
+        };
+        if (L.se_channels)
+          run_block_se(L, cur, h, w, nxt, ho, wo, s.ring[t], s.wide1, s.pooled + E + L.se_channels, s.pooled,
+                       s.qrow[t], me, expand);
+        else
+          run_block_rows(L, cur, h, w, nxt, ho, wo, s.ring[t], s.qrow[t], me, L.has_expand != 0, expand);
       } else {
         // The ring's first row serves as padding here (make_plan sizes it for every whole-map block).
         float* zero = s.ring[t];

@@ -31,6 +31,10 @@ Plan make_plan(const MnLayer* layers, int n_layers, int H, int W, bool solo) {
       if (streams_rows(L, w, solo)) {  // the ring: span expanded rows, the depthwise row, the zero row
         p.ring = std::max<int64_t>(p.ring, static_cast<int64_t>(depthwise_span(L) + 2) * w * L.cmid);
         p.qrow = std::max<int64_t>(p.qrow, static_cast<int64_t>(w) * std::max(L.cin, L.cmid));
+        if (L.se_channels) {  // the whole depthwise output; the gate's buffers and the rows' channel sums
+          p.wide = std::max<int64_t>(p.wide, static_cast<int64_t>(ho) * wo * L.cmid);
+          p.pooled = std::max<int64_t>(p.pooled, L.se_channels + L.cmid + static_cast<int64_t>(ho) * L.cmid);
+        }
       } else {  // whole maps; the ring's first row is the zero row
         // wide0 the expansion (a block without one reads its input), wide1 the depthwise output.
         if (L.has_expand) p.wide = std::max<int64_t>(p.wide, static_cast<int64_t>(h) * w * L.cmid);

@@ -29,11 +29,13 @@ constexpr int kFuseMinWidth = 14;
 // while the narrower blocks after it reuse one ring, so a longer chain would hold more (V2 @ 224: 1.08 MB).
 constexpr int kChainMinWidth = 28;
 
-// Whether a block on a map w wide streams rows through its ring: wide maps (any map for a thread running the image
-// alone), except blocks with squeeze-excite, whose projection needs the whole depthwise output first (V3 §5.3: the
-// pool spans the map); those run whole.
+// Whether a block on a map w wide streams rows through its ring: wide maps, any map for a thread running the image
+// alone. A block with squeeze-excite streams its expansion, but keeps its depthwise output whole (V3 §5.3: the
+// pool spans the map, and the projection needs the gate); threads sharing an image run it whole when its output is
+// narrower (V3-Large's 13th block, 14 → 7 px with a 5 × 5 kernel: each thread's few output rows need most of the
+// input rows expanded, 0.93× the time whole; a block without SE still gains from streaming there, V2's 14th 0.95×).
 inline bool streams_rows(const MnLayer& L, int w, bool alone) {
-  return (w >= kFuseMinWidth || alone) && !L.se_channels;
+  return alone || (w >= kFuseMinWidth && (!L.se_channels || (w - 1) / L.stride + 1 >= kFuseMinWidth));
 }
 
 // Whether layer i is a last 1×1 convolution whose output rows go straight into the average pool's sums (a thread
