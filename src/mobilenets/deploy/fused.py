@@ -9,8 +9,9 @@ calibration=batches)`` runs the stem, the 1×1 convolutions and the classifier i
 1×1 convolutions on bf16 inputs and weights with fp32 sums. What it does that a graph runtime does not (V2 §5.1's
 hardware argument): inverted residual blocks on wide maps never materialise their expansion — each thread streams
 its rows through a ring of expanded rows (the depthwise window's height) and projects every depthwise output row at
-once; blocks with squeeze-excite run whole-map, their pool needing the whole depthwise output — and the whole
-network runs in one parallel region with a spin barrier per block.
+once; blocks with squeeze-excite stream their expansion the same way but keep their depthwise output whole, their
+pool needing all of it before the projection — and the whole network runs in one parallel region with a spin
+barrier per block.
 
 ISA levels (``ISAS``): ``avx2`` (AVX2 + FMA), ``avx512`` (AVX-512 F/BW/VL/DQ + VNNI: 16-lane fp32 kernels and
 ``vpdpbusd`` int8 on full-range weights), ``amx`` (also AVX512_BF16 and AMX tiles: bf16 1×1 convolutions, the larger
