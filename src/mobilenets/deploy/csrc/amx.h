@@ -9,11 +9,41 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "abi.h"
 
 #if MN_ISA >= MN_ISA_AMX
 namespace mn {
+
+// What both AMX GEMMs' ops carry: the product's sizes (Kp: K padded to whole tiles; steps: its 64-byte steps;
+// a_stride: the bytes between gathered A rows), A (In: fp32 rows, or the codes), the weights, C (+ R) and the
+// gather buffer (Buf: bf16, or the padded codes).
+template <typename In, typename Buf>
+struct TileOperands {
+  int M, N, K, Kp, steps, a_stride;
+  const In* A;
+  int lda;
+  const MnConv& cv;
+  float* C;
+  int ldc;
+  const float* R;
+  int ldr, act;
+  Buf* buf;
+
+  // C's and R's rows from m on at column col (R: nullptr without a residual).
+  float* c_at(int m, int col) const { return C + static_cast<int64_t>(m) * ldc + col; }
+  const float* r_at(int m, int col) const { return R ? R + static_cast<int64_t>(m) * ldr + col : nullptr; }
+};
+
+// This thread's gather buffer: 32 rows of Kp elements (grown to the widest K seen; thread_local, as the pool's
+// threads live on).
+template <typename Buf>
+Buf* gather_buffer(int Kp) {
+  thread_local std::vector<Buf> buf;
+  if (buf.size() < static_cast<size_t>(32) * Kp) buf.assign(static_cast<size_t>(32) * Kp, 0);
+  return buf.data();
+}
 
 // tdpbusd and tdpbf16ps take their tile numbers as literals (GCC pastes them into the instruction's text), so the
 // instruction is picked per use: kInt8 (u8 × s8 → int32) or not (bf16 pairs → fp32).

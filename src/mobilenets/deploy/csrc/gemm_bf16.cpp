@@ -3,7 +3,6 @@
 // every tile is a whole one) and amx_tiles (amx.h) runs the tiles, tdpbf16ps multiplying bf16 pairs and summing in
 // fp32; an AVX-512 epilogue adds the bias, the activation and the residual.
 #include <algorithm>
-#include <vector>
 
 #include "amx.h"
 #include "kernels.h"
@@ -50,18 +49,9 @@ void store_sums(const float* t, int rows, int cols, const float* bias, float* C,
 
 // fp32 rows rounded to bf16 × bf16 weights as amx_tiles' Op (amx.h). B is packed per panel of 16 columns (N
 // padded to 16) as [Kp/2][16][2]: the pairs of consecutive k that tdpbf16ps reads per fp32 lane.
-struct Bf16Tiles {
+struct Bf16Tiles : TileOperands<float, uint16_t> {
   static constexpr bool kInt8 = false;
   using Sum = float;
-  int M, N, K, Kp, steps, a_stride;
-  const float* A;
-  int lda;
-  const MnConv& cv;
-  float* C;
-  int ldc;
-  const float* R;
-  int ldr, act;
-  uint16_t* buf;
 
   void gather(int m0, int rows) { to_bf16(A, lda, m0, rows, K, Kp, buf); }
   const uint16_t* a(int half, int step) const { return buf + static_cast<int64_t>(16 * half) * Kp + 32 * step; }
@@ -71,8 +61,7 @@ struct Bf16Tiles {
   int b_stride(int) const { return 64; }
   void epilogue(const float* sums, int rows, int panel, int m) const {
     const int col = 16 * panel;
-    store_sums(sums, rows, std::min(16, N - col), cv.bias + col, C + static_cast<int64_t>(m) * ldc + col, ldc,
-               R ? R + static_cast<int64_t>(m) * ldr + col : nullptr, ldr, act);
+    store_sums(sums, rows, std::min(16, N - col), cv.bias + col, c_at(m, col), ldc, r_at(m, col), ldr, act);
   }
 };
 
@@ -91,10 +80,7 @@ void gemm_bf16(int M, int N, int K, const float* A, int lda, const MnConv& cv, f
                int ldr, int act, int p0, int p1) {
   if (p0 >= p1) return;
   const int Kp = (K + 31) / 32 * 32;
-  // Per thread: the bf16 rows (grown to the widest K seen; thread_local, as the pool's threads live on).
-  thread_local std::vector<uint16_t> abuf;
-  if (abuf.size() < static_cast<size_t>(32) * Kp) abuf.assign(static_cast<size_t>(32) * Kp, 0);
-  Bf16Tiles op{M, N, K, Kp, Kp / 32, 2 * Kp, A, lda, cv, C, ldc, R, ldr, act, abuf.data()};
+  Bf16Tiles op{{M, N, K, Kp, Kp / 32, 2 * Kp, A, lda, cv, C, ldc, R, ldr, act, gather_buffer<uint16_t>(Kp)}};
   amx_tiles(M, p0, p1, op);
 }
 

@@ -13,7 +13,6 @@
 // of the A buffer and add nothing.
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
 #include "amx.h"
 #include "kernels.h"
@@ -51,18 +50,9 @@ void store_sums(const int32_t* t, int rows, int cols, const MnConv& cv, int col,
 }
 
 // The codes × int8 weights as amx_tiles' Op (amx.h).
-struct Int8Tiles {
+struct Int8Tiles : TileOperands<uint8_t, uint8_t> {
   static constexpr bool kInt8 = true;
   using Sum = int32_t;
-  int M, N, K, Kp, steps, a_stride;
-  const uint8_t* A;
-  int lda;
-  const MnConv& cv;
-  float* C;
-  int ldc;
-  const float* R;
-  int ldr, act;
-  uint8_t* buf;
 
   void gather(int m0, int rows) { gather_codes(A, lda, m0, rows, K, Kp, buf); }
   const uint8_t* a(int half, int step) const { return buf + static_cast<int64_t>(16 * half) * Kp + 64 * step; }
@@ -74,8 +64,7 @@ struct Int8Tiles {
   int b_stride(int panel) const { return 4 * width(panel); }
   void epilogue(const int32_t* sums, int rows, int panel, int m) const {
     const int col = 16 * panel;
-    store_sums(sums, rows, width(panel), cv, col, C + static_cast<int64_t>(m) * ldc + col, ldc,
-               R ? R + static_cast<int64_t>(m) * ldr + col : nullptr, ldr, act);
+    store_sums(sums, rows, width(panel), cv, col, c_at(m, col), ldc, r_at(m, col), ldr, act);
   }
 };
 
@@ -84,10 +73,7 @@ struct Int8Tiles {
 void gemm_int8_amx(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, float* C, int ldc,
                    const float* R, int ldr, int act, int p0, int p1) {
   const int Kp = (K + 63) / 64 * 64;
-  // Per thread: the padded codes (grown to the widest K seen; thread_local, as the pool's threads live on).
-  thread_local std::vector<uint8_t> abuf;
-  if (abuf.size() < static_cast<size_t>(32) * Kp) abuf.assign(static_cast<size_t>(32) * Kp, 0);
-  Int8Tiles op{M, N, K, Kp, Kp / 64, Kp, A, lda, cv, C, ldc, R, ldr, act, abuf.data()};
+  Int8Tiles op{{M, N, K, Kp, Kp / 64, Kp, A, lda, cv, C, ldc, R, ldr, act, gather_buffer<uint8_t>(Kp)}};
   amx_tiles(M, p0, p1, op);
 }
 
