@@ -89,3 +89,16 @@ def engine_isa(isa: str) -> str:
     if fused.cpu_supported() is not None or isa not in fused.supported_isas():
         pytest.skip(f"this CPU lacks the engine's {isa} level")
     return isa
+
+
+def require_engine() -> None:
+    """Skips the calling test module (call it at module level) where the fused engine cannot be built or run: no
+    C++ compiler, or a CPU without AVX2."""
+    import pytest
+
+    from mobilenets.deploy import fused
+
+    try:
+        fused.load_library()
+    except fused.EngineUnavailable as e:  # pragma: no cover - machines without a compiler or AVX2
+        pytest.skip(f"fused engine unavailable here: {e}", allow_module_level=True)

@@ -14,15 +14,18 @@ import torch
 
 from mobilenets.deploy import fused
 from mobilenets.errors import ConfigError, InputError
-from model_util import assert_engine_equals_eager, assert_int8_engine_matches_twin, engine_isa, trained_like
+from model_util import (
+    assert_engine_equals_eager,
+    assert_int8_engine_matches_twin,
+    engine_isa,
+    require_engine,
+    trained_like,
+)
 
 ATOL = 1e-4
 SUPPORTED = fused.supported_isas() if fused.cpu_supported() is None else []
 
-try:
-    fused.load_library()
-except fused.EngineUnavailable as e:  # pragma: no cover - machines without a compiler or AVX2
-    pytest.skip(f"fused engine unavailable here: {e}", allow_module_level=True)
+require_engine()
 
 
 @pytest.mark.parametrize(

@@ -22,14 +22,11 @@ from mobilenets.data.scenes import SceneConfig, write_split
 from mobilenets.deploy import fused
 from mobilenets.deploy.fused_backbone import FusedBackbone, engine_model
 from mobilenets.errors import ConfigError
-from model_util import engine_isa, trained_like
+from model_util import engine_isa, require_engine, trained_like
 
 ATOL = 1e-4
 
-try:
-    fused.load_library()
-except fused.EngineUnavailable as e:  # pragma: no cover - machines without a compiler or AVX2
-    pytest.skip(f"fused engine unavailable here: {e}", allow_module_level=True)
+require_engine()
 
 
 def _assert_taps_equal(backbone: torch.nn.Module, taps: list[str], shapes: list[tuple[int, ...]], threads: int,

@@ -15,14 +15,17 @@ import torch
 
 from mobilenets.deploy import fused
 from mobilenets.errors import ConfigError
-from model_util import assert_engine_equals_eager, assert_int8_engine_matches_twin, engine_isa, trained_like
+from model_util import (
+    assert_engine_equals_eager,
+    assert_int8_engine_matches_twin,
+    engine_isa,
+    require_engine,
+    trained_like,
+)
 
 ATOL = 1e-4
 
-try:
-    fused.load_library()
-except fused.EngineUnavailable as e:  # pragma: no cover - machines without a compiler or AVX2
-    pytest.skip(f"fused engine unavailable here: {e}", allow_module_level=True)
+require_engine()
 
 
 def _v3(name: str, **overrides: object) -> torch.nn.Module:
@@ -41,11 +44,14 @@ def _v3(name: str, **overrides: object) -> torch.nn.Module:
         ("mobilenet_v3_large", 0.75, 1),
         ("mobilenet_v3_small", 1.0, 1),
         ("mobilenet_v3_small", 0.75, 2),
+        ("mobilenet_v3_large", 0.75, 3),  # the SE blocks' rows and shared gate split among three
     ],
 )
 def test_v3_fp32_equals_eager(name: str, width: float, threads: int) -> None:
-    # Batches below, equal to and above the thread count; 224 and 96 × 160 (the early blocks ≥ 28 px wide stream
-    # through the row ring, the SE blocks among them run whole) and 64 (every block on a small map).
+    # Batches below, equal to and above the thread count; 224 and 96 × 160 (the blocks ≥ 14 px wide stream through
+    # the row ring, the SE blocks among them keeping their depthwise output whole; at 224 with threads sharing the
+    # image, the 28-px SE blocks make their gate in each thread and the 14-px ones share it out) and 64 (every block
+    # on a small map).
     torch.manual_seed(0)
     model = _v3(name, width=width)
     assert_engine_equals_eager(model, [(1, 3, 224, 224), (threads, 3, 96, 160), (threads + 1, 3, 64, 64)], threads)
