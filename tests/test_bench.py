@@ -4,13 +4,14 @@ CPU flag parsing, the sub-mode CLI. Nothing here asserts a timing."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
 from mobilenets.bench.goals import accuracy_gate, goal_ratios, verdict_lines
-from mobilenets.bench.host import ISA_FLAGS, cpu_info, parse_cpuinfo
+from mobilenets.bench.host import ISA_FLAGS, cpu_info, parse_cpuinfo, source_revision
 from mobilenets.bench.models import parse_model_spec
 from mobilenets.bench.timing import BenchResult
 from mobilenets.cli import main
@@ -56,6 +57,20 @@ def test_parse_cpuinfo_reads_the_first_processor() -> None:
 def test_cpu_info_without_proc_says_unknown(tmp_path: Path) -> None:
     info = cpu_info(tmp_path / "missing")
     assert info["model"] and set(info["flags"].values()) == {None}
+
+
+def test_source_revision_names_the_commit_and_whether_it_was_changed(tmp_path: Path) -> None:
+    assert source_revision(tmp_path) is None  # not a checkout: an installed wheel
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / "notes.txt").write_text("untracked files do not count\n")
+    assert source_revision(tmp_path) == head
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert source_revision(tmp_path) == head + "+dirty"
 
 
 def test_goals_are_computed_within_precision_classes() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,34 @@ def cpu_info(path: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
     return info
 
 
+def source_revision(root: Path | None = None) -> str | None:
+    """The git commit this mobilenets runs from, ``+dirty`` when tracked files differ from it, so that a figure can
+    be traced to its code; None outside a git checkout (an installed wheel) or without git."""
+    root = root or Path(__file__).resolve().parents[3]  # src/mobilenets/bench/host.py -> the checkout
+    if not (root / ".git").exists():
+        return None
+    try:
+        git = ["git", "-C", str(root)]
+        head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30, check=True)
+        status = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=30,
+            check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
 def versions() -> dict[str, str]:
     # Read from the installed distributions: importing litert-torch alone takes seconds (it loads TensorFlow).
     found = {"python": platform.python_version(), "torch": torch.__version__}
+    try:
+        found["mobilenets"] = metadata.version("mobilenets")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree without installing
+        found["mobilenets"] = "not installed"
+    revision = source_revision()
+    if revision:
+        found["mobilenets_source"] = revision
     for package in PEER_PACKAGES:
         try:
             found[package] = metadata.version(package)
