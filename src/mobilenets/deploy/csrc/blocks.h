@@ -1,0 +1,164 @@
+// The three ways a block runs (V2 §5.1, the hardware argument: an inverted residual block's wide expansion never
+// has to be materialised whole). On wide maps each thread keeps a ring of expanded rows (RowWindow), computes one
+// depthwise output row from them and projects it straight away (run_block_rows), so the t-times-wider tensor lives
+// only in the core's cache. Squeeze-and-excite (V3 §5.3) streams only halfway (run_block_se): its pool needs the
+// whole depthwise output before the projection may start, so that output is kept whole while the expansion still
+// streams. Small maps (whose expansion fits in L2 anyway) run whole-map GEMMs with the threads sharing out channel
+// panels (run_block_whole, in blocks.cpp), and so do SE blocks whose output is narrower than kFuseMinWidth when
+// threads share the image (plan.h: streams_rows). At 224 px the largest depthwise outputs kept whole are
+// V3-Large's 5th block's (28 × 28 × 120) and V3-Small's 1st (56 × 56 × 16).
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+
+#include "abi.h"
+#include "kernels.h"
+#include "simd.h"
+#include "threads.h"
+
+namespace mn {
+
+// The expanded rows a block's depthwise window reads, for the output rows one thread takes: a ring of as many
+// expanded rows as the window spans ((k − 1)·d + 1, three for a 3×3 kernel), made by produce(r, slot) (the
+// expansion of input row r; or, for a first block without expansion or residual, the stem's output row r: its
+// input is then never materialised) when first needed. produced = false: the depthwise reads `in` itself.
+template <typename Produce>
+class RowWindow {
+ public:
+  RowWindow(const MnLayer& L, const float* in, int H, int W, float* ring, bool produced, Produce& produce)
+      : L_(L), in_(in), H_(H), span_(depthwise_span(L)), produced_(produced), produce_(produce),
+        row_in_(static_cast<int64_t>(W) * L.cin), row_e_(static_cast<int64_t>(W) * L.cmid), slots_(ring),
+        dw(ring + span_ * row_e_), zero_(dw + row_e_) {
+    std::memset(zero_, 0, sizeof(float) * row_e_);
+    std::fill(held_, held_ + span_, -1);
+  }
+
+  // rows[0..k) of output row y's window, their expanded rows made first.
+  void rows(int y, const float** rows) {
+    const int K = L_.kernel, D = L_.dilation, lo = y * L_.stride - D * (K - 1) / 2;
+    for (int r = std::max(lo, 0); produced_ && r <= std::min(lo + span_ - 1, H_ - 1); ++r) {
+      if (held_[r % span_] == r) continue;
+      produce_(r, slots_ + (r % span_) * row_e_);
+      held_[r % span_] = r;
+    }
+    for (int k = 0; k < K; ++k) {
+      const int r = lo + k * D;
+      if (r < 0 || r >= H_)
+        rows[k] = zero_;
+      else
+        rows[k] = produced_ ? slots_ + (r % span_) * row_e_ : in_ + r * row_in_;
+    }
+  }
+
+ private:
+  const MnLayer& L_;
+  const float* in_;
+  const int H_, span_;
+  const bool produced_;
+  Produce& produce_;
+  const int64_t row_in_, row_e_;
+  float* slots_;  // span rows of W × E, row r in slot r % span
+  int held_[kMaxSpan];  // the input row each slot holds
+
+ public:
+  float* const dw;  // one depthwise output row (Wo × E)
+
+ private:
+  float* const zero_;  // the padding row
+};
+
+// A block on a wide map without squeeze-excite: each thread streams its output rows through its window and
+// projects each depthwise row straight away, so the t-times-wider tensor lives only in the core's cache.
+template <typename Produce>
+void run_block_rows(const MnLayer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* ring,
+                    uint8_t* qrow, Member& me, bool produced, Produce&& produce) {
+  const int E = L.cmid;
+  const int64_t row_in = static_cast<int64_t>(W) * L.cin;
+  RowWindow<Produce> window(L, in, H, W, ring, produced, produce);
+  const float* rows[5];
+  Share share(me, Ho);
+  for (int y; (y = share.next()) >= 0;) {
+    window.rows(y, rows);
+    // An int8 projection gets the depthwise row as 7-bit codes straight away.
+    const Sink sink{window.dw, L.out.q ? qrow : nullptr, L.out.inv_scale, L.out.zero, L.out.qmax, L.dw_codes != 0};
+    depthwise_row(rows, L.kernel, L.dilation, W, Wo, L.stride, E, L.w_dw, L.b_dw, sink, 0, E,
+                  L.dw_codes ? MN_LINEAR : L.act_mid);
+    const float* res = L.residual ? in + static_cast<int64_t>(y) * row_in : nullptr;
+    conv1x1(L.out, Wo, L.cout, E, window.dw, E, sink.q, out + static_cast<int64_t>(y) * Wo * L.cout, L.cout, res,
+            L.cout, L.act_out, 0, panels(L.cout), qrow);
+  }
+}
+
+// Squeeze-excite (V3 §5.3) fits in a thread's cache when its two FCs hold at most this many weights together:
+// then every thread computes the whole gate for itself, and the block needs no barrier between the pool and the
+// projection (V3-Large's 28-px blocks: 3,456 and 7,680 weights). Larger FCs are shared out, a barrier after each.
+constexpr int64_t kPrivateGateWeights = 16384;
+
+// The gate of a squeeze-excite block from the channel means `mean` (E floats): the reduction (ReLU) and the
+// expansion (h-sigmoid), two one-pixel fp32 GEMMs, into gate. shared: the threads share the output panels out
+// (squeezed and gate are the team's buffers, a barrier between the GEMMs; each thread has made the gate's panels
+// split() gives it); otherwise this thread makes it all.
+void se_gate(const MnLayer& L, const float* mean, float* squeezed, float* gate, bool shared, Member& me);
+
+// M pixels of E channels (rows E apart) scaled by gate (E): into the codes of an int8 projection, quantised the
+// ordinary way (the depthwise's pre-scaled codes cannot serve: the gate comes between), or in place.
+void scale_channels(const MnLayer& L, float* x, int64_t M, const float* gate, int c0, int c1, uint8_t* codes);
+
+// A block with squeeze-excite on a wide map: the expansion streams through each thread's window as in
+// run_block_rows, but the pool spans the map, so the depthwise rows are kept whole (dw, Ho × Wo × E) and each
+// row's channel sums go to sums (Ho × E: the means add them in row order, whichever thread made a row). After a
+// barrier the gate (se_gate), then each thread projects rows, each scaled by the gate first. se: the team's
+// squeezed features and gate (R + E floats) for a shared gate.
+template <typename Produce>
+void run_block_se(const MnLayer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* ring,
+                  float* dw, float* sums, float* se, uint8_t* qrow, Member& me, Produce&& produce) {
+  const int E = L.cmid;
+  const int64_t row_in = static_cast<int64_t>(W) * L.cin, row_dw = static_cast<int64_t>(Wo) * E;
+  {
+    RowWindow<Produce> window(L, in, H, W, ring, L.has_expand != 0, produce);
+    const float* rows[5];
+    Share share(me, Ho);
+    for (int y; (y = share.next()) >= 0;) {
+      window.rows(y, rows);
+      float* d = dw + y * row_dw;
+      depthwise_row(rows, L.kernel, L.dilation, W, Wo, L.stride, E, L.w_dw, L.b_dw, Sink{d, nullptr, 0, 0, 0, false},
+                    0, E, L.act_mid);
+      for (int c = 0; c < E; c += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int q = 0; q < Wo; ++q) acc = _mm256_add_ps(acc, _mm256_loadu_ps(d + int64_t{q} * E + c));
+        _mm256_storeu_ps(sums + int64_t{y} * E + c, acc);
+      }
+    }
+  }
+  me.wait();
+  // The means, by every thread for itself (Ho × E additions), in its ring (free now).
+  float* mean = ring;
+  const __m256 inv = _mm256_set1_ps(1.0f / static_cast<float>(Ho * Wo));
+  for (int c = 0; c < E; c += 8) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int y = 0; y < Ho; ++y) acc = _mm256_add_ps(acc, _mm256_loadu_ps(sums + int64_t{y} * E + c));
+    _mm256_storeu_ps(mean + c, _mm256_mul_ps(acc, inv));
+  }
+  const bool shared = static_cast<int64_t>(2) * E * L.se_channels > kPrivateGateWeights && me.threads() > 1;
+  float* squeezed = shared ? se : mean + E;
+  float* gate = squeezed + L.se_channels;
+  se_gate(L, mean, squeezed, gate, shared, me);
+  if (shared) me.wait();
+  Share share(me, Ho);
+  for (int y; (y = share.next()) >= 0;) {
+    float* d = dw + y * row_dw;
+    scale_channels(L, d, Wo, gate, 0, E, L.out.q ? qrow : nullptr);
+    const float* res = L.residual ? in + static_cast<int64_t>(y) * row_in : nullptr;
+    conv1x1(L.out, Wo, L.cout, E, d, E, L.out.q ? qrow : nullptr, out + static_cast<int64_t>(y) * Wo * L.cout,
+            L.cout, res, L.cout, L.act_out, 0, panels(L.cout), qrow);
+  }
+}
+
+// A block on a small map (an SE block too, see above): whole-map GEMMs, the threads sharing out channel
+// panels (no ring needed: a small map fits in L2): a panel's expansion and then its depthwise channels, a barrier,
+// [squeeze-excite,] then the projection's panels. se: the group's squeeze-excite buffer (means, reduced, gate).
+void run_block_whole(const MnLayer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* wide0,
+                     float* wide1, float* zero, uint8_t* qrow, uint8_t* qwide, float* se, Member& me);
+
+}  // namespace mn
