@@ -592,9 +592,16 @@ class FusedEngine:
     def _program(self, folded: MobileNet, calibration: list[torch.Tensor] | None) -> tuple[list[_Layer], list]:
         """The layers of the BN-folded model (int8 where calibration images are given) and the tensors they point
         into (``fused_backbone`` runs a backbone's program instead)."""
-        ranges = calibrate(folded, calibration) if calibration else None
-        builder = _Builder(ranges, int8_grid(self.isa), bf16=self.precision == "bf16")
+        builder = self._builder(folded, calibration)
         return builder.program(folded), builder.keep
+
+    def _builder(
+        self, folded: MobileNet, calibration: list[torch.Tensor] | None, forward: Callable[[torch.Tensor], object] | None = None
+    ) -> _Builder:
+        """The program builder for this engine's precision and ISA; int8 ranges calibrated through ``forward``
+        (default: the model) where calibration images are given."""
+        ranges = calibrate(folded, calibration, forward) if calibration else None
+        return _Builder(ranges, int8_grid(self.isa), bf16=self.precision == "bf16")
 
     def activation_bytes(self, h: int, w: int) -> int:
         """Bytes of scratch one h × w image uses when all threads share it: every activation the engine holds

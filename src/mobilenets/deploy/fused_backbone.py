@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from mobilenets.deploy import fused
-from mobilenets.deploy.fused import FusedEngine, _Builder, _Conv, _Layer, calibrate, int8_grid
+from mobilenets.deploy.fused import FusedEngine, _Conv, _Layer
 from mobilenets.errors import ConfigError
 from mobilenets.models.mobilenet import INPUT_MULTIPLE, MobileNet, check_image_batch
 
@@ -106,8 +106,7 @@ class FusedBackbone(FusedEngine):
 
     def _program(self, folded: MobileNet, calibration: list[torch.Tensor] | None) -> tuple[list[_Layer], list]:
         folded.classifier, folded.pre_logits = nn.Identity(), None  # the taps end before the pool
-        ranges = calibrate(folded, calibration, folded.forward_features) if calibration else None
-        builder = _Builder(ranges, int8_grid(self.isa), bf16=self.precision == "bf16")
+        builder = self._builder(folded, calibration, folded.forward_features)
         program, self._served = tap_program(builder.program(folded)[:-1], folded, self.taps)
         return program, builder.keep
 
