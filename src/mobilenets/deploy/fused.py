@@ -596,7 +596,10 @@ class FusedEngine:
         return builder.program(folded), builder.keep
 
     def _builder(
-        self, folded: MobileNet, calibration: list[torch.Tensor] | None, forward: Callable[[torch.Tensor], object] | None = None
+        self,
+        folded: MobileNet,
+        calibration: list[torch.Tensor] | None,
+        forward: Callable[[torch.Tensor], object] | None = None,
     ) -> _Builder:
         """The program builder for this engine's precision and ISA; int8 ranges calibrated through ``forward``
         (default: the model) where calibration images are given."""
