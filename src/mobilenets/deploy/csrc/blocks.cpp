@@ -78,7 +78,7 @@ void run_block_whole(const MnLayer& L, const float* in, int H, int W, float* out
         const int r = y * L.stride - D * (K - 1) / 2 + k * D;
         rows[k] = (r < 0 || r >= H) ? zero : expanded + r * row_e;
       }
-      // An int8 projection reads 7-bit codes: each thread writes those of its own channels.
+      // An int8 projection reads codes: each thread writes those of its own channels.
       const int64_t at = static_cast<int64_t>(y) * Wo * E;
       const Sink sink{wide1 + at, dw_q ? dw_q + at : nullptr, L.out.inv_scale, L.out.zero, L.out.qmax,
                       L.dw_codes != 0};

@@ -80,7 +80,7 @@ void run_block_rows(const MnLayer& L, const float* in, int H, int W, float* out,
   Share share(me, Ho);
   for (int y; (y = share.next()) >= 0;) {
     window.rows(y, rows);
-    // An int8 projection gets the depthwise row as 7-bit codes straight away.
+    // An int8 projection gets the depthwise row as codes straight away.
     const Sink sink{window.dw, L.out.q ? qrow : nullptr, L.out.inv_scale, L.out.zero, L.out.qmax, L.dw_codes != 0};
     depthwise_row(rows, L.kernel, L.dilation, W, Wo, L.stride, E, L.w_dw, L.b_dw, sink, 0, E,
                   L.dw_codes ? MN_LINEAR : L.act_mid);

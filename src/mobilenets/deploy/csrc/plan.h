@@ -17,7 +17,7 @@ struct Plan {
   int64_t row_buf = 0;    // per thread: stem im2col row
   int64_t pooled = 0;     // the pooled features (and a squeeze-excite's means, reduced features and gate)
   int64_t padded = 0;     // the stem's zero-padded NHWC copy of the image
-  int64_t qrow = 0;       // per thread, bytes: the 7-bit codes of one int8 GEMM's input
+  int64_t qrow = 0;       // per thread, bytes: the codes of one int8 GEMM's input
   int64_t qwide = 0;      // bytes: the codes of a small-map block's depthwise output
   int64_t chain = 0;      // a thread alone: the rings of the chain streaming the first layers (chain.cpp)
 };
