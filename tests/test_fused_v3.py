@@ -10,6 +10,8 @@ by 1 moves them by ~0.07). Every ISA level this CPU has runs, the narrower ones 
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -71,6 +73,22 @@ def test_v3_depthwise_rows_of_every_length() -> None:
     # 2, 1 wide at strides 1 and 2, so the edge groups meet rows shorter than the window and remainders 0–7.
     torch.manual_seed(0)
     assert_engine_equals_eager(_v3("mobilenet_v3_large", width=0.35), [(1, 3, 32, 288), (1, 3, 288, 32)], threads=1)
+
+
+def test_v3_random_configurations_equal_eager() -> None:
+    # Drawn once from a fixed seed: V3 Large / Small at several widths, 1–4 threads, output stride 32 / 16 / 8,
+    # sides 32–288 (square or not), batches below and above the thread count. Squeeze-excite blocks stream or run
+    # whole by their output width and the thread count, and make their gate alone or shared by the FCs' size.
+    rng = random.Random(7)
+    for _ in range(8):
+        name = rng.choice(["mobilenet_v3_large", "mobilenet_v3_small"])
+        overrides = {"width": rng.choice([0.35, 0.5, 0.75, 1.0])}
+        if stride := rng.choice([None, 16, 8]):
+            overrides["output_stride"] = stride
+        threads, batch = rng.choice([1, 2, 3, 4]), rng.choice([1, 2, 5])
+        h, w = rng.choice([32, 96, 160, 224, 288]), rng.choice([32, 64, 160, 256])
+        torch.manual_seed(rng.randrange(1000))
+        assert_engine_equals_eager(_v3(name, **overrides), [(batch, 3, h, w)], threads)
 
 
 @pytest.mark.parametrize(
