@@ -18,17 +18,16 @@ void squeeze_excite(const MnLayer& L, float* dw, int M, float* se, uint8_t* code
   scale_channels(L, dw, M, gate, 16 * p0, std::min(E, 16 * p1), codes);
 }
 
-// The channel means of dw (M pixels × E) for channels [c0, c1) into mean.
-void channel_means(const float* dw, int M, int E, int c0, int c1, float* mean) {
-  const __m256 inv = _mm256_set1_ps(1.0f / static_cast<float>(M));
+}  // namespace
+
+void channel_sums(const float* x, int64_t M, int E, int c0, int c1, float scale, float* out) {
+  const __m256 s = _mm256_set1_ps(scale);
   for (int c = c0; c < c1; c += 8) {
     __m256 acc = _mm256_setzero_ps();
-    for (int64_t q = 0; q < M; ++q) acc = _mm256_add_ps(acc, _mm256_loadu_ps(dw + q * E + c));
-    _mm256_storeu_ps(mean + c, _mm256_mul_ps(acc, inv));
+    for (int64_t q = 0; q < M; ++q) acc = _mm256_add_ps(acc, _mm256_loadu_ps(x + q * E + c));
+    _mm256_storeu_ps(out + c, _mm256_mul_ps(acc, s));
   }
 }
-
-}  // namespace
 
 void se_gate(const MnLayer& L, const float* mean, float* squeezed, float* gate, bool shared, Member& me) {
   const int E = L.cmid, R = L.se_channels, T = shared ? me.threads() : 1, t = shared ? me.t : 0;
@@ -85,7 +84,7 @@ void run_block_whole(const MnLayer& L, const float* in, int H, int W, float* out
       depthwise_row(rows, K, D, W, Wo, L.stride, E, L.w_dw, L.b_dw, sink, c0, c1,
                     L.dw_codes ? MN_LINEAR : L.act_mid);
     }
-    if (L.se_channels) channel_means(wide1, Ho * Wo, E, c0, c1, se);
+    if (L.se_channels) channel_sums(wide1, Ho * Wo, E, c0, c1, 1.0f / static_cast<float>(Ho * Wo), se);
   }
   if (L.se_channels) squeeze_excite(L, wide1, Ho * Wo, se, L.out.q ? qwide : nullptr, me);
   me.wait();

@@ -95,6 +95,10 @@ void run_block_rows(const MnLayer& L, const float* in, int H, int W, float* out,
 // projection (V3-Large's 28-px blocks: 3,456 and 7,680 weights). Larger FCs are shared out, a barrier after each.
 constexpr int64_t kPrivateGateWeights = 16384;
 
+// scale · the sums over M pixels (rows E apart) of x's channels [c0, c1), into out: a squeeze-excite pool's means,
+// or (scale 1, exact) a row's channel sums.
+void channel_sums(const float* x, int64_t M, int E, int c0, int c1, float scale, float* out);
+
 // The gate of a squeeze-excite block from the channel means `mean` (E floats): the reduction (ReLU) and the
 // expansion (h-sigmoid), two one-pixel fp32 GEMMs, into gate. shared: the threads share the output panels out
 // (squeezed and gate are the team's buffers, a barrier between the GEMMs; each thread has made the gate's panels
@@ -124,22 +128,13 @@ void run_block_se(const MnLayer& L, const float* in, int H, int W, float* out, i
       float* d = dw + y * row_dw;
       depthwise_row(rows, L.kernel, L.dilation, W, Wo, L.stride, E, L.w_dw, L.b_dw, Sink{d, nullptr, 0, 0, 0, false},
                     0, E, L.act_mid);
-      for (int c = 0; c < E; c += 8) {
-        __m256 acc = _mm256_setzero_ps();
-        for (int q = 0; q < Wo; ++q) acc = _mm256_add_ps(acc, _mm256_loadu_ps(d + int64_t{q} * E + c));
-        _mm256_storeu_ps(sums + int64_t{y} * E + c, acc);
-      }
+      channel_sums(d, Wo, E, 0, E, 1.0f, sums + int64_t{y} * E);
     }
   }
   me.wait();
   // The means, by every thread for itself (Ho × E additions), in its ring (free now).
   float* mean = ring;
-  const __m256 inv = _mm256_set1_ps(1.0f / static_cast<float>(Ho * Wo));
-  for (int c = 0; c < E; c += 8) {
-    __m256 acc = _mm256_setzero_ps();
-    for (int y = 0; y < Ho; ++y) acc = _mm256_add_ps(acc, _mm256_loadu_ps(sums + int64_t{y} * E + c));
-    _mm256_storeu_ps(mean + c, _mm256_mul_ps(acc, inv));
-  }
+  channel_sums(sums, Ho, E, 0, E, 1.0f / static_cast<float>(Ho * Wo), mean);
   const bool shared = static_cast<int64_t>(2) * E * L.se_channels > kPrivateGateWeights && me.threads() > 1;
   float* squeezed = shared ? se : mean + E;
   float* gate = squeezed + L.se_channels;
