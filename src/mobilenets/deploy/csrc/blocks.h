@@ -14,6 +14,7 @@
 
 #include "abi.h"
 #include "kernels.h"
+#include "rows.h"
 #include "simd.h"
 #include "threads.h"
 
@@ -27,39 +28,26 @@ template <typename Produce>
 class RowWindow {
  public:
   RowWindow(const MnLayer& L, const float* in, int H, int W, float* ring, bool produced, Produce& produce)
-      : L_(L), in_(in), H_(H), span_(depthwise_span(L)), produced_(produced), produce_(produce),
-        row_in_(static_cast<int64_t>(W) * L.cin), row_e_(static_cast<int64_t>(W) * L.cmid), slots_(ring),
-        dw(ring + span_ * row_e_), zero_(dw + row_e_) {
-    std::memset(zero_, 0, sizeof(float) * row_e_);
-    std::fill(held_, held_ + span_, -1);
+      : L_(L), in_(in), H_(H), produced_(produced), produce_(produce), row_in_(static_cast<int64_t>(W) * L.cin),
+        slots_(ring, static_cast<int64_t>(W) * L.cmid, depthwise_span(L)),
+        dw(ring + depthwise_span(L) * static_cast<int64_t>(W) * L.cmid), zero_(dw + static_cast<int64_t>(W) * L.cmid) {
+    std::memset(zero_, 0, sizeof(float) * W * L.cmid);
   }
 
   // rows[0..k) of output row y's window, their expanded rows made first.
   void rows(int y, const float** rows) {
-    const int K = L_.kernel, D = L_.dilation, lo = y * L_.stride - D * (K - 1) / 2;
-    for (int r = std::max(lo, 0); produced_ && r <= std::min(lo + span_ - 1, H_ - 1); ++r) {
-      if (held_[r % span_] == r) continue;
-      produce_(r, slots_ + (r % span_) * row_e_);
-      held_[r % span_] = r;
-    }
-    for (int k = 0; k < K; ++k) {
-      const int r = lo + k * D;
-      if (r < 0 || r >= H_)
-        rows[k] = zero_;
-      else
-        rows[k] = produced_ ? slots_ + (r % span_) * row_e_ : in_ + r * row_in_;
-    }
+    window_rows(L_, y, H_, zero_, rows,
+                [&](int r) { return produced_ ? slots_.get(r, produce_) : in_ + r * row_in_; });
   }
 
  private:
   const MnLayer& L_;
   const float* in_;
-  const int H_, span_;
+  const int H_;
   const bool produced_;
   Produce& produce_;
-  const int64_t row_in_, row_e_;
-  float* slots_;  // span rows of W × E, row r in slot r % span
-  int held_[kMaxSpan];  // the input row each slot holds
+  const int64_t row_in_;
+  RowRing slots_;  // span rows of W × E
 
  public:
   float* const dw;  // one depthwise output row (Wo × E)

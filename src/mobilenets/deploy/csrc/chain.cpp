@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "rows.h"
 #include "simd.h"
 #include "stem.h"
 
@@ -31,9 +32,8 @@ struct Stage {
   int C = 0;           // output channels
   int ring_rows = kRing;  // the last stage keeps its whole output map
   float* out = nullptr;
-  float* expanded = nullptr;  // a block with an expansion: three expanded rows (W × cmid each)
-  int held[kRing] = {-1, -1, -1};  // the input row each expanded slot holds (row r in slot r % 3)
-  int done = 0;                    // output rows [0, done) are made
+  RowRing expanded;  // a block with an expansion: three expanded rows (W × cmid each)
+  int done = 0;      // output rows [0, done) are made
   const float* row(int y) const { return out + static_cast<int64_t>(y % ring_rows) * Wo * C; }
 };
 
@@ -77,7 +77,7 @@ Chain lay_out(const MnLayer* layers, int n_chain, int H, int W, float* base, flo
       c.col = take(static_cast<int64_t>(s.Wo) * L.cin + 16);
       qrow = std::max<int64_t>(qrow, static_cast<int64_t>(s.Wo) * L.cin);
     } else {
-      if (L.has_expand) s.expanded = take(static_cast<int64_t>(kRing) * w * L.cmid);
+      if (L.has_expand) s.expanded = RowRing(take(static_cast<int64_t>(kRing) * w * L.cmid), int64_t{w} * L.cmid, kRing);
       dw = std::max<int64_t>(dw, static_cast<int64_t>(s.Wo) * L.cmid);
       c.zero_floats = std::max<int64_t>(c.zero_floats, static_cast<int64_t>(w) * L.cmid);
       qrow = std::max<int64_t>(qrow, static_cast<int64_t>(w) * std::max(L.cin, L.cmid));
@@ -108,24 +108,14 @@ void block_row(Chain& c, int k, int y, const float* img, float* dst) {
   Stage& s = c.stages[k];
   const MnLayer& L = *s.L;
   const int E = L.cmid;
-  const int64_t row_e = static_cast<int64_t>(s.W) * E;
+  auto expand = [&](int r, float* slot) {
+    conv1x1(L.expand, s.W, E, L.cin, pull(c, k - 1, r, img), L.cin, nullptr, slot, E, nullptr, 0, L.act_mid, 0,
+            panels(E), c.qrow);
+  };
+  // Without an expansion the previous stage's ring, which holds rows r − 2 .. r, is this window.
   const float* rows[3];
-  for (int j = 0; j < 3; ++j) {
-    const int r = y * L.stride - 1 + j;
-    if (r < 0 || r >= s.H) {
-      rows[j] = c.zero;
-    } else if (!L.has_expand) {
-      rows[j] = pull(c, k - 1, r, img);  // the previous stage's ring holds rows r − 2 .. r: this window
-    } else {
-      float* slot = s.expanded + (r % kRing) * row_e;
-      if (s.held[r % kRing] != r) {
-        const float* in = pull(c, k - 1, r, img);
-        conv1x1(L.expand, s.W, E, L.cin, in, L.cin, nullptr, slot, E, nullptr, 0, L.act_mid, 0, panels(E), c.qrow);
-        s.held[r % kRing] = r;
-      }
-      rows[j] = slot;
-    }
-  }
+  window_rows(L, y, s.H, c.zero, rows,
+              [&](int r) { return L.has_expand ? s.expanded.get(r, expand) : pull(c, k - 1, r, img); });
   // The shortcut's row y was asked for above (stride 1: rows y − 1 .. y + 1), so this computes nothing, and the
   // shared dw / qrow buffers below are not touched by another stage before the projection reads them.
   const float* res = L.residual ? pull(c, k - 1, y, img) : nullptr;
