@@ -9,6 +9,12 @@ level (AVX-512 + VNNI; the CPU must have it) and prints:
 - the 3×3 / 5×5 depthwise row kernel on rows hot in L1 (the same rows every call), FMAs per ns, at V2's and V3's
   widths, with the pixel stride as the model has it and padded to 16 channels (64-byte-aligned pixels).
 
+With AVX512-FP16 (Sapphire Rapids and later), a second harness times a 3×3 depthwise row in fp16 arithmetic (32
+lanes per FMA, fp16 rows: what the int8 path would run if its expansions wrote fp16) against the engine's fp32 row
+kernel, both writing the int8 projection's codes, at MobileNetV2's depthwise shapes (output width × channels,
+stride), on the same random rows; it prints both times, their ratio and how many codes differ (and by at most how
+much). The fp16 kernel is this experiment's own: pre-padded rows, channels in 32-lane vectors with a masked tail.
+
 Medians of repeated calls; numbers move with the host's load, so compare within one run.
 
     python experiments/engine/kernel_rates.py
@@ -120,6 +126,120 @@ int main() {
 }
 """
 
+FP16_HARNESS = r"""
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+#include "kernels.h"
+#include "simd.h"
+using namespace mn;
+using Clock = std::chrono::steady_clock;
+
+template <typename F> double median_seconds(int reps, int inner, F&& f) {
+  std::vector<double> ts;
+  for (int r = 0; r < reps; ++r) {
+    auto t = Clock::now();
+    for (int i = 0; i < inner; ++i) f();
+    ts.push_back(std::chrono::duration<double>(Clock::now() - t).count() / inner);
+  }
+  std::sort(ts.begin(), ts.end());
+  return ts[ts.size() / 2];
+}
+
+// One 3x3 depthwise output row in fp16 from pre-padded rows (Wo * S + 2 pixels of C channels), NO outputs per group
+// (Wo a multiple of NO), 32 channels per vector (a masked last one), written as codes: round, clamp to 0..qmax.
+template <int S, int NO>
+void dw_fp16(const _Float16* const* rows, int Wo, int C, const _Float16* w, const _Float16* b, uint8_t* q, int qmax) {
+  constexpr int NI = (NO - 1) * S + 3;
+  for (int x0 = 0; x0 < Wo; x0 += NO) {
+    for (int c = 0; c < C; c += 32) {
+      const __mmask32 m = C - c >= 32 ? ~__mmask32{0} : (__mmask32{1} << (C - c)) - 1;
+      auto load = [&](const _Float16* p) { return _mm512_castsi512_ph(_mm512_maskz_loadu_epi16(m, p)); };
+      __m512h acc[NO];
+      const __m512h bv = load(b + c);
+#pragma GCC unroll 8
+      for (int j = 0; j < NO; ++j) acc[j] = bv;
+#pragma GCC unroll 3
+      for (int ky = 0; ky < 3; ++ky) {
+        __m512h wk[3];
+#pragma GCC unroll 3
+        for (int kx = 0; kx < 3; ++kx) wk[kx] = load(w + (3 * ky + kx) * C + c);
+        const _Float16* r = rows[ky] + static_cast<int64_t>(x0 * S) * C + c;
+#pragma GCC unroll 17
+        for (int col = 0; col < NI; ++col) {
+          const __m512h v = load(r);
+          r += C;
+          asm("" : "+r"(r));
+#pragma GCC unroll 8
+          for (int j = 0; j < NO; ++j) {
+            const int k = col - j * S;
+            if (k >= 0 && k < 3) acc[j] = _mm512_fmadd_ph(v, wk[k], acc[j]);
+          }
+        }
+      }
+#pragma GCC unroll 8
+      for (int j = 0; j < NO; ++j) {
+        __m512i i = _mm512_cvtph_epi16(acc[j]);
+        i = _mm512_min_epi16(_mm512_max_epi16(i, _mm512_setzero_si512()), _mm512_set1_epi16(static_cast<short>(qmax)));
+        _mm256_mask_storeu_epi8(q + static_cast<int64_t>(x0 + j) * C + c, m, _mm512_cvtepi16_epi8(i));
+      }
+    }
+  }
+}
+
+template <int S>
+void dw_fp16_row(const _Float16* const* rows, int Wo, int C, const _Float16* w, const _Float16* b, uint8_t* q) {
+  if (Wo % 8 == 0) dw_fp16<S, 8>(rows, Wo, C, w, b, q, 255);
+  else dw_fp16<S, 7>(rows, Wo, C, w, b, q, 255);
+}
+
+int main() {
+  // MobileNetV2's depthwise layers at 224 px: output width, channels, stride.
+  const int shapes[][3] = {{112, 32, 1}, {56, 96, 2}, {56, 144, 1}, {28, 144, 2}, {28, 192, 1}, {14, 192, 2},
+                           {14, 384, 1}, {14, 576, 1}, {7, 576, 2}, {7, 960, 1}};
+  std::mt19937 gen(0);
+  std::uniform_real_distribution<float> act(0.0f, 6.0f), tap(-0.5f, 0.5f);
+  std::printf("depthwise row 3x3 to codes (Wo x C, stride): fp32 us, fp16 us, fp16/fp32, codes differing, max diff\n");
+  for (const auto& s : shapes) {
+    const int Wo = s[0], C = s[1], S = s[2], Wp = Wo * S + 2;  // pre-padded input width
+    std::vector<float> in(size_t(3) * Wp * C), w(9 * C), b(C);
+    for (auto& v : in) v = act(gen);
+    for (int k = 0; k < 3; ++k)  // the padding columns hold zeros, as the engine's padding does
+      for (int c = 0; c < C; ++c) in[(size_t(k) * Wp) * C + c] = 0.0f, in[(size_t(k) * Wp + Wp - 1) * C + c] = 0.0f;
+    for (auto& v : w) v = tap(gen) * 8.0f;  // taps pre-divided by a codes scale of 1/8
+    for (auto& v : b) v = tap(gen) * 16.0f + 40.0f;
+    std::vector<_Float16> in16(in.begin(), in.end()), w16(w.begin(), w.end()), b16(b.begin(), b.end());
+    std::vector<uint8_t> q32(size_t(Wo) * C + 64), q16(size_t(Wo) * C + 64);
+    const float* rows[3];
+    const _Float16* rows16[3];
+    for (int k = 0; k < 3; ++k) {
+      rows[k] = in.data() + size_t(k) * Wp * C + C;
+      rows16[k] = in16.data() + size_t(k) * Wp * C;
+    }
+    const Sink sink{nullptr, q32.data(), 1.0f, 0, 255, true};
+    // The engine's row reads the unpadded row (Wp - 2 pixels) and pads at its edges itself.
+    auto f32 = [&] { depthwise_row(rows, 3, 1, Wp - 2, Wo, S, C, w.data(), b.data(), sink, 0, C, MN_LINEAR); };
+    auto f16 = [&] {
+      if (S == 1) dw_fp16_row<1>(rows16, Wo, C, w16.data(), b16.data(), q16.data());
+      else dw_fp16_row<2>(rows16, Wo, C, w16.data(), b16.data(), q16.data());
+    };
+    f32(), f16();
+    int differ = 0, worst = 0;
+    for (size_t i = 0; i < size_t(Wo) * C; ++i) {
+      const int d = std::abs(int(q32[i]) - int(q16[i]));
+      differ += d != 0, worst = std::max(worst, d);
+    }
+    const double t32 = median_seconds(301, 20, f32), t16 = median_seconds(301, 20, f16);
+    std::printf("  %3d x %4d  s%d  %6.2f  %6.2f  %.2f  %5.2f %%  %d\n", Wo, C, S, t32 * 1e6, t16 * 1e6, t16 / t32,
+                100.0 * differ / (double(Wo) * C), worst);
+  }
+}
+"""
+
 
 def main() -> None:
     cxx = shutil.which("g++")
@@ -135,6 +255,15 @@ def main() -> None:
         source.write_text(HARNESS)
         build = [cxx, "-O3", *flags, f"-DMN_ISA={level}", "-std=c++17", f"-I{csrc}", str(source),
                  str(csrc / "gemm_int8.cpp"), str(csrc / "depthwise.cpp"), "-o", str(binary)]  # fmt: skip
+        subprocess.run(build, check=True)
+        subprocess.run([str(binary)], check=True)
+        if "avx512_fp16" not in fused.cpu_flags():
+            print("(no AVX512-FP16 on this CPU: the fp16 depthwise harness is skipped)")
+            return
+        source, binary = Path(tmp) / "fp16_depthwise.cpp", Path(tmp) / "fp16_depthwise"
+        source.write_text(FP16_HARNESS)
+        build = [cxx, "-O3", *flags, "-mavx512fp16", f"-DMN_ISA={level}", "-std=c++17", f"-I{csrc}", str(source),
+                 str(csrc / "depthwise.cpp"), "-o", str(binary)]  # fmt: skip
         subprocess.run(build, check=True)
         subprocess.run([str(binary)], check=True)
 
