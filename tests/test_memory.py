@@ -61,3 +61,27 @@ def test_memory_command_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_memory_command_rejects_bad_resolution(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["memory", "mobilenet_v2", "--resolution", "50", "--no-measure"]) == 2
     assert "multiple of 32" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "taps"), [
+    ("ssdlite_mobilenet_v2", ["blocks.13.expansion", "head"]),
+    ("deeplabv3_mobilenet_v2", ["blocks.16"]),
+    ("lraspp_mobilenet_v3_small", ["blocks.2", "head"]),
+])  # fmt: skip
+def test_memory_command_dense_models(name: str, taps: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # A detector or segmenter has no Table 3 rows; its backbone runs in the engine as far as the taps its head
+    # reads, and that scratch is the backbone's alone (the whole model's eager peak holds the heads' maps too).
+    assert main(["memory", name, "--resolution", "128", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rows"] == [] and out["max_kb"] is None and out["taps"] == taps
+    assert out["taps"] == list(create_model(name).backbone_taps)
+    measured = out["measured"]
+    assert measured["standard_bytes"] > 0
+    if "activation_bytes" in measured:  # the engine runs on this machine
+        from mobilenets.deploy.fused_backbone import FusedBackbone
+
+        engine = FusedBackbone(create_model(name).backbone, taps, threads=1)
+        assert measured["activation_bytes"] == engine.activation_bytes(128, 128)
+        assert 0 < measured["activation_bytes"] < measured["standard_bytes"]
+    assert main(["memory", name, "--resolution", "128"]) == 0
+    assert ", ".join(taps) in capsys.readouterr().out

@@ -16,6 +16,10 @@ Where the paper's own table differs: for V2 it lists at each resolution the outp
 *input* is at that resolution (56²: 32, 28²: 64, 14²: 160), where the tensors that exist at 56² are 24 wide; and
 V1's 7² entry (199K) is twice 1024 × 7² × 2 B. The maxima, which are what the table argues from — V2 400K,
 V1 1600K — agree.
+
+Table 3 is a classifier's table. For a detection or segmentation model (a MobileNet ``backbone`` whose
+``backbone_taps`` its head reads) there are no rows: its measured figures are the whole model's eager peak and the
+fused engine's scratch for the backbone as far as those taps (the heads run in PyTorch).
 """
 
 from __future__ import annotations
@@ -45,12 +49,13 @@ class MemoryRow:
 class MemoryTable:
     model: str
     input_resolution: int
-    rows: list[MemoryRow]
+    rows: list[MemoryRow]  # empty for a detection or segmentation model (Table 3 is a classifier's)
     measured: dict[str, float]  # live-activation peaks of the executors (fp32 bytes) and optional peak RSS
+    taps: tuple[str, ...] = ()  # a dense model's backbone taps, as far as the engine's activation_bytes runs
 
     @property
-    def max_kb(self) -> float:
-        return max(row.kb for row in self.rows)
+    def max_kb(self) -> float | None:
+        return max(row.kb for row in self.rows) if self.rows else None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -60,6 +65,7 @@ class MemoryTable:
             "kb_bytes": KB,
             "rows": [asdict(r) for r in self.rows],
             "max_kb": self.max_kb,
+            "taps": list(self.taps),
             "measured": self.measured,
         }
 
@@ -119,18 +125,39 @@ def measured_peaks(
     return out
 
 
-def engine_activation_bytes(model: nn.Module, resolution: int) -> dict[str, float]:
+def engine_activation_bytes(model: nn.Module, resolution: int, taps: tuple[str, ...] | None = None) -> dict[str, float]:
     """``activation_bytes``: the fused engine's scratch for one image at one thread, which holds every activation
-    it keeps (wide blocks stream their expansion through a row ring, V2 §5.1); empty where the engine cannot run
-    the model or this machine."""
+    it keeps (wide blocks stream their expansion through a row ring, V2 §5.1): of the classifier ``model``, or
+    with ``taps`` of the backbone ``model`` as far as those feature maps (which it includes). Empty where the
+    engine cannot run the model or this machine."""
     from mobilenets.deploy import fused
+    from mobilenets.deploy.fused_backbone import FusedBackbone
     from mobilenets.errors import MobilenetsError
 
     try:
-        engine = fused.FusedEngine(model, threads=1)
+        engine = fused.FusedEngine(model, threads=1) if taps is None else FusedBackbone(model, list(taps), threads=1)
     except MobilenetsError:  # a model the engine does not run, or no compiler / AVX2 here
         return {}
     return {"activation_bytes": float(engine.activation_bytes(resolution, resolution))}
+
+
+def dense_backbone(model: nn.Module) -> tuple[MobileNet, tuple[str, ...]] | None:
+    """A detection or segmentation model's MobileNet backbone and the taps its head reads; None for anything else."""
+    backbone, taps = getattr(model, "backbone", None), getattr(model, "backbone_taps", None)
+    if isinstance(backbone, MobileNet) and taps:
+        return backbone, tuple(taps)
+    return None
+
+
+def dense_peaks(
+    model: nn.Module, backbone: MobileNet, taps: tuple[str, ...], resolution: int, batch: int
+) -> dict[str, float]:
+    """A dense model's measured figures: the whole eager forward's peak live activations (fp32 bytes) and the
+    engine's scratch for its backbone as far as ``taps``."""
+    x = torch.randn(batch, backbone.config.in_chans, resolution, resolution)
+    out = {"batch": float(batch), "standard_bytes": float(peak_activation_bytes(model.eval(), x))}
+    out.update(engine_activation_bytes(backbone.eval(), resolution, taps))
+    return out
 
 
 def memory_table(
@@ -142,10 +169,20 @@ def memory_table(
     batch: int = 1,
     rss: bool = False,
 ) -> MemoryTable:
-    """Table 3 for a MobileNet classifier, with the executors' measured peaks beside it when ``measure``."""
-    if not isinstance(model, MobileNet):
-        raise ConfigError(f"{name!r} is not a MobileNet classifier; the memory table needs its block specs")
+    """Table 3 for a MobileNet classifier, with the executors' measured peaks beside it when ``measure``; for a
+    detection or segmentation model no rows, and its eager peak and the engine's backbone scratch (``measure``).
+    The split executor's groups and ``rss`` apply to classifiers."""
+    dense = dense_backbone(model)
+    if not isinstance(model, MobileNet) and dense is None:
+        raise ConfigError(
+            f"{name!r} is not a MobileNet classifier, detector or segmenter; the memory table needs its block specs"
+        )
     if resolution < 32 or resolution % 32:
         raise ConfigError(f"resolution must be a multiple of 32 and at least 32, got {resolution}")
+    if dense is not None:
+        backbone, taps = dense
+        measured = dense_peaks(model, backbone, taps, resolution, batch) if measure else {}
+        return MemoryTable(name, resolution, [], measured, taps)
+    assert isinstance(model, MobileNet)
     measured = measured_peaks(model, name, resolution, groups, batch, rss) if measure else {}
     return MemoryTable(name, resolution, memory_rows(model, resolution), measured)

@@ -36,11 +36,16 @@ def cmd_memory(args: argparse.Namespace) -> int:
     if args.json:
         print_json(table.to_dict())
         return 0
-    print(f"{args.model} @ {args.resolution}: tensors materialised between ops (block = one op), 16-bit, 1K = 1000 B")
-    print(f"  {'size':>9s} {'channels':>9s} {'Kb':>9s}")
-    for row in table.rows:
-        print(f"  {row.resolution:>4d}x{row.resolution:<4d} {row.max_channels:>9d} {row.kb:>9.1f}")
-    print(f"  {'max':>9s} {'':>9s} {table.max_kb:>9.1f}")
+    head = f"{args.model} @ {args.resolution}"
+    if table.rows:
+        print(f"{head}: tensors materialised between ops (block = one op), 16-bit, 1K = 1000 B")
+        print(f"  {'size':>9s} {'channels':>9s} {'Kb':>9s}")
+        for row in table.rows:
+            print(f"  {row.resolution:>4d}x{row.resolution:<4d} {row.max_channels:>9d} {row.kb:>9.1f}")
+        print(f"  {'max':>9s} {'':>9s} {table.max_kb:>9.1f}")
+    else:
+        print(f"{head}: Table 3's rows are a classifier's. standard_bytes: the whole model; activation_bytes:")
+        print(f"  the fused engine's backbone as far as the taps its head reads ({', '.join(table.taps)})")
     if table.measured:
         print(f"measured, batch {args.batch}, fp32 (live activations; 16-bit equivalent = half):")
         for key, value in table.measured.items():

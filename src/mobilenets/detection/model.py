@@ -194,6 +194,11 @@ class SSDLite(nn.Module):
         self._anchor_cache: dict[tuple[int, int, int, int], torch.Tensor] = {}
         self._init_head()
 
+    @property
+    def backbone_taps(self) -> tuple[str, ...]:
+        """The backbone feature maps the head reads (``MobileNet.forward_taps`` names)."""
+        return tuple(self.taps)
+
     def _init_head(self) -> None:
         for m in self.head.modules():
             if isinstance(m, nn.Conv2d):

@@ -187,10 +187,15 @@ class DeepLabV3(nn.Module):
         self.classifier = nn.Conv2d(channels, config.num_classes, 1)
         _init_head(self)
 
+    @property
+    def backbone_taps(self) -> tuple[str, ...]:
+        """The backbone feature map the head reads (a ``MobileNet.forward_taps`` name)."""
+        return (self.tap.name,)
+
     def forward_raw(self, x: torch.Tensor) -> torch.Tensor:
         """Logits at the output stride (what Table 7's multiply-adds count)."""
         check_image_batch(x, self.config.in_chans, multiple=1)
-        features = self.backbone.forward_taps(x, [self.tap.name], input_multiple=1)[self.tap.name]
+        features = self.backbone.forward_taps(x, self.backbone_taps, input_multiple=1)[self.tap.name]
         return self.classifier(self.drop(self.head(features)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -253,6 +258,11 @@ class LRASPP(nn.Module):
         )
         _init_head(self)
 
+    @property
+    def backbone_taps(self) -> tuple[str, ...]:
+        """The backbone feature maps the head reads: the 1/8 skip and the last 1×1 conv's output."""
+        return (self.low_tap.name, self.high_tap.name)
+
     def load_classifier(self, weight: torch.Tensor, bias: torch.Tensor) -> bool:
         """Start the naming branch as a classifier's linear layer (``weight`` (K-1)×C, ``bias`` K-1; the
         classifier's class c is the segmenter's class c + 1). False when there is no naming branch or the shapes
@@ -270,7 +280,7 @@ class LRASPP(nn.Module):
     def forward_raw(self, x: torch.Tensor) -> torch.Tensor:
         """Logits at the 1/8 skip's resolution."""
         check_image_batch(x, self.config.in_chans, multiple=1)
-        taps = self.backbone.forward_taps(x, [self.low_tap.name, self.high_tap.name], input_multiple=1)
+        taps = self.backbone.forward_taps(x, self.backbone_taps, input_multiple=1)
         low, high = taps[self.low_tap.name], taps[self.high_tap.name]
         gated = _upsample(self.context(self.project(high) * self.gate(high)), low.shape[-2:])
         logits = self.classifier["high"](self.drop(gated)) + self.classifier["low"](low)
