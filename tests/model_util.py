@@ -44,11 +44,12 @@ def assert_int8_engine_matches_twin(model: nn.Module, isa: str, batch: int, exac
     Why a norm bound: a value within float rounding of a rounding boundary of the activation codes (the fp32 parts
     sum in another order) can land on the neighbouring code and move an image's logits by ~1e-3; a wrong scale or
     zero point gives ~1 or more. With 8-bit codes (both grids) the twin's own error is small, so one flipped code
-    weighs relatively more than it did with 7-bit codes, whose bound was 0.3."""
+    weighs relatively more than it did with 7-bit codes, whose bound was 0.3. The depthwise runs in fp32 here
+    (``half_depthwise=False``): its fp16 variant is held to this engine in tests/test_fused.py."""
     from mobilenets.deploy import fused
 
     calibration = list(torch.randn(16, 3, 64, 64).split(8))  # drawn from the caller's seed, after the model
-    engine = fused.FusedEngine(model, threads=2, calibration=calibration, isa=isa)
+    engine = fused.FusedEngine(model, threads=2, calibration=calibration, isa=isa, half_depthwise=False)
     assert engine.precision == "int8" and engine.isa == isa
     twin = fused.fake_quantized(model, calibration, fused.int8_grid(isa))
     for seed, (h, w) in enumerate([(96, 64), (64, 96), (32, 160)]):

@@ -219,10 +219,62 @@ def test_amx_int8_equals_vnni_int8_exactly(threads: int) -> None:
     model = trained_like("mobilenet_v2", width=0.75, num_classes=12)  # 12 classes: an 8-wide last panel
     calibration = list(torch.randn(16, 3, 64, 64).split(8))
     vnni = fused.FusedEngine(model, threads=threads, calibration=calibration, isa="avx512")
-    amx = fused.FusedEngine(model, threads=threads, calibration=calibration, isa="amx")
+    amx = fused.FusedEngine(model, threads=threads, calibration=calibration, isa="amx", half_depthwise=False)
     for shape in [(1, 3, 224, 224), (3, 3, 96, 160), (1, 3, 32, 1024)]:
         x = torch.randn(*shape)
         assert torch.equal(amx(x), vnni(x)), shape
+
+
+def require_half_depthwise() -> None:
+    engine_isa("amx")
+    if fused.HALF_FLAG not in fused.cpu_flags():
+        pytest.skip(f"this CPU lacks {fused.HALF_FLAG}: the fp16 depthwise cannot run here")
+
+
+@pytest.mark.parametrize("channels", [fused.HALF_CHANNELS, 8])  # 8: every width, so the 16- and 8-lane tails run
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("mobilenet_v2", {"width": 0.5}),
+        ("mobilenet_v2", {"width": 0.75, "output_stride": 8}),  # dilated rows
+        ("mobilenet_v3_large_minimal", {"width": 0.5}),
+    ],
+)
+def test_int8_fp16_depthwise_stays_near_the_exact_sums(
+    name: str, overrides: dict, channels: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The amx level's default int8 keeps the row-streamed blocks' expanded rows in fp16 and sums their depthwise
+    # in fp16 (half_depthwise). Its sums are the projection's codes (0..255 before the clamp), which fp16 holds to
+    # 1/32 .. 1/8 of a code, so some land one code off the fp32 depthwise's: the difference must stay well inside
+    # the int8 error itself (measured up to 0.54 of ‖twin − fp32‖ on these models; wrong fp16 weights give ≫ 1).
+    # One to three threads (the chain of a thread alone, shared rows), odd widths, batches.
+    require_half_depthwise()
+    monkeypatch.setattr(fused, "HALF_CHANNELS", channels)
+    torch.manual_seed(0)
+    model = trained_like(name, num_classes=10, **overrides)
+    calibration = list(torch.randn(16, 3, 64, 64).split(8))
+    twin = fused.fake_quantized(model, calibration, fused.int8_grid("amx"))
+    for threads in (1, 2, 3):
+        exact = fused.FusedEngine(model, threads=threads, calibration=calibration, half_depthwise=False)
+        half = fused.FusedEngine(model, threads=threads, calibration=calibration)
+        assert half.half_depthwise and not exact.half_depthwise
+        assert sum(bool(layer.w_dw16) for layer in half._array) >= 2
+        for seed, shape in enumerate([(5, 3, 96, 64), (2, 3, 64, 96), (3, 3, 32, 160), (1, 3, 224, 224)]):
+            torch.manual_seed(seed)
+            x = torch.randn(*shape)
+            with torch.no_grad():
+                quantisation = (twin(x) - model(x)).norm()
+            assert (half(x) - exact(x)).norm() <= 0.75 * quantisation, (threads, shape)
+
+
+def test_half_depthwise_needs_int8_on_amx() -> None:
+    model = trained_like("mobilenet_v2", width=0.35, num_classes=4)
+    with pytest.raises(fused.EngineUnavailable, match="fp16 depthwise"):
+        fused.FusedEngine(model, threads=1, half_depthwise=True)  # fp32
+    calibration = [torch.randn(4, 3, 64, 64)]
+    with pytest.raises(fused.EngineUnavailable, match="fp16 depthwise"):
+        fused.FusedEngine(model, threads=1, calibration=calibration, isa="avx2", half_depthwise=True)
+    assert not fused.FusedEngine(model, threads=1, calibration=calibration, isa="avx2").half_depthwise
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v1", "mobilenet_v3_large_minimal"])

@@ -206,6 +206,8 @@ def fused_candidates(
         precision = str(getattr(engine, "precision", wanted))
         isa_used = getattr(engine, "isa", None)
         detail = f"isa={isa_used}" if isa_used else "isa not reported by the engine"
+        if getattr(engine, "half_depthwise", False):
+            detail += ", depthwise on fp16 rows"
         name = "ours fused engine" if precision == "fp32" else f"ours fused engine {precision}"
         out.append(Candidate(name, True, precision, engine, note="C++: BN folded, row-streamed inverted residuals",
                              activation_bytes=engine.activation_bytes(resolution, resolution), runtime="fused engine",

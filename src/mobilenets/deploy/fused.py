@@ -46,7 +46,7 @@ from mobilenets.models.layers import ConvBNAct, SqueezeExcite
 from mobilenets.models.mobilenet import MobileNet, check_image_batch
 
 SOURCE_DIR = Path(__file__).with_name("csrc")
-ABI_VERSION = 3  # MN_ABI_VERSION in csrc/abi.h
+ABI_VERSION = 4  # MN_ABI_VERSION in csrc/abi.h
 _STEM, _BLOCK, _POINTWISE, _POOL_FC = 1, 2, 3, 4
 _ACTS = {"linear": 0, "relu": 1, "relu6": 2, "hswish": 3}
 MAX_SPAN = 17  # kMaxSpan in csrc/kernels.h: the rows a depthwise window spans, (k - 1) · dilation + 1
@@ -61,8 +61,13 @@ ISAS: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]] = {
                ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni")),
     "amx": (3, ("avx2", "fma", *_AVX512_FLAGS, "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"),
             ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni",
-             "-mavx512bf16", "-mamx-tile", "-mamx-bf16", "-mamx-int8")),
+             "-mavx512bf16", "-mamx-tile", "-mamx-bf16", "-mamx-int8", "-mf16c", "-mavx512fp16")),
 }  # fmt: skip
+# The amx level's int8 depthwise runs on fp16 rows where the CPU has this (every AMX CPU so far; FusedEngine's
+# half_depthwise), in the blocks whose expanded width is a multiple of HALF_CHANNELS: fp16 pixels of whole cache
+# lines (V2's 144-wide blocks, 288-byte pixels, ran slower in fp16 than in fp32: loads split across lines).
+HALF_FLAG = "avx512_fp16"
+HALF_CHANNELS = 32
 ISA_ENV = "MOBILENETS_ENGINE_ISA"
 
 
@@ -91,6 +96,8 @@ class _Layer(ctypes.Structure):
         *[(n, ctypes.c_int32) for n in ("dw_codes", "kernel", "dilation", "se_channels")],
         ("se_reduce", _Conv),
         ("se_expand", _Conv),
+        ("w_dw16", ctypes.c_void_p),
+        ("b_dw16", ctypes.c_void_p),
     ]
 
 
@@ -453,10 +460,11 @@ def _bf16_convs(model: MobileNet) -> list[nn.Module]:
 class _Builder:
     """Turns a BN-folded model into the engine's layer list, keeping alive the tensors its pointers refer to."""
 
-    def __init__(self, ranges: Ranges | None, grid: Int8Grid, bf16: bool = False) -> None:
+    def __init__(self, ranges: Ranges | None, grid: Int8Grid, bf16: bool = False, half_depthwise: bool = False) -> None:
         self.ranges = ranges  # None: fp32 (or bf16) everywhere
         self.grid = grid
         self.bf16 = bf16  # the 1×1 convolutions in bf16
+        self.half_depthwise = half_depthwise  # int8: fp16 depthwise weights for the blocks that can use them
         self.keep: list[torch.Tensor] = []
 
     def ptr(self, t: torch.Tensor) -> int:
@@ -523,6 +531,12 @@ class _Builder:
                 wd, bd = (wd / codes_scale).contiguous(), (bd / codes_scale).contiguous()
                 layer.dw_codes = 1
             layer.w_dw, layer.b_dw = self.ptr(wd), self.ptr(bd)
+            if self.half_depthwise and layer.dw_codes and not layer.se_channels and layer.cmid % HALF_CHANNELS == 0:
+                # Row-streamed blocks with an expansion (or the stem's rows) then keep their expanded rows in fp16
+                # and sum the depthwise in fp16: its sums are codes, 0..qmax before the clamp, which fp16 holds to
+                # 1/32 (below 64) .. 1/8 (128..255) of a code, so a sum near a rounding boundary may land one code
+                # off (tests/test_fused.py bounds the difference).
+                layer.w_dw16, layer.b_dw16 = self.ptr(wd.half()), self.ptr(bd.half())
             layers.append(layer)
         features = model.spec.blocks[-1].out_channels
         if model.head is not None:
@@ -552,7 +566,10 @@ class FusedEngine:
     ``calibration``: batches of real images in the model's input transform; given, the engine runs in int8.
     ``precision``: "fp32", "int8" (needs ``calibration``) or "bf16" (the ``amx`` level); by default int8 when
     calibration images are given, else fp32. ``isa``: the level to run (``ISAS``; default ``$MOBILENETS_ENGINE_ISA``
-    or the widest this CPU has). ``engine.isa`` and ``engine.precision`` say what it runs.
+    or the widest this CPU has). ``half_depthwise``: int8 on the amx level keeps the expanded rows of its
+    row-streamed blocks in fp16 and runs their depthwise in fp16 arithmetic (AVX512-FP16; on by default where the
+    CPU has it, ``False`` for the fp32 depthwise, whose integer sums equal the fake-quantised twin's).
+    ``engine.isa``, ``engine.precision`` and ``engine.half_depthwise`` say what it runs.
     The weights are copied at construction: later changes to ``model`` are not seen.
     """
 
@@ -563,6 +580,7 @@ class FusedEngine:
         calibration: list[torch.Tensor] | None = None,
         precision: str | None = None,
         isa: str | None = None,
+        half_depthwise: bool | None = None,
     ) -> None:
         if not isinstance(model, MobileNet):
             raise ConfigError(f"the fused engine runs MobileNet classifiers, not {type(model).__name__}")
@@ -580,6 +598,10 @@ class FusedEngine:
                 f"the bf16 engine needs the amx level (AMX tiles, AVX512_BF16); this runs {self.isa}"
             )
         self.precision = precision
+        can_half = precision == "int8" and self.isa == "amx" and HALF_FLAG in cpu_flags()
+        if half_depthwise and not can_half:
+            raise EngineUnavailable(f"an fp16 depthwise needs int8 on the amx level and {HALF_FLAG}")
+        self.half_depthwise = can_half if half_depthwise is None else half_depthwise
         self.lib = load_library(self.isa)
         self.in_chans = model.config.in_chans
         self.threads = threads or torch.get_num_threads()
@@ -604,7 +626,7 @@ class FusedEngine:
         """The program builder for this engine's precision and ISA; int8 ranges calibrated through ``forward``
         (default: the model) where calibration images are given."""
         ranges = calibrate(folded, calibration, forward) if calibration else None
-        return _Builder(ranges, int8_grid(self.isa), bf16=self.precision == "bf16")
+        return _Builder(ranges, int8_grid(self.isa), bf16=self.precision == "bf16", half_depthwise=self.half_depthwise)
 
     def activation_bytes(self, h: int, w: int) -> int:
         """Bytes of scratch one h × w image uses when all threads share it: every activation the engine holds

@@ -97,12 +97,13 @@ class FusedBackbone(FusedEngine):
         calibration: list[torch.Tensor] | None = None,
         precision: str | None = None,
         isa: str | None = None,
+        half_depthwise: bool | None = None,
     ) -> None:
         if not taps:
             raise ConfigError("name at least one feature tap for the fused backbone")
         self.taps = tuple(dict.fromkeys(taps))
         self.backbone = backbone
-        super().__init__(backbone, threads, calibration, precision, isa)
+        super().__init__(backbone, threads, calibration, precision, isa, half_depthwise)
 
     def _program(self, folded: MobileNet, calibration: list[torch.Tensor] | None) -> tuple[list[_Layer], list]:
         folded.classifier, folded.pre_logits = nn.Identity(), None  # the taps end before the pool

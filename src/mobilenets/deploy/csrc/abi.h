@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#define MN_ABI_VERSION 3
+#define MN_ABI_VERSION 4
 
 // ISA levels a library can be built for (fused.py compiles one library per level, -DMN_ISA=<level>, and loads
 // the one asked for). Macros, not an enum: the sources test them in #if.
@@ -54,6 +54,8 @@ struct MnLayer {
   int32_t se_channels;       // BLOCK: squeeze-excite's reduced width, 0 without SE (V3 §5.3)
   MnConv se_reduce;          // fp32 [cmid] x [se_channels], ReLU, on the depthwise output's channel means
   MnConv se_expand;          // fp32 [se_channels] x [cmid], h-sigmoid: the gate the depthwise output is scaled by
+  const uint16_t* w_dw16;    // BLOCK, int8 with dw_codes on an AMX CPU with AVX512-FP16: w_dw and b_dw in fp16, for
+  const uint16_t* b_dw16;    // the depthwise on fp16 expanded rows (row-streamed blocks without SE); else null
 };
 
 // What mn_struct_size reports, in this order.

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "abi.h"
 #include "kernels.h"
@@ -23,21 +24,27 @@ namespace mn {
 // The expanded rows a block's depthwise window reads, for the output rows one thread takes: a ring of as many
 // expanded rows as the window spans ((k − 1)·d + 1, three for a 3×3 kernel), made by produce(r, slot) (the
 // expansion of input row r; or, for a first block without expansion or residual, the stem's output row r: its
-// input is then never materialised) when first needed. produced = false: the depthwise reads `in` itself.
-template <typename Produce>
+// input is then never materialised) when first needed. produced = false: the depthwise reads `in` itself (fp32
+// only). T: the rows' type, float or fp16 (an int8 block with fp16 depthwise weights, AMX builds).
+template <typename Produce, typename T = float>
 class RowWindow {
  public:
   RowWindow(const MnLayer& L, const float* in, int H, int W, float* ring, bool produced, Produce& produce)
       : L_(L), in_(in), H_(H), produced_(produced), produce_(produce), row_in_(static_cast<int64_t>(W) * L.cin),
-        slots_(ring, static_cast<int64_t>(W) * L.cmid, depthwise_span(L)),
-        dw(ring + depthwise_span(L) * static_cast<int64_t>(W) * L.cmid), zero_(dw + static_cast<int64_t>(W) * L.cmid) {
-    std::memset(zero_, 0, sizeof(float) * W * L.cmid);
+        slots_(reinterpret_cast<T*>(ring), static_cast<int64_t>(W) * L.cmid, depthwise_span(L)),
+        zero_(reinterpret_cast<T*>(ring) + depthwise_span(L) * static_cast<int64_t>(W) * L.cmid),
+        dw(reinterpret_cast<float*>(zero_ + static_cast<int64_t>(W) * L.cmid)) {
+    std::memset(zero_, 0, sizeof(T) * W * L.cmid);  // all-zero bits: 0.0 in fp32 and in fp16 alike
   }
 
   // rows[0..k) of output row y's window, their expanded rows made first.
-  void rows(int y, const float** rows) {
-    window_rows(L_, y, H_, zero_, rows,
-                [&](int r) { return produced_ ? slots_.get(r, produce_) : in_ + r * row_in_; });
+  void rows(int y, const T** rows) {
+    window_rows(L_, y, H_, zero_, rows, [&](int r) -> const T* {
+      if constexpr (std::is_same_v<T, float>) {
+        if (!produced_) return in_ + r * row_in_;
+      }
+      return slots_.get(r, produce_);
+    });
   }
 
  private:
@@ -47,31 +54,35 @@ class RowWindow {
   const bool produced_;
   Produce& produce_;
   const int64_t row_in_;
-  RowRing slots_;  // span rows of W × E
+  RowRing<T> slots_;  // span rows of W × E
+  T* const zero_;     // the padding row
 
  public:
-  float* const dw;  // one depthwise output row (Wo × E)
-
- private:
-  float* const zero_;  // the padding row
+  float* const dw;  // one depthwise output row (Wo × E, fp32)
 };
 
 // A block on a wide map without squeeze-excite: each thread streams its output rows through its window and
-// projects each depthwise row straight away, so the t-times-wider tensor lives only in the core's cache.
-template <typename Produce>
+// projects each depthwise row straight away, so the t-times-wider tensor lives only in the core's cache. T = fp16
+// (AMX builds): the expanded rows are fp16 and the depthwise runs on them with w_dw16 / b_dw16 into the
+// projection's scaled codes (produced rows only; fused.py sets w_dw16 only where dw_codes is set).
+template <typename T = float, typename Produce>
 void run_block_rows(const MnLayer& L, const float* in, int H, int W, float* out, int Ho, int Wo, float* ring,
                     uint8_t* qrow, Member& me, bool produced, Produce&& produce) {
   const int E = L.cmid;
   const int64_t row_in = static_cast<int64_t>(W) * L.cin;
-  RowWindow<Produce> window(L, in, H, W, ring, produced, produce);
-  const float* rows[5];
+  RowWindow<Produce, T> window(L, in, H, W, ring, produced, produce);
+  const T* rows[5];
   Share share(me, Ho);
   for (int y; (y = share.next()) >= 0;) {
     window.rows(y, rows);
     // An int8 projection gets the depthwise row as codes straight away.
     const Sink sink{window.dw, L.out.q ? qrow : nullptr, L.out.inv_scale, L.out.zero, L.out.qmax, L.dw_codes != 0};
-    depthwise_row(rows, L.kernel, L.dilation, W, Wo, L.stride, E, L.w_dw, L.b_dw, sink, 0, E,
-                  L.dw_codes ? MN_LINEAR : L.act_mid);
+    if constexpr (std::is_same_v<T, float>)
+      depthwise_row(rows, L.kernel, L.dilation, W, Wo, L.stride, E, L.w_dw, L.b_dw, sink, 0, E,
+                    L.dw_codes ? MN_LINEAR : L.act_mid);
+    else
+      depthwise_row(rows, L.kernel, L.dilation, W, Wo, L.stride, E, reinterpret_cast<const T*>(L.w_dw16),
+                    reinterpret_cast<const T*>(L.b_dw16), sink, 0, E);
     const float* res = L.residual ? in + static_cast<int64_t>(y) * row_in : nullptr;
     conv1x1(L.out, Wo, L.cout, E, window.dw, E, sink.q, out + static_cast<int64_t>(y) * Wo * L.cout, L.cout, res,
             L.cout, L.act_out, 0, panels(L.cout), qrow);

@@ -32,7 +32,10 @@ struct Stage {
   int C = 0;           // output channels
   int ring_rows = kRing;  // the last stage keeps its whole output map
   float* out = nullptr;
-  RowRing expanded;  // a block with an expansion: three expanded rows (W × cmid each)
+  RowRing<float> expanded;  // a block with an expansion: three expanded rows (W × cmid each)
+#if MN_ISA >= MN_ISA_AMX
+  RowRing<_Float16> expanded16;  // instead, for a block with fp16 depthwise weights: in fp16
+#endif
   int done = 0;      // output rows [0, done) are made
   const float* row(int y) const { return out + static_cast<int64_t>(y % ring_rows) * Wo * C; }
 };
@@ -77,7 +80,13 @@ Chain lay_out(const MnLayer* layers, int n_chain, int H, int W, float* base, flo
       c.col = take(static_cast<int64_t>(s.Wo) * L.cin + 16);
       qrow = std::max<int64_t>(qrow, static_cast<int64_t>(s.Wo) * L.cin);
     } else {
-      if (L.has_expand) s.expanded = RowRing(take(static_cast<int64_t>(kRing) * w * L.cmid), int64_t{w} * L.cmid, kRing);
+      if (L.has_expand) {
+        float* ring = take(static_cast<int64_t>(kRing) * w * L.cmid);
+        s.expanded = RowRing<float>(ring, int64_t{w} * L.cmid, kRing);
+#if MN_ISA >= MN_ISA_AMX
+        s.expanded16 = RowRing<_Float16>(reinterpret_cast<_Float16*>(ring), int64_t{w} * L.cmid, kRing);
+#endif
+      }
       dw = std::max<int64_t>(dw, static_cast<int64_t>(s.Wo) * L.cmid);
       c.zero_floats = std::max<int64_t>(c.zero_floats, static_cast<int64_t>(w) * L.cmid);
       qrow = std::max<int64_t>(qrow, static_cast<int64_t>(w) * std::max(L.cin, L.cmid));
@@ -108,19 +117,36 @@ void block_row(Chain& c, int k, int y, const float* img, float* dst) {
   Stage& s = c.stages[k];
   const MnLayer& L = *s.L;
   const int E = L.cmid;
-  auto expand = [&](int r, float* slot) {
-    conv1x1(L.expand, s.W, E, L.cin, pull(c, k - 1, r, img), L.cin, nullptr, slot, E, nullptr, 0, L.act_mid, 0,
-            panels(E), c.qrow);
-  };
-  // Without an expansion the previous stage's ring, which holds rows r − 2 .. r, is this window.
-  const float* rows[3];
-  window_rows(L, y, s.H, c.zero, rows,
-              [&](int r) { return L.has_expand ? s.expanded.get(r, expand) : pull(c, k - 1, r, img); });
-  // The shortcut's row y was asked for above (stride 1: rows y − 1 .. y + 1), so this computes nothing, and the
-  // shared dw / qrow buffers below are not touched by another stage before the projection reads them.
-  const float* res = L.residual ? pull(c, k - 1, y, img) : nullptr;
+  // The window's rows are made first; the shortcut's row y is among the rows they asked for (stride 1: rows
+  // y − 1 .. y + 1), so pulling it computes nothing, and the shared dw / qrow buffers are not touched by another
+  // stage between the depthwise and the projection that reads them.
   const Sink sink{c.dw, L.out.q ? c.qrow : nullptr, L.out.inv_scale, L.out.zero, L.out.qmax, L.dw_codes != 0};
-  depthwise_row(rows, s.W, s.Wo, L.stride, E, L.w_dw, L.b_dw, sink, 0, E, L.dw_codes ? MN_LINEAR : L.act_mid);
+  const float* res = nullptr;
+#if MN_ISA >= MN_ISA_AMX
+  if (L.w_dw16 && L.has_expand) {  // fp16 expanded rows for the fp16 depthwise
+    auto expand = [&](int r, _Float16* slot) {
+      conv1x1(L.expand, s.W, E, L.cin, pull(c, k - 1, r, img), L.cin, slot, E, L.act_mid, 0, panels(E), c.qrow);
+    };
+    const _Float16* rows[3];
+    window_rows(L, y, s.H, reinterpret_cast<const _Float16*>(c.zero), rows,
+                [&](int r) { return s.expanded16.get(r, expand); });
+    res = L.residual ? pull(c, k - 1, y, img) : nullptr;
+    depthwise_row(rows, 3, 1, s.W, s.Wo, L.stride, E, reinterpret_cast<const _Float16*>(L.w_dw16),
+                  reinterpret_cast<const _Float16*>(L.b_dw16), sink, 0, E);
+  } else
+#endif
+  {
+    auto expand = [&](int r, float* slot) {
+      conv1x1(L.expand, s.W, E, L.cin, pull(c, k - 1, r, img), L.cin, nullptr, slot, E, nullptr, 0, L.act_mid, 0,
+              panels(E), c.qrow);
+    };
+    // Without an expansion the previous stage's ring, which holds rows r − 2 .. r, is this window.
+    const float* rows[3];
+    window_rows(L, y, s.H, c.zero, rows,
+                [&](int r) { return L.has_expand ? s.expanded.get(r, expand) : pull(c, k - 1, r, img); });
+    res = L.residual ? pull(c, k - 1, y, img) : nullptr;
+    depthwise_row(rows, s.W, s.Wo, L.stride, E, L.w_dw, L.b_dw, sink, 0, E, L.dw_codes ? MN_LINEAR : L.act_mid);
+  }
   conv1x1(L.out, s.Wo, L.cout, E, c.dw, E, sink.q, dst, L.cout, res, L.cout, L.act_out, 0, panels(L.cout), c.qrow);
 }
 

@@ -10,6 +10,7 @@
 // use the full 0..255 and the weights ±127 (fused.py picks the grid by the ISA), 16 lanes per instruction.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "kernels.h"
 #include "simd.h"
@@ -126,8 +127,9 @@ inline __m256i dpbusd(__m256i acc, __m256i a, __m256i b) {
 
 // VNNI: MR rows × NV panels of W columns (W = 16: one zmm per 4 k of a panel, panel j at B + j · 16K bytes;
 // W = 8: the 8-wide last panel in a ymm), K in steps of 4.
-template <int MR, int NV, int W>
-inline void tile_vnni(int K, const uint8_t* A, int lda, const int8_t* B, const MnConv& cv, int col, float* C,
+// Out: float, or (AMX builds) _Float16, each output rounded to fp16 as it is stored (no residual then).
+template <int MR, int NV, int W, typename Out>
+inline void tile_vnni(int K, const uint8_t* A, int lda, const int8_t* B, const MnConv& cv, int col, Out* C,
                       int ldc, const float* R, int ldr, int act) {
   using I = typename Lanes<W>::I;
   using F = typename Lanes<W>::F;
@@ -169,44 +171,71 @@ inline void tile_vnni(int K, const uint8_t* A, int lda, const int8_t* B, const M
       scale = _mm256_loadu_ps(cv.scale + col), bias = _mm256_loadu_ps(cv.bias + col);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
-      float* c = C + static_cast<int64_t>(i) * ldc + W * j;
+      Out* c = C + static_cast<int64_t>(i) * ldc + W * j;
       const float* r = R + static_cast<int64_t>(i) * ldr + W * j;
+      constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
       if constexpr (W == 16) {
         __m512 v = activate(_mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][j]), scale, bias), act);
-        if (R) v = _mm512_add_ps(v, _mm512_loadu_ps(r));
-        _mm512_storeu_ps(c, v);
+        if constexpr (std::is_same_v<Out, float>) {
+          if (R) v = _mm512_add_ps(v, _mm512_loadu_ps(r));
+          _mm512_storeu_ps(c, v);
+        } else {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(c), _mm512_cvtps_ph(v, kRound));
+        }
       } else {
         __m256 v = activate(_mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i][j]), scale, bias), act);
-        if (R) v = _mm256_add_ps(v, _mm256_loadu_ps(r));
-        _mm256_storeu_ps(c, v);
+        if constexpr (std::is_same_v<Out, float>) {
+          if (R) v = _mm256_add_ps(v, _mm256_loadu_ps(r));
+          _mm256_storeu_ps(c, v);
+        } else {
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(c), _mm256_cvtps_ph(v, kRound));
+        }
       }
     }
   }
 }
 
-template <int NV, int W>
+template <int NV, int W, typename Out>
 inline void tile_vnni_rows(int mr, int K, const uint8_t* A, int lda, const int8_t* B, const MnConv& cv, int col,
-                           float* C, int ldc, const float* R, int ldr, int act) {
+                           Out* C, int ldc, const float* R, int ldr, int act) {
   switch (mr) {
-    case 8: tile_vnni<8, NV, W>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
-    case 7: tile_vnni<7, NV, W>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
-    case 6: tile_vnni<6, NV, W>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
-    case 5: tile_vnni<5, NV, W>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
-    case 4: tile_vnni<4, NV, W>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
-    case 3: tile_vnni<3, NV, W>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
-    case 2: tile_vnni<2, NV, W>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
-    default: tile_vnni<1, NV, W>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
+    case 8: tile_vnni<8, NV, W, Out>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
+    case 7: tile_vnni<7, NV, W, Out>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
+    case 6: tile_vnni<6, NV, W, Out>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
+    case 5: tile_vnni<5, NV, W, Out>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
+    case 4: tile_vnni<4, NV, W, Out>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
+    case 3: tile_vnni<3, NV, W, Out>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
+    case 2: tile_vnni<2, NV, W, Out>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
+    default: tile_vnni<1, NV, W, Out>(K, A, lda, B, cv, col, C, ldc, R, ldr, act); break;
   }
 }
 
-template <int NV, int W>
-void panels_vnni(int M, int K, const uint8_t* A, int lda, const int8_t* B, const MnConv& cv, int col, float* C,
+template <int NV, int W, typename Out>
+void panels_vnni(int M, int K, const uint8_t* A, int lda, const int8_t* B, const MnConv& cv, int col, Out* C,
                  int ldc, const float* R, int ldr, int act) {
   row_tiles(M, 8, [&](int m, int mr) {
     tile_vnni_rows<NV, W>(mr, K, A + static_cast<int64_t>(m) * lda, lda, B, cv, col,
                           C + static_cast<int64_t>(m) * ldc + col, ldc,
                           R ? R + static_cast<int64_t>(m) * ldr + col : nullptr, ldr, act);
   });
+}
+// Output panels [p0, p1) on the VNNI tiles, two 16-wide panels at a time while they last.
+template <typename Out>
+void gemm_vnni(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, Out* C, int ldc, const float* R,
+               int ldr, int act, int p0, int p1) {
+  for (int p = p0; p < p1;) {
+    const int col = 16 * p;
+    const int nr = std::min(16, N - col);
+    const int8_t* B = cv.q + static_cast<int64_t>(col) * K;
+    const bool pair = nr == 16 && p + 1 < p1 && N - col >= 32;
+    if (pair)
+      panels_vnni<2, 16>(M, K, A, lda, B, cv, col, C, ldc, R, ldr, act);
+    else if (nr == 16)
+      panels_vnni<1, 16>(M, K, A, lda, B, cv, col, C, ldc, R, ldr, act);
+    else
+      panels_vnni<1, 8>(M, K, A, lda, B, cv, col, C, ldc, R, ldr, act);
+    p += pair ? 2 : 1;
+  }
 }
 #endif
 
@@ -220,25 +249,29 @@ void gemm_int8(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv,
     return;
   }
 #endif
-  for (int p = p0; p < p1;) {
-    const int col = 16 * p;
-    const int nr = std::min(16, N - col);
-    const int8_t* B = cv.q + static_cast<int64_t>(col) * K;
 #if MN_ISA >= MN_ISA_AVX512
-    const bool pair = nr == 16 && p + 1 < p1 && N - col >= 32;
-    if (pair)
-      panels_vnni<2, 16>(M, K, A, lda, B, cv, col, C, ldc, R, ldr, act);
-    else if (nr == 16)
-      panels_vnni<1, 16>(M, K, A, lda, B, cv, col, C, ldc, R, ldr, act);
-    else
-      panels_vnni<1, 8>(M, K, A, lda, B, cv, col, C, ldc, R, ldr, act);
-    p += pair ? 2 : 1;
+  gemm_vnni(M, N, K, A, lda, cv, C, ldc, R, ldr, act, p0, p1);
 #else
-    panel_avx2(M, nr, K, A, lda, B, cv, col, C, ldc, R, ldr, act);
-    ++p;
-#endif
+  for (int p = p0; p < p1; ++p) {
+    const int col = 16 * p;
+    panel_avx2(M, std::min(16, N - col), K, A, lda, cv.q + static_cast<int64_t>(col) * K, cv, col, C, ldc, R, ldr,
+               act);
   }
+#endif
 }
+
+#if MN_ISA >= MN_ISA_AMX
+void gemm_int8(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, _Float16* C, int ldc, int act,
+               int p0, int p1) {
+  gemm_vnni(M, N, K, A, lda, cv, C, ldc, nullptr, 0, act, p0, p1);
+}
+
+void conv1x1(const MnConv& cv, int M, int N, int K, const float* A, int lda, _Float16* C, int ldc, int act, int p0,
+             int p1, uint8_t* qbuf) {
+  if (p0 >= p1) return;
+  gemm_int8(M, N, K, input_codes(cv, A, lda, M, K, qbuf), K, cv, C, ldc, act, p0, p1);
+}
+#endif
 
 void quantize_rows(const float* X, int ldx, int M, int K, uint8_t* Q, int ldq, float inv_scale, int zero, int qmax) {
   const __m256 inv = _mm256_set1_ps(inv_scale);

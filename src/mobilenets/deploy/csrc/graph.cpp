@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "blocks.h"
 #include "chain.h"
@@ -73,6 +74,15 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
         }
         stem_pad(L, img, h, w, padded, col, me);
         me.wait();
+#if MN_ISA >= MN_ISA_AMX
+        if constexpr (std::is_same_v<std::remove_pointer_t<decltype(padded)>, uint8_t>) {
+          if (B->w_dw16) {  // an int8 stem's rows in fp16 for the block's fp16 depthwise
+            run_block_rows<_Float16>(*B, nullptr, ho, wo, cur, bo, bwo, s.ring[t], s.qrow[t], me, true,
+                                     [&](int r, _Float16* slot) { stem_row(L, padded, w, col, r, wo, slot); });
+            return;
+          }
+        }
+#endif
         run_block_rows(*B, nullptr, ho, wo, cur, bo, bwo, s.ring[t], s.qrow[t], me, true,
                        [&](int r, float* slot) { stem_row(L, padded, w, col, r, wo, slot); });
       };
@@ -96,6 +106,14 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
         if (L.se_channels)
           run_block_se(L, cur, h, w, nxt, ho, wo, s.ring[t], s.wide1, s.pooled + E + L.se_channels, s.pooled,
                        s.qrow[t], me, expand);
+#if MN_ISA >= MN_ISA_AMX
+        else if (L.w_dw16 && L.has_expand)  // fp16 expanded rows for the fp16 depthwise
+          run_block_rows<_Float16>(L, cur, h, w, nxt, ho, wo, s.ring[t], s.qrow[t], me, true,
+                                   [&](int r, _Float16* slot) {
+                                     conv1x1(L.expand, w, E, L.cin, cur + static_cast<int64_t>(r) * w * L.cin, L.cin,
+                                             slot, E, L.act_mid, 0, panels(E), s.qrow[t]);
+                                   });
+#endif
         else
           run_block_rows(L, cur, h, w, nxt, ho, wo, s.ring[t], s.qrow[t], me, L.has_expand != 0, expand);
       } else {

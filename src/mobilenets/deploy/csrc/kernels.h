@@ -67,6 +67,20 @@ void depthwise_row(const float* const rows[3], int Wi, int Wo, int stride, int C
 void depthwise_row(const float* const* rows, int kernel, int dilation, int Wi, int Wo, int stride, int C,
                    const float* w, const float* bias, const Sink& out, int c0, int c1, int act);
 
+#if MN_ISA >= MN_ISA_AMX
+// The same on fp16 rows with fp16 weights (AVX512-FP16; the int8 engine's expanded rows, fused.py's w_dw16 /
+// b_dw16), into scaled codes only (Sink::SCALED_CODES: the sums are the projection's codes, clamped and rounded).
+void depthwise_row(const _Float16* const* rows, int kernel, int dilation, int Wi, int Wo, int stride, int C,
+                   const _Float16* w, const _Float16* bias, const Sink& out, int c0, int c1);
+
+// An int8 1×1 convolution (or the int8 stem's GEMM) whose fp32 outputs are rounded to fp16 (nearest even) as they
+// are stored, on the VNNI kernel: the rows an fp16 depthwise reads. No residual.
+void gemm_int8(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, _Float16* C, int ldc, int act,
+               int p0, int p1);
+void conv1x1(const MnConv& cv, int M, int N, int K, const float* A, int lda, _Float16* C, int ldc, int act, int p0,
+             int p1, uint8_t* qbuf);
+#endif
+
 // The largest row span of a depthwise window, (k − 1) · d + 1 (a 5×5 kernel at dilation 4: V3 at output stride 8);
 // a block's row ring holds that many expanded rows.
 constexpr int kMaxSpan = 17;

@@ -36,6 +36,7 @@ inline __m256 activate(__m256 v, int act) {
 // epilogues are written once over these.
 struct V8 {
   using T = __m256;
+  using E = float;
   static constexpr int N = 8;
   static T load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
@@ -67,6 +68,7 @@ inline __m512 activate(__m512 v, int act) {
 
 struct V16 {
   using T = __m512;
+  using E = float;
   static constexpr int N = 16;
   static T load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
@@ -83,6 +85,46 @@ struct V16 {
     __m512i i = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(inv_scale))), _mm512_set1_epi32(zero));
     i = _mm512_min_epi32(_mm512_max_epi32(i, _mm512_setzero_si512()), _mm512_set1_epi32(qmax));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(i));
+  }
+};
+#endif
+
+#if MN_ISA >= MN_ISA_AMX
+// fp16 lanes (AVX512-FP16, which every AMX CPU has; fused.py asks for fp16 depthwise weights only where the CPU
+// flags it): the int8 engine's depthwise on fp16 expanded rows, 32, 16 or 8 channels per vector. Only the scaled
+// codes sink (Sink::SCALED_CODES): the value is clamped to 0..qmax in fp16 first, so that sums beyond int16's
+// range still give the clamp's code, then rounded to nearest even.
+struct H32 {
+  using T = __m512h;
+  using E = _Float16;
+  static constexpr int N = 32;
+  static T load(const E* p) { return _mm512_loadu_ph(p); }
+  static T fma(T a, T b, T c) { return _mm512_fmadd_ph(a, b, c); }
+  static void store_codes(uint8_t* q, T v, int qmax) {
+    v = _mm512_min_ph(_mm512_max_ph(v, _mm512_setzero_ph()), _mm512_set1_ph(static_cast<_Float16>(qmax)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm512_cvtepi16_epi8(_mm512_cvtph_epi16(v)));
+  }
+};
+struct H16 {
+  using T = __m256h;
+  using E = _Float16;
+  static constexpr int N = 16;
+  static T load(const E* p) { return _mm256_loadu_ph(p); }
+  static T fma(T a, T b, T c) { return _mm256_fmadd_ph(a, b, c); }
+  static void store_codes(uint8_t* q, T v, int qmax) {
+    v = _mm256_min_ph(_mm256_max_ph(v, _mm256_setzero_ph()), _mm256_set1_ph(static_cast<_Float16>(qmax)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm256_cvtepi16_epi8(_mm256_cvtph_epi16(v)));
+  }
+};
+struct H8 {
+  using T = __m128h;
+  using E = _Float16;
+  static constexpr int N = 8;
+  static T load(const E* p) { return _mm_loadu_ph(p); }
+  static T fma(T a, T b, T c) { return _mm_fmadd_ph(a, b, c); }
+  static void store_codes(uint8_t* q, T v, int qmax) {
+    v = _mm_min_ph(_mm_max_ph(v, _mm_setzero_ph()), _mm_set1_ph(static_cast<_Float16>(qmax)));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q), _mm_cvtepi16_epi8(_mm_cvtph_epi16(v)));
   }
 };
 #endif

@@ -56,8 +56,8 @@ void stem_pad(const MnLayer& L, const float* img, int H, int W, T* padded, T* co
 }
 
 // The stem's output row y (Wo pixels × cout, fp32) into dst, from the padded image; col: the thread's patch row.
-template <typename T>
-void stem_row(const MnLayer& L, const T* padded, int W, T* col, int y, int Wo, float* dst) {
+template <typename T, typename Out>
+void stem_row(const MnLayer& L, const T* padded, int W, T* col, int y, int Wo, Out* dst) {
   constexpr bool kInt8 = std::is_same_v<T, uint8_t>;
   const int C = L.stem_in_chans, Wp = W + 2, K = L.cin, run = 3 * C;
   for (int x = 0; x < Wo; ++x) {
@@ -80,7 +80,9 @@ void stem_row(const MnLayer& L, const T* padded, int W, T* col, int y, int Wo, f
     }
     std::fill(c + 3 * run, c + K, T(0));
   }
-  if constexpr (kInt8)
+  if constexpr (!std::is_same_v<Out, float>)
+    gemm_int8(Wo, L.cout, K, col, K, L.out, dst, L.cout, L.act_out, 0, panels(L.cout));
+  else if constexpr (kInt8)
     gemm_int8(Wo, L.cout, K, col, K, L.out, dst, L.cout, nullptr, 0, L.act_out, 0, panels(L.cout));
   else
     gemm_fp32(Wo, L.cout, K, col, K, L.out.w, L.out.bias, dst, L.cout, nullptr, 0, L.act_out, 0, panels(L.cout));
@@ -91,7 +93,10 @@ template void stem_pad_row<float>(const MnLayer&, const float*, int, int, int, f
 template void stem_pad_row<uint8_t>(const MnLayer&, const float*, int, int, int, uint8_t*, uint8_t*);
 template void stem_pad<float>(const MnLayer&, const float*, int, int, float*, float*, Member&);
 template void stem_pad<uint8_t>(const MnLayer&, const float*, int, int, uint8_t*, uint8_t*, Member&);
-template void stem_row<float>(const MnLayer&, const float*, int, float*, int, int, float*);
-template void stem_row<uint8_t>(const MnLayer&, const uint8_t*, int, uint8_t*, int, int, float*);
+template void stem_row<float, float>(const MnLayer&, const float*, int, float*, int, int, float*);
+template void stem_row<uint8_t, float>(const MnLayer&, const uint8_t*, int, uint8_t*, int, int, float*);
+#if MN_ISA >= MN_ISA_AMX
+template void stem_row<uint8_t, _Float16>(const MnLayer&, const uint8_t*, int, uint8_t*, int, int, _Float16*);
+#endif
 
 }  // namespace mn

@@ -18,8 +18,9 @@ void stem_pad(const MnLayer& L, const float* img, int H, int W, T* padded, T* co
 template <typename T>
 void stem_pad_row(const MnLayer& L, const float* img, int H, int W, int y, T* row, T* col);
 
-// The stem's output row y (Wo pixels × cout, fp32) into dst, from the padded image; col: the thread's patch row.
-template <typename T>
-void stem_row(const MnLayer& L, const T* padded, int W, T* col, int y, int Wo, float* dst);
+// The stem's output row y (Wo pixels × cout, fp32; for an int8 stem on AMX builds also fp16, the rows an fp16
+// depthwise reads) into dst, from the padded image; col: the thread's patch row.
+template <typename T, typename Out>
+void stem_row(const MnLayer& L, const T* padded, int W, T* col, int y, int Wo, Out* dst);
 
 }  // namespace mn
