@@ -139,10 +139,15 @@ def train_photo_model(
 
 # -- engines -------------------------------------------------------------------------------------------------------
 def engines(model: nn.Module, calibration: list[torch.Tensor], threads: int) -> dict[str, fused.FusedEngine]:
-    """fp32 and int8 at every ISA level this CPU has, and bf16 where it has AMX."""
+    """fp32 and int8 at every ISA level this CPU has, and bf16 where it has AMX. Where the amx level's int8 runs
+    its depthwise on fp16 rows (``half_depthwise``, its default there), also that level with the fp32 depthwise."""
     out = {f"fp32 [{isa}]": fused.FusedEngine(model, threads=threads, isa=isa) for isa in fused.supported_isas()}
     for isa in fused.supported_isas():
-        out[f"int8 [{isa}]"] = fused.FusedEngine(model, threads=threads, calibration=calibration, isa=isa)
+        out[f"int8 [{isa}]"] = engine = fused.FusedEngine(model, threads=threads, calibration=calibration, isa=isa)
+        if engine.half_depthwise:
+            out[f"int8 [{isa}, fp32 depthwise]"] = fused.FusedEngine(
+                model, threads=threads, calibration=calibration, isa=isa, half_depthwise=False
+            )
     if "amx" in fused.supported_isas():
         out["bf16 [amx]"] = fused.FusedEngine(model, threads=threads, precision="bf16", isa="amx")
     return out
@@ -263,7 +268,7 @@ def photo_agreement(
         if name.startswith("fp32"):
             result["fp32_max_abs_diff"][name] = float((got - eager).abs().max())
         if name.startswith("int8"):
-            int8[engine.isa] = got
+            int8[name] = (engine.isa, got)
     result["int8_grids"] = int8_grids(model, crops, calibration, eager, int8)
     return result, crops[:256]
 
@@ -284,9 +289,10 @@ def int8_grids(
     for grid in GRIDS:
         twin = logits(fused.fake_quantized(model, calibration, grid).eval(), crops)
         row: dict = {"twin_vs_eager": agreement(eager, twin)}
-        for isa, got in int8.items():
+        for name, (isa, got) in int8.items():
             if fused.int8_grid(isa) == grid:
-                row[f"engine [{isa}] top-1 = twin"] = float((got.argmax(1) == twin.argmax(1)).float().mean())
+                label = name.removeprefix("int8 ")
+                row[f"engine {label} top-1 = twin"] = float((got.argmax(1) == twin.argmax(1)).float().mean())
         out[f"activations 0..{grid.levels}, weights ±{grid.weight_max}"] = row
     return out
 
