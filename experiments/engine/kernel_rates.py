@@ -30,11 +30,14 @@ from pathlib import Path
 
 from mobilenets.deploy import fused
 
-HARNESS = r"""
+# What both harnesses start with: the headers and the median of repeated timings.
+PRELUDE = r"""
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <random>
 #include <vector>
 #include "kernels.h"
 #include "simd.h"
@@ -51,6 +54,11 @@ template <typename F> double median_seconds(int reps, int inner, F&& f) {
   std::sort(ts.begin(), ts.end());
   return ts[ts.size() / 2];
 }
+"""
+
+HARNESS = (
+    PRELUDE
+    + r"""
 
 #define DP(I) "vpdpbusd %[b], %[a], %[x" #I "]\n\t"
 #define FM(I) "vfmadd231ps %[b], %[a], %[x" #I "]\n\t"
@@ -125,30 +133,11 @@ int main() {
   }
 }
 """
+)
 
-FP16_HARNESS = r"""
-#include <algorithm>
-#include <chrono>
-#include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <random>
-#include <vector>
-#include "kernels.h"
-#include "simd.h"
-using namespace mn;
-using Clock = std::chrono::steady_clock;
-
-template <typename F> double median_seconds(int reps, int inner, F&& f) {
-  std::vector<double> ts;
-  for (int r = 0; r < reps; ++r) {
-    auto t = Clock::now();
-    for (int i = 0; i < inner; ++i) f();
-    ts.push_back(std::chrono::duration<double>(Clock::now() - t).count() / inner);
-  }
-  std::sort(ts.begin(), ts.end());
-  return ts[ts.size() / 2];
-}
+FP16_HARNESS = (
+    PRELUDE
+    + r"""
 
 // One 3x3 depthwise output row in fp16 from pre-padded rows (Wo * S + 2 pixels of C channels), NO outputs per group
 // (Wo a multiple of NO), 32 channels per vector (a masked last one), written as codes: round, clamp to 0..qmax.
@@ -239,6 +228,7 @@ int main() {
   }
 }
 """
+)
 
 
 def main() -> None:
