@@ -531,7 +531,8 @@ class _Builder:
                 wd, bd = (wd / codes_scale).contiguous(), (bd / codes_scale).contiguous()
                 layer.dw_codes = 1
             layer.w_dw, layer.b_dw = self.ptr(wd), self.ptr(bd)
-            if self.half_depthwise and layer.dw_codes and not layer.se_channels and layer.cmid % HALF_CHANNELS == 0:
+            half = layer.dw_codes and not layer.se_channels and layer.kernel == 3 and layer.cmid % HALF_CHANNELS == 0
+            if self.half_depthwise and half:  # 3×3 only: no registered model has a 5×5 block that qualifies
                 # Row-streamed blocks with an expansion (or the stem's rows) then keep their expanded rows in fp16
                 # and sum the depthwise in fp16: its sums are codes, 0..qmax before the clamp, which fp16 holds to
                 # 1/32 (below 64) .. 1/8 (128..255) of a code, so a sum near a rounding boundary may land one code
