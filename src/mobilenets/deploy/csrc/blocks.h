@@ -77,12 +77,7 @@ void run_block_rows(const MnLayer& L, const float* in, int H, int W, float* out,
     window.rows(y, rows);
     // An int8 projection gets the depthwise row as codes straight away.
     const Sink sink{window.dw, L.out.q ? qrow : nullptr, L.out.inv_scale, L.out.zero, L.out.qmax, L.dw_codes != 0};
-    if constexpr (std::is_same_v<T, float>)
-      depthwise_row(rows, L.kernel, L.dilation, W, Wo, L.stride, E, L.w_dw, L.b_dw, sink, 0, E,
-                    L.dw_codes ? MN_LINEAR : L.act_mid);
-    else
-      depthwise_row(rows, L.kernel, L.dilation, W, Wo, L.stride, E, reinterpret_cast<const T*>(L.w_dw16),
-                    reinterpret_cast<const T*>(L.b_dw16), sink, 0, E);
+    block_depthwise(L, rows, W, Wo, sink);
     const float* res = L.residual ? in + static_cast<int64_t>(y) * row_in : nullptr;
     conv1x1(L.out, Wo, L.cout, E, window.dw, E, sink.q, out + static_cast<int64_t>(y) * Wo * L.cout, L.cout, res,
             L.cout, L.act_out, 0, panels(L.cout), qrow);

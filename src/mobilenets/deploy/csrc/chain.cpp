@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernels.h"
@@ -122,31 +123,30 @@ void block_row(Chain& c, int k, int y, const float* img, float* dst) {
   // stage between the depthwise and the projection that reads them.
   const Sink sink{c.dw, L.out.q ? c.qrow : nullptr, L.out.inv_scale, L.out.zero, L.out.qmax, L.dw_codes != 0};
   const float* res = nullptr;
+  auto expand = [&](int r, auto* slot) {
+    conv1x1(L.expand, s.W, E, L.cin, pull(c, k - 1, r, img), L.cin, nullptr, slot, E, nullptr, 0, L.act_mid, 0,
+            panels(E), c.qrow);
+  };
+  // The window over a ring of rows of type T (fp32, or fp16 for the fp16 depthwise), then the depthwise.
+  auto stream = [&](auto& ring, const auto* zero) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(zero)>>;
+    const T* rows[3];
+    window_rows(L, y, s.H, zero, rows, [&](int r) -> const T* {
+      if constexpr (std::is_same_v<T, float>) {
+        // Without an expansion the previous stage's ring, which holds rows r − 2 .. r, is this window.
+        if (!L.has_expand) return pull(c, k - 1, r, img);
+      }
+      return ring.get(r, expand);
+    });
+    res = L.residual ? pull(c, k - 1, y, img) : nullptr;
+    block_depthwise(L, rows, s.W, s.Wo, sink);
+  };
 #if MN_ISA >= MN_ISA_AMX
-  if (L.w_dw16 && L.has_expand) {  // fp16 expanded rows for the fp16 depthwise
-    auto expand = [&](int r, _Float16* slot) {
-      conv1x1(L.expand, s.W, E, L.cin, pull(c, k - 1, r, img), L.cin, slot, E, L.act_mid, 0, panels(E), c.qrow);
-    };
-    const _Float16* rows[3];
-    window_rows(L, y, s.H, reinterpret_cast<const _Float16*>(c.zero), rows,
-                [&](int r) { return s.expanded16.get(r, expand); });
-    res = L.residual ? pull(c, k - 1, y, img) : nullptr;
-    depthwise_row(rows, 3, 1, s.W, s.Wo, L.stride, E, reinterpret_cast<const _Float16*>(L.w_dw16),
-                  reinterpret_cast<const _Float16*>(L.b_dw16), sink, 0, E);
-  } else
+  if (L.w_dw16 && L.has_expand)
+    stream(s.expanded16, reinterpret_cast<const _Float16*>(c.zero));
+  else
 #endif
-  {
-    auto expand = [&](int r, float* slot) {
-      conv1x1(L.expand, s.W, E, L.cin, pull(c, k - 1, r, img), L.cin, nullptr, slot, E, nullptr, 0, L.act_mid, 0,
-              panels(E), c.qrow);
-    };
-    // Without an expansion the previous stage's ring, which holds rows r − 2 .. r, is this window.
-    const float* rows[3];
-    window_rows(L, y, s.H, c.zero, rows,
-                [&](int r) { return L.has_expand ? s.expanded.get(r, expand) : pull(c, k - 1, r, img); });
-    res = L.residual ? pull(c, k - 1, y, img) : nullptr;
-    depthwise_row(rows, s.W, s.Wo, L.stride, E, L.w_dw, L.b_dw, sink, 0, E, L.dw_codes ? MN_LINEAR : L.act_mid);
-  }
+    stream(s.expanded, c.zero);
   conv1x1(L.out, s.Wo, L.cout, E, c.dw, E, sink.q, dst, L.cout, res, L.cout, L.act_out, 0, panels(L.cout), c.qrow);
 }
 

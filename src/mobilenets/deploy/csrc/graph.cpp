@@ -74,17 +74,16 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
         }
         stem_pad(L, img, h, w, padded, col, me);
         me.wait();
+        auto rows = [&](int r, auto* slot) { stem_row(L, padded, w, col, r, wo, slot); };  // fp32 or fp16 rows
 #if MN_ISA >= MN_ISA_AMX
         if constexpr (std::is_same_v<std::remove_pointer_t<decltype(padded)>, uint8_t>) {
           if (B->w_dw16) {  // an int8 stem's rows in fp16 for the block's fp16 depthwise
-            run_block_rows<_Float16>(*B, nullptr, ho, wo, cur, bo, bwo, s.ring[t], s.qrow[t], me, true,
-                                     [&](int r, _Float16* slot) { stem_row(L, padded, w, col, r, wo, slot); });
+            run_block_rows<_Float16>(*B, nullptr, ho, wo, cur, bo, bwo, s.ring[t], s.qrow[t], me, true, rows);
             return;
           }
         }
 #endif
-        run_block_rows(*B, nullptr, ho, wo, cur, bo, bwo, s.ring[t], s.qrow[t], me, true,
-                       [&](int r, float* slot) { stem_row(L, padded, w, col, r, wo, slot); });
+        run_block_rows(*B, nullptr, ho, wo, cur, bo, bwo, s.ring[t], s.qrow[t], me, true, rows);
       };
       if (L.out.q)
         stem(reinterpret_cast<uint8_t*>(s.padded), reinterpret_cast<uint8_t*>(s.row[t]));
@@ -99,7 +98,7 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
       const int ho = (h - 1) / L.stride + 1, wo = (w - 1) / L.stride + 1;
       if (streams_rows(L, w, T == 1)) {  // alone, every block streams (the memory bound)
         const int E = L.cmid;
-        auto expand = [&](int r, float* slot) {
+        auto expand = [&](int r, auto* slot) {  // fp32 or (fp16 depthwise) fp16 rows
           conv1x1(L.expand, w, E, L.cin, cur + static_cast<int64_t>(r) * w * L.cin, L.cin, nullptr, slot, E, nullptr,
                   0, L.act_mid, 0, panels(E), s.qrow[t]);
         };
@@ -108,11 +107,7 @@ void run_image(const MnLayer* layers, int n_layers, const float* img, int H, int
                        s.qrow[t], me, expand);
 #if MN_ISA >= MN_ISA_AMX
         else if (L.w_dw16 && L.has_expand)  // fp16 expanded rows for the fp16 depthwise
-          run_block_rows<_Float16>(L, cur, h, w, nxt, ho, wo, s.ring[t], s.qrow[t], me, true,
-                                   [&](int r, _Float16* slot) {
-                                     conv1x1(L.expand, w, E, L.cin, cur + static_cast<int64_t>(r) * w * L.cin, L.cin,
-                                             slot, E, L.act_mid, 0, panels(E), s.qrow[t]);
-                                   });
+          run_block_rows<_Float16>(L, cur, h, w, nxt, ho, wo, s.ring[t], s.qrow[t], me, true, expand);
 #endif
         else
           run_block_rows(L, cur, h, w, nxt, ho, wo, s.ring[t], s.qrow[t], me, L.has_expand != 0, expand);

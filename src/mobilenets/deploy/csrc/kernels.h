@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "abi.h"
 
@@ -74,12 +75,25 @@ void depthwise_row(const _Float16* const* rows, int kernel, int dilation, int Wi
                    const _Float16* w, const _Float16* bias, const Sink& out, int c0, int c1);
 
 // An int8 1×1 convolution (or the int8 stem's GEMM) whose fp32 outputs are rounded to fp16 (nearest even) as they
-// are stored, on the VNNI kernel: the rows an fp16 depthwise reads. No residual.
+// are stored, on the VNNI kernel: the rows an fp16 depthwise reads. No residual: R must be null. conv1x1 takes the
+// fp32 one's arguments, so that one call serves rows of either type.
 void gemm_int8(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, _Float16* C, int ldc, int act,
                int p0, int p1);
-void conv1x1(const MnConv& cv, int M, int N, int K, const float* A, int lda, _Float16* C, int ldc, int act, int p0,
-             int p1, uint8_t* qbuf);
+void conv1x1(const MnConv& cv, int M, int N, int K, const float* A, int lda, const uint8_t* Aq, _Float16* C, int ldc,
+             const float* R, int ldr, int act, int p0, int p1, uint8_t* qbuf);
 #endif
+
+// A block's depthwise row on its rows' type: fp32 rows with w_dw / b_dw (the block's activation, or the clamp of
+// scaled codes), fp16 rows with w_dw16 / b_dw16 (AMX builds; scaled codes only).
+template <typename T>
+void block_depthwise(const MnLayer& L, const T* const* rows, int W, int Wo, const Sink& sink) {
+  if constexpr (std::is_same_v<T, float>)
+    depthwise_row(rows, L.kernel, L.dilation, W, Wo, L.stride, L.cmid, L.w_dw, L.b_dw, sink, 0, L.cmid,
+                  L.dw_codes ? MN_LINEAR : L.act_mid);
+  else
+    depthwise_row(rows, L.kernel, L.dilation, W, Wo, L.stride, L.cmid, reinterpret_cast<const T*>(L.w_dw16),
+                  reinterpret_cast<const T*>(L.b_dw16), sink, 0, L.cmid);
+}
 
 // The largest row span of a depthwise window, (k − 1) · d + 1 (a 5×5 kernel at dilation 4: V3 at output stride 8);
 // a block's row ring holds that many expanded rows.
