@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from mobilenets.bench.photos import real_images, recalibrate_batchnorm
-from mobilenets.bench.timing import Candidate, accuracy, measure_interleaved, p90, round_order
+from mobilenets.bench import timing
+from mobilenets.bench.timing import Candidate, accuracy, measure_interleaved, p90, round_order, time_calls
 from mobilenets.cli import main
 from mobilenets.registry import create_model
 
@@ -53,7 +55,20 @@ def test_accuracy_of_logits_and_of_feature_lists() -> None:
     assert taps["max_abs_diff"] == 1.0 and "top1_agreement" not in taps
 
 
-def test_paths_are_timed_in_interleaved_rounds() -> None:
+def test_warm_up_lasts_its_calls_and_its_time() -> None:
+    calls: list[float] = []
+    times = time_calls(lambda: calls.append(0.0), 3, warmup=2, warmup_s=0.0)
+    assert len(times) == 3 and len(calls) == 5 and min(times) >= 0
+    stamps: list[float] = []
+    start = time.perf_counter()
+    time_calls(lambda: (stamps.append(time.perf_counter()), time.sleep(0.002)), 1, warmup=1, warmup_s=0.03)
+    # untimed calls until 30 ms have passed, then the timed one
+    assert len(stamps) > 3 and stamps[-2] - start < 0.03 <= stamps[-1] - start
+
+
+def test_paths_are_timed_in_interleaved_rounds(monkeypatch) -> None:
+    monkeypatch.setattr(timing, "WARMUP_CALLS", 2)
+    monkeypatch.setattr(timing, "WARMUP_S", 0.0)
     calls: list[tuple[str, int]] = []
 
     def path(name: str, scale: float):  # type: ignore[no-untyped-def]

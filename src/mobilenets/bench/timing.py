@@ -65,9 +65,13 @@ class Candidate:
     detail: str = ""
 
 
-def time_calls(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
-    """Milliseconds of each of ``runs`` calls after ``warmup`` untimed ones."""
+def time_calls(fn: Callable[[], object], runs: int, warmup: int, warmup_s: float = 0.0) -> list[float]:
+    """Milliseconds of each of ``runs`` calls after ``warmup`` untimed ones, and more untimed ones until they have
+    taken ``warmup_s`` seconds in all."""
+    start = time.perf_counter()
     for _ in range(warmup):
+        fn()
+    while time.perf_counter() - start < warmup_s:
         fn()
     times = []
     for _ in range(runs):
@@ -89,19 +93,29 @@ def round_order(items: list[T], r: int) -> list[T]:
     return items if r % 2 == 0 else items[::-1]
 
 
+# Untimed calls at the start of each timed block: at least WARMUP_CALLS, and as many more as WARMUP_S allows. After
+# the pause before a block the host is slow for a few calls: measured on a 2-vCPU Xeon, with 0.2 s of sleep before
+# each block, the fused engine's V2 int8 calls took 1.94, 1.38, 1.24, 1.18 ms and then ~1.11 (1.95 at one thread
+# from the 5th call on, 2.72 for the first) and ONNX Runtime fp32's 4.87, 3.92, 3.64, 3.50, then ~3.35. With only
+# 2 untimed calls the timed ones fell partly into that ramp (V2 int8 1.29 ms against 1.18 back to back).
+WARMUP_CALLS = 5
+WARMUP_S = 0.025
+
+
 def interleaved_times(
     calls: dict[str, Callable[[], object]], runs: int, rounds: int, pause_s: float = 0.2
 ) -> dict[str, list[list[float]]]:
     """Milliseconds of ``runs`` calls of each entry, spread over ``rounds`` round-robin passes (each block: a sleep
-    of ``pause_s``, 2 untimed calls, then its share of the timed ones), as one list per pass; see
-    :func:`measure_interleaved`. Each pass runs in the reverse order of the one before (:func:`round_order`)."""
+    of ``pause_s``, untimed calls (:data:`WARMUP_CALLS`, :data:`WARMUP_S`), then its share of the timed ones), as one
+    list per pass; see :func:`measure_interleaved`. Each pass runs in the reverse order of the one before
+    (:func:`round_order`)."""
     rounds = max(1, min(rounds, runs))
     per_round = [runs // rounds + (r < runs % rounds) for r in range(rounds)]
     times: dict[str, list[list[float]]] = {name: [] for name in calls}
     for r in range(rounds):
         for name in round_order(list(calls), r):
             time.sleep(pause_s)
-            times[name].append(time_calls(calls[name], per_round[r], warmup=2))
+            times[name].append(time_calls(calls[name], per_round[r], WARMUP_CALLS, WARMUP_S))
     return times
 
 
@@ -147,7 +161,7 @@ def measure_interleaved(
     log: Callable[[str], None] = print,
     pause_s: float = 0.2,
 ) -> list[BenchResult]:
-    """Time every path in ``rounds`` round-robin passes (each pass: 2 untimed calls, then its share of ``runs``
+    """Time every path in ``rounds`` round-robin passes (each pass: untimed calls, then its share of ``runs``
     timed batch-1 calls; then one timed batch-32 call per path and round), so that a change in machine load
     during the run falls on all paths alike instead of on whichever ran last. Before each block the process
     sleeps ``pause_s``: the previous runtime's worker threads spin-wait for a while after their last call, and on a
