@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobilenets.bench.photos import real_images, recalibrate_batchnorm
 from mobilenets.bench import timing
+from mobilenets.bench.photos import real_images, recalibrate_batchnorm
 from mobilenets.bench.timing import Candidate, accuracy, measure_interleaved, p90, round_order, time_calls
 from mobilenets.cli import main
 from mobilenets.registry import create_model
