@@ -281,6 +281,10 @@ void quantize_rows(const float* X, int ldx, int M, int K, uint8_t* Q, int ldq, f
     const float* x = X + static_cast<int64_t>(m) * ldx;
     uint8_t* q = Q + static_cast<int64_t>(m) * ldq;
     int k = 0;
+#if MN_ISA >= MN_ISA_AVX512
+    // The same codes 16 at a time (7 instructions where the 8-wide path takes 14).
+    for (; k + 16 <= K; k += 16) V16::store_quantized(q + k, _mm512_loadu_ps(x + k), inv_scale, zero, qmax);
+#endif
     for (; k + 8 <= K; k += 8) store_codes(q + k, _mm256_loadu_ps(x + k), inv, z, qmax);
     for (; k < K; ++k)  // the same rounding (to nearest even) as the vector conversion
       q[k] = static_cast<uint8_t>(std::clamp(static_cast<int>(std::nearbyint(x[k] * inv_scale)) + zero, 0, qmax));
