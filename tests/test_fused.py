@@ -210,10 +210,10 @@ def test_int8_engine_equals_its_fake_quantized_model(isa: str, name: str) -> Non
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_amx_int8_equals_vnni_int8_exactly(threads: int) -> None:
-    # The amx level runs int8 products of at least 64 rows and 64 input channels on AMX tiles (tdpbusd), which sum
-    # the same u8 × s8 products in int32 as vpdpbusd: the outputs must be bit-identical to the avx512 level's on
-    # the same grid, over K that are and are not multiples of 64, 8-wide last panels and row tails. (A thread
-    # alone runs rows of one map row: the 1024-wide input gives 64-pixel rows at stride 16.)
+    # The amx level runs int8 products of at least 7 rows and 64 input and output channels on AMX tiles (tdpbusd),
+    # which sum the same u8 × s8 products in int32 as vpdpbusd: the outputs must be bit-identical to the avx512
+    # level's on the same grid, over K that are and are not multiples of 64, 8-wide last panels and row tails. (A
+    # thread alone runs rows of one map row: the 1024-wide input gives 64-pixel rows at stride 16.)
     engine_isa("amx")
     torch.manual_seed(0)
     model = trained_like("mobilenet_v2", width=0.75, num_classes=12)  # 12 classes: an 8-wide last panel
@@ -223,6 +223,25 @@ def test_amx_int8_equals_vnni_int8_exactly(threads: int) -> None:
     for shape in [(1, 3, 224, 224), (3, 3, 96, 160), (1, 3, 32, 1024)]:
         x = torch.randn(*shape)
         assert torch.equal(amx(x), vnni(x)), shape
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fp16_rows_from_amx_tiles_equal_those_from_vnni(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The expansions that write fp16 rows for the fp16 depthwise run on AMX tiles too where they are wide enough
+    # (V2 1.0's 14-px blocks: 64 → 384, 96 → 576): the same integer sums, the same rounding to fp16, so the outputs
+    # must be those of the same engine with every product on VNNI (TILE_MIN_CHANNELS out of reach).
+    require_half_depthwise()
+    torch.manual_seed(0)
+    model = trained_like("mobilenet_v2", num_classes=12)
+    calibration = list(torch.randn(16, 3, 64, 64).split(8))
+    tiles = fused.FusedEngine(model, threads=threads, calibration=calibration)
+    monkeypatch.setattr(fused, "TILE_MIN_CHANNELS", 1 << 20)
+    vnni = fused.FusedEngine(model, threads=threads, calibration=calibration)
+    on_tiles = [layer for layer in tiles._array if layer.expand.tiles and layer.w_dw16]
+    assert on_tiles and not any(layer.expand.tiles or layer.out.tiles for layer in vnni._array)
+    for shape in [(1, 3, 224, 224), (2, 3, 96, 160)]:
+        x = torch.randn(*shape)
+        assert torch.equal(tiles(x), vnni(x)), shape
 
 
 def require_half_depthwise() -> None:

@@ -46,7 +46,7 @@ from mobilenets.models.layers import ConvBNAct, SqueezeExcite
 from mobilenets.models.mobilenet import MobileNet, check_image_batch
 
 SOURCE_DIR = Path(__file__).with_name("csrc")
-ABI_VERSION = 4  # MN_ABI_VERSION in csrc/abi.h
+ABI_VERSION = 5  # MN_ABI_VERSION in csrc/abi.h
 _STEM, _BLOCK, _POINTWISE, _POOL_FC = 1, 2, 3, 4
 _ACTS = {"linear": 0, "relu": 1, "relu6": 2, "hswish": 3}
 MAX_SPAN = 17  # kMaxSpan in csrc/kernels.h: the rows a depthwise window spans, (k - 1) · dilation + 1
@@ -68,6 +68,9 @@ ISAS: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]] = {
 # lines (V2's 144-wide blocks, 288-byte pixels, ran slower in fp16 than in fp32: loads split across lines).
 HALF_FLAG = "avx512_fp16"
 HALF_CHANNELS = 32
+# The amx level's int8 1×1 convolutions with at least this many input and output channels may run on AMX tiles
+# (MnConv.tiles; the library adds a floor on the rows, kernels.h: on_tiles); thinner ones stay on VNNI.
+TILE_MIN_CHANNELS = 64
 ISA_ENV = "MOBILENETS_ENGINE_ISA"
 
 
@@ -80,7 +83,7 @@ class _Conv(ctypes.Structure):
     _fields_ = [
         *[(n, ctypes.c_void_p) for n in ("w", "bias", "q", "scale", "corr", "wb")],
         ("inv_scale", ctypes.c_float),
-        *[(n, ctypes.c_int32) for n in ("zero", "qmax", "reserved")],
+        *[(n, ctypes.c_int32) for n in ("zero", "qmax", "tiles")],
     ]
 
 
@@ -460,9 +463,13 @@ def _bf16_convs(model: MobileNet) -> list[nn.Module]:
 class _Builder:
     """Turns a BN-folded model into the engine's layer list, keeping alive the tensors its pointers refer to."""
 
-    def __init__(self, ranges: Ranges | None, grid: Int8Grid, bf16: bool = False, half_depthwise: bool = False) -> None:
+    def __init__(
+        self, ranges: Ranges | None, grid: Int8Grid, bf16: bool = False, half_depthwise: bool = False,
+        tiles: bool = False,
+    ) -> None:  # fmt: skip
         self.ranges = ranges  # None: fp32 (or bf16) everywhere
         self.grid = grid
+        self.tiles = tiles  # int8 on the amx level: wide enough products may run on AMX tiles
         self.bf16 = bf16  # the 1×1 convolutions in bf16
         self.half_depthwise = half_depthwise  # int8: fp16 depthwise weights for the blocks that can use them
         self.keep: list[torch.Tensor] = []
@@ -487,6 +494,7 @@ class _Builder:
         c.scale = self.ptr(_pad8(w_scale * scale))
         c.corr = self.ptr(_pad8(-zero * q.sum(0, dtype=torch.int32)))
         c.inv_scale, c.zero, c.qmax = 1.0 / scale, zero, self.grid.levels
+        c.tiles = int(self.tiles and min(weight_kn.shape) >= TILE_MIN_CHANNELS)
         return c
 
     def fp32(self, conv: nn.Conv2d) -> _Conv:
@@ -627,7 +635,10 @@ class FusedEngine:
         """The program builder for this engine's precision and ISA; int8 ranges calibrated through ``forward``
         (default: the model) where calibration images are given."""
         ranges = calibrate(folded, calibration, forward) if calibration else None
-        return _Builder(ranges, int8_grid(self.isa), bf16=self.precision == "bf16", half_depthwise=self.half_depthwise)
+        return _Builder(
+            ranges, int8_grid(self.isa), bf16=self.precision == "bf16", half_depthwise=self.half_depthwise,
+            tiles=self.isa == "amx",
+        )  # fmt: skip
 
     def activation_bytes(self, h: int, w: int) -> int:
         """Bytes of scratch one h × w image uses when all threads share it: every activation the engine holds

@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#define MN_ABI_VERSION 4
+#define MN_ABI_VERSION 5
 
 // ISA levels a library can be built for (fused.py compiles one library per level, -DMN_ISA=<level>, and loads
 // the one asked for). Macros, not an enum: the sources test them in #if.
@@ -33,7 +33,7 @@ struct MnConv {
   float inv_scale;       // int8: 1 / input scale, to quantise the input
   int32_t zero;          // int8: input zero point
   int32_t qmax;          // int8: largest input code (127 on AVX2, 255 with VNNI)
-  int32_t reserved;
+  int32_t tiles;         // int8, AMX builds: products of at least kTileMinRows pixels may run on AMX tiles
 };
 
 // One layer of the program.

@@ -19,20 +19,20 @@ namespace mn {
 // What both AMX GEMMs' ops carry: the product's sizes (Kp: K padded to whole tiles; steps: its 64-byte steps;
 // a_stride: the bytes between gathered A rows), A (In: fp32 rows, or the codes), the weights, C (+ R) and the
 // gather buffer (Buf: bf16, or the padded codes).
-template <typename In, typename Buf>
+template <typename In, typename Buf, typename Out = float>
 struct TileOperands {
   int M, N, K, Kp, steps, a_stride;
   const In* A;
   int lda;
   const MnConv& cv;
-  float* C;
+  Out* C;
   int ldc;
   const float* R;
   int ldr, act;
   Buf* buf;
 
   // C's and R's rows from m on at column col (R: nullptr without a residual).
-  float* c_at(int m, int col) const { return C + static_cast<int64_t>(m) * ldc + col; }
+  Out* c_at(int m, int col) const { return C + static_cast<int64_t>(m) * ldc + col; }
   const float* r_at(int m, int col) const { return R ? R + static_cast<int64_t>(m) * ldr + col : nullptr; }
 };
 

@@ -244,7 +244,7 @@ void gemm_vnni(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv,
 void gemm_int8(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, float* C, int ldc, const float* R,
                int ldr, int act, int p0, int p1) {
 #if MN_ISA >= MN_ISA_AMX
-  if (M >= 64 && K >= 64) {  // the same sums on AMX tiles (gemm_int8_amx.cpp says when they pay)
+  if (on_tiles(cv, M)) {  // the same sums on AMX tiles
     gemm_int8_amx(M, N, K, A, lda, cv, C, ldc, R, ldr, act, p0, p1);
     return;
   }
@@ -263,6 +263,10 @@ void gemm_int8(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv,
 #if MN_ISA >= MN_ISA_AMX
 void gemm_int8(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, _Float16* C, int ldc, int act,
                int p0, int p1) {
+  if (on_tiles(cv, M)) {
+    gemm_int8_amx(M, N, K, A, lda, cv, C, ldc, nullptr, 0, act, p0, p1);
+    return;
+  }
   gemm_vnni(M, N, K, A, lda, cv, C, ldc, nullptr, 0, act, p0, p1);
 }
 

@@ -1,7 +1,6 @@
-// int8 GEMM on AMX tiles (AMX builds; gemm_int8 hands it products of at least 64 rows and 64 input channels, and
-// the VNNI kernel keeps the thinner ones, on which tiles measured no faster: MobileNetV2 1.0 @ 224 int8 at
-// batch 1 took 0.99× (one thread) and 0.94× (two) the VNNI level's time with this rule, 1.02× / 0.95× with
-// tiles from 16 rows and 64 channels up).
+// int8 GEMM on AMX tiles (AMX builds; gemm_int8 hands it the products on_tiles picks, kernels.h: at least 64 input
+// and output channels and 7 rows. An earlier rule, at least 64 rows, kept every product of V2 at two threads on
+// VNNI; with this one V2 int8 took 0.89–0.93 of the time at two threads and 0.89–0.91 at one, ab.py).
 //
 // tdpbusd multiplies u8 codes by s8 weights and sums four products at a time into int32, exactly as vpdpbusd does,
 // so the integer sums, and with the same epilogue the outputs, are those of the VNNI kernel. The thread copies its
@@ -13,6 +12,7 @@
 // of the A buffer and add nothing.
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "amx.h"
 #include "kernels.h"
@@ -36,7 +36,8 @@ void gather_codes(const uint8_t* A, int lda, int m0, int rows, int K, int Kp, ui
 
 // C rows [0, rows) × `cols` columns (16 or 8) of one panel from a tile's 16 × 16 int32 sums at t: the VNNI
 // kernel's epilogue, act(scale · (Σ + corr) + bias) (+ R).
-void store_sums(const int32_t* t, int rows, int cols, const MnConv& cv, int col, float* C, int ldc, const float* R,
+template <typename Out>
+void store_sums(const int32_t* t, int rows, int cols, const MnConv& cv, int col, Out* C, int ldc, const float* R,
                 int ldr, int act) {
   const __mmask16 mask = cols == 16 ? 0xffff : static_cast<__mmask16>((1u << cols) - 1);
   const __m512i corr = _mm512_maskz_loadu_epi32(mask, cv.corr + col);
@@ -44,13 +45,21 @@ void store_sums(const int32_t* t, int rows, int cols, const MnConv& cv, int col,
   for (int i = 0; i < rows; ++i) {
     const __m512i sums = _mm512_add_epi32(_mm512_loadu_si512(t + 16 * i), corr);
     __m512 v = activate(_mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, bias), act);
-    if (R) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, R + static_cast<int64_t>(i) * ldr));
-    _mm512_mask_storeu_ps(C + static_cast<int64_t>(i) * ldc, mask, v);
+    if constexpr (std::is_same_v<Out, float>) {
+      if (R) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, R + static_cast<int64_t>(i) * ldr));
+      _mm512_mask_storeu_ps(C + static_cast<int64_t>(i) * ldc, mask, v);
+    } else {  // rounded to fp16 (nearest even) as the VNNI kernel's fp16 epilogue rounds them
+      _mm256_mask_storeu_epi16(C + static_cast<int64_t>(i) * ldc, mask,
+                               _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
   }
 }
 
 // The codes × int8 weights as amx_tiles' Op (amx.h).
-struct Int8Tiles : TileOperands<uint8_t, uint8_t> {
+template <typename Out>
+struct Int8Tiles : TileOperands<uint8_t, uint8_t, Out> {
+  using Base = TileOperands<uint8_t, uint8_t, Out>;
+  using Base::A, Base::lda, Base::cv, Base::K, Base::Kp, Base::N, Base::buf, Base::ldc, Base::ldr, Base::act;
   static constexpr bool kInt8 = true;
   using Sum = int32_t;
 
@@ -64,23 +73,30 @@ struct Int8Tiles : TileOperands<uint8_t, uint8_t> {
   int b_stride(int panel) const { return 4 * width(panel); }
   void epilogue(const int32_t* sums, int rows, int panel, int m) const {
     const int col = 16 * panel;
-    store_sums(sums, rows, width(panel), cv, col, c_at(m, col), ldc, r_at(m, col), ldr, act);
+    store_sums(sums, rows, width(panel), cv, col, this->c_at(m, col), ldc, this->r_at(m, col), ldr, act);
   }
 };
 
 }  // namespace
 
-void gemm_int8_amx(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, float* C, int ldc,
+template <typename Out>
+void gemm_int8_amx(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, Out* C, int ldc,
                    const float* R, int ldr, int act, int p0, int p1) {
   const int Kp = (K + 63) / 64 * 64;
-  Int8Tiles op{{M, N, K, Kp, Kp / 64, Kp, A, lda, cv, C, ldc, R, ldr, act, gather_buffer<uint8_t>(Kp)}};
+  Int8Tiles<Out> op{{M, N, K, Kp, Kp / 64, Kp, A, lda, cv, C, ldc, R, ldr, act, gather_buffer<uint8_t>(Kp)}};
   amx_tiles(M, p0, p1, op);
 }
+template void gemm_int8_amx<float>(int, int, int, const uint8_t*, int, const MnConv&, float*, int, const float*, int,
+                                   int, int, int);
+template void gemm_int8_amx<_Float16>(int, int, int, const uint8_t*, int, const MnConv&, _Float16*, int,
+                                      const float*, int, int, int, int);
 
 #else
 
-void gemm_int8_amx(int, int, int, const uint8_t*, int, const MnConv&, float*, int, const float*, int, int, int,
-                   int) {}
+template <typename Out>
+void gemm_int8_amx(int, int, int, const uint8_t*, int, const MnConv&, Out*, int, const float*, int, int, int, int) {}
+template void gemm_int8_amx<float>(int, int, int, const uint8_t*, int, const MnConv&, float*, int, const float*, int,
+                                   int, int, int);
 
 #endif
 

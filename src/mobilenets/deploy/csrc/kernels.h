@@ -18,13 +18,23 @@ void gemm_fp32(int M, int N, int K, const float* A, int lda, const float* Bp, co
 void gemm_int8(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, float* C, int ldc, const float* R,
                int ldr, int act, int p0, int p1);
 
-// The same on AMX tiles (AMX builds only; gemm_int8 calls it for M, K >= 64): the same integer sums and outputs.
-void gemm_int8_amx(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, float* C, int ldc,
+// The same on AMX tiles (AMX builds only; gemm_int8 calls it where on_tiles says): the same integer sums and
+// outputs. Out: float, or (the fp16 rows of an fp16 depthwise) _Float16, with no residual.
+template <typename Out>
+void gemm_int8_amx(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, Out* C, int ldc,
                    const float* R, int ldr, int act, int p0, int p1);
 
 // The same with bf16 weights on AMX tiles, A rounded to bf16 as it goes (AMX builds only).
 void gemm_bf16(int M, int N, int K, const float* A, int lda, const MnConv& cv, float* C, int ldc, const float* R,
                int ldr, int act, int p0, int p1);
+
+// Whether gemm_int8 runs a product of M pixels on AMX tiles: where fused.py allows it for the convolution (cv.tiles:
+// the amx level, at least 64 input and 64 output channels) and M >= kTileMinRows. Measured with the tile kernel
+// (gemm_int8_amx.cpp) against VNNI, weights hot, one thread: 0.41–0.91 of VNNI's time at V2's products of 7–49
+// rows with K and N >= 64; 1.5–2.2× VNNI's with 1–4 rows (the classifier: each B tile then feeds one C row);
+// thinner K or N lose (V2's 56-px projections to 24 channels: 23 → 33 µs of thread 0's time in the engine).
+constexpr int kTileMinRows = 7;
+inline bool on_tiles(const MnConv& cv, int M) { return MN_ISA >= MN_ISA_AMX && cv.tiles && M >= kTileMinRows; }
 
 // Sets up this thread's AMX tiles (a no-op below AMX builds); tiles_release gives them back.
 void tiles_configure();
