@@ -16,7 +16,17 @@ from typing import Any
 import torch
 
 # The flags that decide which kernels a runtime can use (Linux /proc/cpuinfo spelling).
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+ISA_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 PEER_PACKAGES = ("onnxruntime", "openvino", "ai-edge-litert", "litert-torch", "timm", "onnx")
 
 

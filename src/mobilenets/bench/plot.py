@@ -14,6 +14,7 @@ def plot_bench(report: dict[str, Any], path: str | Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
     sections = report["models"]
     heights = [0.4 * len(s["results"]) + 1.0 for s in sections]
@@ -31,6 +32,12 @@ def plot_bench(report: dict[str, Any], path: str | Path) -> None:
                         xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)  # fmt: skip
         ax.invert_yaxis()
         ax.set_xscale("log")  # eager paths and compiled runtimes differ by one to two orders of magnitude
+        # Plain numbers at 1-2-5 steps (the default labels powers of ten, and every minor tick as 2×10^0, which
+        # overlap)
+        ax.xaxis.set_major_locator(FixedLocator([m * 10**e for e in range(-2, 4) for m in (1, 2, 5)]))
+        ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{section['model']} @ {section['resolution']}, batch 1, {report['threads']} threads", fontsize=9)
         ax.tick_params(labelsize=7)
     axes[-1, 0].set_xlabel("batch-1 latency, median (ms, log scale); blue: ours; hatched: bf16 (//) / int8 (..)")
