@@ -10,24 +10,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 from mobilenets import create_model
 from mobilenets.bench.photos import real_images, recalibrate_batchnorm
+from mobilenets.bench.timing import time_calls
 from mobilenets.deploy import fused
 
 
 def median_us(engine: fused.FusedEngine, x: torch.Tensor, calls: int) -> float:
-    for _ in range(50):
-        engine(x)
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        engine(x)
-        times.append((time.perf_counter() - start) * 1e6)
-    return statistics.median(times)
+    return 1e3 * statistics.median(time_calls(lambda: engine(x), calls, warmup=50))
 
 
 def main() -> None:

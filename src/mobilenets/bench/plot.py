@@ -14,7 +14,7 @@ def plot_bench(report: dict[str, Any], path: str | Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+    from matplotlib.ticker import FixedLocator, NullLocator
 
     sections = report["models"]
     heights = [0.4 * len(s["results"]) + 1.0 for s in sections]
@@ -37,7 +37,6 @@ def plot_bench(report: dict[str, Any], path: str | Path) -> None:
         ax.xaxis.set_major_locator(FixedLocator([m * 10**e for e in range(-2, 4) for m in (1, 2, 5)]))
         ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}")
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{section['model']} @ {section['resolution']}, batch 1, {report['threads']} threads", fontsize=9)
         ax.tick_params(labelsize=7)
     axes[-1, 0].set_xlabel("batch-1 latency, median (ms, log scale); blue: ours; hatched: bf16 (//) / int8 (..)")

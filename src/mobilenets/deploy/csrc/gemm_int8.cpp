@@ -237,20 +237,27 @@ void gemm_vnni(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv,
     p += pair ? 2 : 1;
   }
 }
+
+// The product on AMX tiles where on_tiles says (the same sums), else on the VNNI tiles: fp32 or fp16 outputs.
+template <typename Out>
+void gemm_wide(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, Out* C, int ldc, const float* R,
+               int ldr, int act, int p0, int p1) {
+#if MN_ISA >= MN_ISA_AMX
+  if (on_tiles(cv, M)) {
+    gemm_int8_amx(M, N, K, A, lda, cv, C, ldc, R, ldr, act, p0, p1);
+    return;
+  }
+#endif
+  gemm_vnni(M, N, K, A, lda, cv, C, ldc, R, ldr, act, p0, p1);
+}
 #endif
 
 }  // namespace
 
 void gemm_int8(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, float* C, int ldc, const float* R,
                int ldr, int act, int p0, int p1) {
-#if MN_ISA >= MN_ISA_AMX
-  if (on_tiles(cv, M)) {  // the same sums on AMX tiles
-    gemm_int8_amx(M, N, K, A, lda, cv, C, ldc, R, ldr, act, p0, p1);
-    return;
-  }
-#endif
 #if MN_ISA >= MN_ISA_AVX512
-  gemm_vnni(M, N, K, A, lda, cv, C, ldc, R, ldr, act, p0, p1);
+  gemm_wide(M, N, K, A, lda, cv, C, ldc, R, ldr, act, p0, p1);
 #else
   for (int p = p0; p < p1; ++p) {
     const int col = 16 * p;
@@ -263,11 +270,7 @@ void gemm_int8(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv,
 #if MN_ISA >= MN_ISA_AMX
 void gemm_int8(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, _Float16* C, int ldc, int act,
                int p0, int p1) {
-  if (on_tiles(cv, M)) {
-    gemm_int8_amx(M, N, K, A, lda, cv, C, ldc, nullptr, 0, act, p0, p1);
-    return;
-  }
-  gemm_vnni(M, N, K, A, lda, cv, C, ldc, nullptr, 0, act, p0, p1);
+  gemm_wide(M, N, K, A, lda, cv, C, ldc, nullptr, 0, act, p0, p1);
 }
 
 void conv1x1(const MnConv& cv, int M, int N, int K, const float* A, int lda, const uint8_t* Aq, _Float16* C, int ldc,
