@@ -92,6 +92,20 @@ def engine_isa(isa: str) -> str:
     return isa
 
 
+def bf16_isas() -> list[str]:
+    """The fused engine's levels that run bf16 on this CPU (amx; avx512 with AVX512-BF16); else the test is
+    skipped."""
+    import pytest
+
+    from mobilenets.deploy import fused
+
+    supported = fused.supported_isas() if fused.cpu_supported() is None else []
+    levels = [isa for isa in supported if fused.bf16_supported(isa)]
+    if not levels:
+        pytest.skip("this CPU runs no bf16 engine level (neither AVX512-BF16 nor AMX)")
+    return levels
+
+
 def require_engine() -> None:
     """Skips the calling test module (call it at module level) where the fused engine cannot be built or run: no
     C++ compiler, or a CPU without AVX2."""

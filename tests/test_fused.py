@@ -9,6 +9,8 @@ host also covers the AVX2 path; the levels this CPU lacks are skipped, never exe
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -17,6 +19,7 @@ from mobilenets.errors import ConfigError, InputError
 from model_util import (
     assert_engine_equals_eager,
     assert_int8_engine_matches_twin,
+    bf16_isas,
     engine_isa,
     require_engine,
     trained_like,
@@ -298,16 +301,16 @@ def test_half_depthwise_needs_int8_on_amx() -> None:
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v1", "mobilenet_v3_large_minimal"])
 def test_bf16_engine_equals_its_rounded_model(name: str) -> None:
-    # AMX sums the bf16 products in fp32 in another order than PyTorch, and a sum that lies within that rounding of
-    # a bf16 rounding boundary of the next layer's input lands on the neighbouring bf16 value: a bound on norms
-    # again, ‖engine − twin‖ ≤ 0.3 ‖twin − fp32‖, and every image's top-1 equal to the twin's.
-    engine_isa("amx")
+    # AMX tiles and vdpbf16ps sum the bf16 products in fp32 in another order than PyTorch, and a sum that lies within
+    # that rounding of a bf16 rounding boundary of the next layer's input lands on the neighbouring bf16 value: a
+    # bound on norms again, ‖engine − twin‖ ≤ 0.3 ‖twin − fp32‖, and every image's top-1 equal to the twin's. Every
+    # level that runs bf16 here (width 0.5: 8-channel layers and 10 classes end in part-filled panels).
     torch.manual_seed(0)
     model = trained_like(name, width=0.5, num_classes=10)
     twin = fused.bf16_rounded(model)
-    for threads in (1, 2):
-        engine = fused.FusedEngine(model, threads=threads, precision="bf16", isa="amx")
-        assert engine.precision == "bf16"
+    for isa, threads in itertools.product(bf16_isas(), (1, 2)):
+        engine = fused.FusedEngine(model, threads=threads, precision="bf16", isa=isa)
+        assert engine.precision == "bf16" and engine.isa == isa
         x = torch.randn(4, 3, 96, 128)
         with torch.no_grad():
             want, fp32 = twin(x), model(x)
@@ -330,8 +333,15 @@ def test_isa_is_chosen_forced_and_guarded(monkeypatch) -> None:
     for isa in ("avx512", "amx"):
         with pytest.raises(fused.EngineUnavailable, match=f"cannot run the engine's {isa} level"):
             fused.FusedEngine(model, threads=1, isa=isa)
-    with pytest.raises(fused.EngineUnavailable, match="bf16 engine needs the amx level"):
+    with pytest.raises(fused.EngineUnavailable, match="bf16 engine needs avx512_bf16"):
         fused.FusedEngine(model, threads=1, isa="avx2", precision="bf16")
+    # An AVX-512 CPU without AVX512-BF16 (Skylake-X, Ice Lake) runs fp32 and int8 at the avx512 level, never bf16.
+    monkeypatch.setattr(fused, "supported_isas", lambda: ["avx2", "avx512"])
+    monkeypatch.setattr(fused, "cpu_flags", lambda: frozenset(fused.ISAS["avx512"][1]))
+    with pytest.raises(fused.EngineUnavailable, match=r"bf16 engine needs avx512_bf16.*this runs avx512"):
+        fused.FusedEngine(model, threads=1, isa="avx512", precision="bf16")
+    monkeypatch.setattr(fused, "cpu_flags", lambda: frozenset({*fused.ISAS["avx512"][1], fused.BF16_FLAG}))
+    assert fused.bf16_supported("avx512") and not fused.bf16_supported("avx2")
     with pytest.raises(ConfigError, match="unknown engine precision"):
         fused.FusedEngine(model, precision="fp16")
 

@@ -22,7 +22,7 @@ from mobilenets.data.scenes import SceneConfig, write_split
 from mobilenets.deploy import fused
 from mobilenets.deploy.fused_backbone import FusedBackbone, engine_model
 from mobilenets.errors import ConfigError
-from model_util import engine_isa, require_engine, trained_like
+from model_util import bf16_isas, engine_isa, require_engine, trained_like
 
 ATOL = 1e-4
 
@@ -115,17 +115,16 @@ def test_int8_taps_equal_their_fake_quantized_backbone(isa: str) -> None:
 
 
 def test_bf16_taps_equal_their_rounded_backbone() -> None:
-    engine_isa("amx")
     detector = trained_like("ssdlite_mobilenet_v2", width=0.5, num_classes=3)
     backbone, taps = detector.backbone, list(detector.taps)
     twin = fused.bf16_rounded(backbone)
-    engine = FusedBackbone(backbone, taps, threads=2, precision="bf16", isa="amx")
     x = torch.randn(3, 3, 128, 96)
     with torch.no_grad():
         want, fp32 = twin.forward_taps(x, taps), backbone.forward_taps(x, taps)
-    got = engine(x)
-    for name in taps:
-        assert (got[name] - want[name]).norm() <= 0.3 * (want[name] - fp32[name]).norm(), name
+    for isa in bf16_isas():
+        got = FusedBackbone(backbone, taps, threads=2, precision="bf16", isa=isa)(x)
+        for name in taps:
+            assert (got[name] - want[name]).norm() <= 0.3 * (want[name] - fp32[name]).norm(), (isa, name)
 
 
 def test_what_the_backbone_engine_refuses() -> None:
@@ -226,8 +225,9 @@ def test_bench_rows_for_an_ssdlite_backbone() -> None:
     model = BackboneTaps(trained_like("ssdlite_mobilenet_v2", width=0.35, num_classes=3))
     calibration = list(torch.randn(8, 3, 96, 96).split(4))
     notes: list[str] = []
-    rows = {c.precision: c for c in fused_candidates(model, 2, 96, calibration, {"amx_bf16": False}, notes)}
-    assert set(rows) == {"fp32", "int8"} and "no AMX-BF16" in notes[0]
+    no_bf16 = {"amx_bf16": False, "avx512_bf16": False}
+    rows = {c.precision: c for c in fused_candidates(model, 2, 96, calibration, no_bf16, notes)}
+    assert set(rows) == {"fp32", "int8"} and "neither AMX-BF16 nor AVX512-BF16" in notes[0]
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         want = model(x)

@@ -10,6 +10,7 @@ by 1 moves them by ~0.07). Every ISA level this CPU has runs, the narrower ones 
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -20,6 +21,7 @@ from mobilenets.errors import ConfigError
 from model_util import (
     assert_engine_equals_eager,
     assert_int8_engine_matches_twin,
+    bf16_isas,
     engine_isa,
     require_engine,
     trained_like,
@@ -127,12 +129,11 @@ def test_v3_int8_engine_equals_its_fake_quantized_model(isa: str, name: str) -> 
 
 @pytest.mark.parametrize("name", ["mobilenet_v3_large", "mobilenet_v3_small"])
 def test_v3_bf16_engine_equals_its_rounded_model(name: str) -> None:
-    engine_isa("amx")
     torch.manual_seed(0)
     model = _v3(name, width=0.75)
     twin = fused.bf16_rounded(model)
-    for threads in (1, 2):
-        engine = fused.FusedEngine(model, threads=threads, precision="bf16", isa="amx")
+    for isa, threads in itertools.product(bf16_isas(), (1, 2)):
+        engine = fused.FusedEngine(model, threads=threads, precision="bf16", isa=isa)
         x = torch.randn(4, 3, 96, 128)
         with torch.no_grad():
             want, fp32 = twin(x), model(x)

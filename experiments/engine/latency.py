@@ -95,14 +95,13 @@ def main() -> None:
     calibration = real_images(224, 32, seed=1)
     photos = real_images(224, 64, seed=2)
     paths: dict[str, Predict] = {}
-    widest = fused.supported_isas()[-1]
     for isa in fused.supported_isas()[::-1]:
         paths[f"ours fp32 [{isa}]"] = fused.FusedEngine(model, threads=args.threads, isa=isa)
     for isa in fused.supported_isas()[::-1]:
         batches = list(calibration.split(8))
         paths[f"ours int8 [{isa}]"] = fused.FusedEngine(model, threads=args.threads, calibration=batches, isa=isa)
-    if widest == "amx":
-        paths["ours bf16 [amx]"] = fused.FusedEngine(model, threads=args.threads, precision="bf16", isa="amx")
+    for isa in [isa for isa in fused.supported_isas()[::-1] if fused.bf16_supported(isa)]:
+        paths[f"ours bf16 [{isa}]"] = fused.FusedEngine(model, threads=args.threads, precision="bf16", isa=isa)
     with tempfile.TemporaryDirectory() as tmp:
         if not args.no_peers:
             paths.update(peers(*onnx_paths(model, Path(tmp), calibration), args.threads))

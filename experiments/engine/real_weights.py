@@ -7,7 +7,7 @@
    reloaded; engine against timm's eager model. Required: ≤ 1e-4.
 2. Fashion-MNIST, the full test set (10,000 images) in the run's eval transform, the main run's weights: top-1 of
    eager fp32, the engine in fp32 and int8 at every level (int8 calibrated on the first 512 training images) and
-   bf16 (amx). Required: each loses ≤ 0.5 point against eager.
+   bf16 (amx, or avx512 with AVX512-BF16). Required: each loses ≤ 0.5 point against eager.
 3. Real photo crops: MobileNetV2 trained here (one thread) to tell which of 14 photographs (scikit-image's
    bundled ones, matplotlib's Grace Hopper) a crop comes from. Training crops come from the left 70 % of each
    photo's columns (random scale, flip, colour jitter), evaluation crops from the right 30 % (disjoint pixels, no
@@ -139,7 +139,7 @@ def train_photo_model(
 
 # -- engines -------------------------------------------------------------------------------------------------------
 def engines(model: nn.Module, calibration: list[torch.Tensor], threads: int) -> dict[str, fused.FusedEngine]:
-    """fp32 and int8 at every ISA level this CPU has, and bf16 where it has AMX. Where the amx level's int8 runs
+    """fp32 and int8 at every ISA level this CPU has, and bf16 at each that runs it (``fused.bf16_supported``). Where the amx level's int8 runs
     its depthwise on fp16 rows (``half_depthwise``, its default there), also that level with the fp32 depthwise."""
     out = {f"fp32 [{isa}]": fused.FusedEngine(model, threads=threads, isa=isa) for isa in fused.supported_isas()}
     for isa in fused.supported_isas():
@@ -148,8 +148,8 @@ def engines(model: nn.Module, calibration: list[torch.Tensor], threads: int) -> 
             out[f"int8 [{isa}, fp32 depthwise]"] = fused.FusedEngine(
                 model, threads=threads, calibration=calibration, isa=isa, half_depthwise=False
             )
-    if "amx" in fused.supported_isas():
-        out["bf16 [amx]"] = fused.FusedEngine(model, threads=threads, precision="bf16", isa="amx")
+    for isa in [isa for isa in fused.supported_isas() if fused.bf16_supported(isa)]:
+        out[f"bf16 [{isa}]"] = fused.FusedEngine(model, threads=threads, precision="bf16", isa=isa)
     return out
 
 

@@ -178,9 +178,9 @@ def fused_candidates(
     isa: Mapping[str, bool | None],
     notes: list[str],
 ) -> list[Candidate]:
-    """The fused engine's rows (fp32, int8 and, on a CPU with AMX-BF16, bf16), labelled by the precision and
-    instruction-set level the engine says it runs (``engine.precision``, ``engine.isa``); an SSDLite backbone runs
-    as far as its taps (``FusedTaps``)."""
+    """The fused engine's rows (fp32, int8 and, on a CPU with AMX-BF16 or AVX512-BF16, bf16), labelled by the
+    precision and instruction-set level the engine says it runs (``engine.precision``, ``engine.isa``); an SSDLite
+    backbone runs as far as its taps (``FusedTaps``)."""
     import inspect
 
     from mobilenets.deploy.fused import FusedEngine
@@ -190,8 +190,8 @@ def fused_candidates(
         ("fp32", lambda: engine_for(model, threads)),
         ("int8", lambda: engine_for(model, threads, calibration=calibration)),
     ]
-    if not isa.get("amx_bf16"):
-        notes.append("fused engine bf16 row skipped: this CPU has no AMX-BF16")
+    if not (isa.get("amx_bf16") or isa.get("avx512_bf16")):
+        notes.append("fused engine bf16 row skipped: this CPU has neither AMX-BF16 nor AVX512-BF16")
     elif "precision" not in inspect.signature(FusedEngine).parameters:
         notes.append("fused engine bf16 row skipped: this engine has no bf16 precision")
     else:

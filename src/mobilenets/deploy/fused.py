@@ -5,8 +5,8 @@ FMA, faster kernels where the CPU has AVX-512 / VNNI / AMX).
 ``FusedEngine(model)`` folds BatchNorm, packs the weights for the C++ kernels and runs NCHW batches; its logits
 equal the eager model's within float rounding (``tests/test_fused.py``: ≤ 1e-4). ``FusedEngine(model,
 calibration=batches)`` runs the stem, the 1×1 convolutions and the classifier in int8, calibrated on real images
-(its error is that of its fake-quantised twin, ``tests/test_fused.py``); ``precision="bf16"`` (AMX CPUs) runs the
-1×1 convolutions on bf16 inputs and weights with fp32 sums. What it does that a graph runtime does not (V2 §5.1's
+(its error is that of its fake-quantised twin, ``tests/test_fused.py``); ``precision="bf16"`` (CPUs with AMX or
+AVX512-BF16) runs the 1×1 convolutions on bf16 inputs and weights with fp32 sums. What it does that a graph runtime does not (V2 §5.1's
 hardware argument): inverted residual blocks on wide maps never materialise their expansion — each thread streams
 its rows through a ring of expanded rows (the depthwise window's height) and projects every depthwise output row at
 once; blocks with squeeze-excite stream their expansion the same way but keep their depthwise output whole, their
@@ -14,8 +14,8 @@ pool needing all of it before the projection — and the whole network runs in o
 barrier per block.
 
 ISA levels (``ISAS``): ``avx2`` (AVX2 + FMA), ``avx512`` (AVX-512 F/BW/VL/DQ + VNNI: 16-lane fp32 kernels and
-``vpdpbusd`` int8 on full-range weights), ``amx`` (also AVX512_BF16 and AMX tiles: bf16 1×1 convolutions, the larger
-int8 products on tiles). One library is compiled per level on first use with the system C++ compiler (``$CXX``,
+``vpdpbusd`` int8 on full-range weights; bf16 with ``vdpbf16ps`` where the CPU has AVX512_BF16), ``amx`` (also
+AVX512_BF16 and AMX tiles: bf16 1×1 convolutions and the larger int8 products on tiles). One library is compiled per level on first use with the system C++ compiler (``$CXX``,
 default ``g++``) into ``$MOBILENETS_CACHE`` (default ``~/.cache/mobilenets``), keyed by the sources' hash, and the
 widest level this CPU has is loaded — a narrower one when asked (``isa=`` or ``MOBILENETS_ENGINE_ISA``). The CPU's
 flags are read before a library is loaded, so a CPU never runs instructions it lacks. ``EngineUnavailable`` says why
@@ -68,6 +68,9 @@ ISAS: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]] = {
 # lines (V2's 144-wide blocks, 288-byte pixels, ran slower in fp16 than in fp32: loads split across lines).
 HALF_FLAG = "avx512_fp16"
 HALF_CHANNELS = 32
+# bf16 runs on the amx level (AMX tiles) and, where the CPU has this flag (Cooper Lake, Zen 4 and later), on the
+# avx512 level (vdpbf16ps register tiles).
+BF16_FLAG = "avx512_bf16"
 # The amx level's int8 1×1 convolutions with at least this many input and output channels may run on AMX tiles
 # (MnConv.tiles; the library adds a floor on the rows, kernels.h: on_tiles); thinner ones stay on VNNI.
 TILE_MIN_CHANNELS = 64
@@ -150,6 +153,11 @@ def resolve_isa(isa: str | None = None) -> str:
         missing = sorted(set(ISAS[asked][1]) - cpu_flags())
         raise EngineUnavailable(f"this CPU cannot run the engine's {asked} level (missing: {', '.join(missing)})")
     return asked
+
+
+def bf16_supported(isa: str) -> bool:
+    """Whether the engine's ``isa`` level runs bf16 on this CPU (AMX tiles, or AVX512-BF16 at the avx512 level)."""
+    return isa == "amx" or (isa == "avx512" and BF16_FLAG in cpu_flags())
 
 
 def _sources() -> list[Path]:
@@ -573,7 +581,8 @@ class FusedEngine:
     logits (or the pooled features when the model has no classifier). ``threads`` defaults to PyTorch's.
     Batches with at least ``threads`` images run one image per thread; smaller ones share every layer.
     ``calibration``: batches of real images in the model's input transform; given, the engine runs in int8.
-    ``precision``: "fp32", "int8" (needs ``calibration``) or "bf16" (the ``amx`` level); by default int8 when
+    ``precision``: "fp32", "int8" (needs ``calibration``) or "bf16" (``bf16_supported``: the ``amx`` level, or ``avx512`` on a
+    CPU with AVX512-BF16); by default int8 when
     calibration images are given, else fp32. ``isa``: the level to run (``ISAS``; default ``$MOBILENETS_ENGINE_ISA``
     or the widest this CPU has). ``half_depthwise``: int8 on the amx level keeps the expanded rows of its
     row-streamed blocks in fp16 and runs their depthwise in fp16 arithmetic (AVX512-FP16; on by default where the
@@ -602,9 +611,9 @@ class FusedEngine:
         if precision != "int8" and calibration is not None:
             raise ConfigError(f"calibration images are for the int8 engine, not {precision}")
         self.isa = resolve_isa(isa)
-        if precision == "bf16" and self.isa != "amx":
+        if precision == "bf16" and not bf16_supported(self.isa):
             raise EngineUnavailable(
-                f"the bf16 engine needs the amx level (AMX tiles, AVX512_BF16); this runs {self.isa}"
+                f"the bf16 engine needs {BF16_FLAG} (the avx512 level on a CPU with it, or amx); this runs {self.isa}"
             )
         self.precision = precision
         can_half = precision == "int8" and self.isa == "amx" and HALF_FLAG in cpu_flags()
