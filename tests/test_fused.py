@@ -367,6 +367,38 @@ def test_abi_mismatch_is_refused_at_load() -> None:
     assert lib.mn_abi_version() == fused.ABI_VERSION and lib.mn_struct_size(1) == layer
 
 
+def test_int8_stem_puts_each_input_channel_on_its_own_grid() -> None:
+    # An image normalised from 8-bit pixels (a mean and std per channel) spans 256 pixel values in each channel, but
+    # each channel over another range: on its own grid every pixel value keeps a code of its own; one grid for the
+    # three (the stem's before) is coarser than the narrowest channel's pixel step and merges neighbouring values.
+    pixels = torch.arange(256).repeat(3, 1).float()  # channels × every pixel value
+    mean, std = torch.tensor([[0.485], [0.456], [0.406]]), torch.tensor([[0.229], [0.224], [0.225]])
+    x = (pixels / 255 - mean) / std
+    channels = (x.amin(1), x.amax(1))
+    scale, zero = fused.stem_quantization(channels, 255)
+    codes = torch.clamp(torch.round(x / scale[:, None]) + zero[:, None], 0, 255)
+    assert all(len(c.unique()) == 256 for c in codes)
+    one_scale, one_zero = fused.activation_quantization(*fused.tensor_range(channels), 255)
+    one_grid = torch.clamp(torch.round(x / one_scale) + one_zero, 0, 255)
+    assert min(len(c.unique()) for c in one_grid) < 256
+
+
+@pytest.mark.parametrize("isa", SUPPORTED)
+def test_int8_stem_keeps_a_narrow_input_channel(isa: str) -> None:
+    # Input channel 0 spans 2 % of the others' range: on a shared grid it would be a few codes, and the engine far from
+    # the twin, whose stem quantises each channel on its own grid.
+    torch.manual_seed(0)
+    model = trained_like("mobilenet_v2", width=0.35, num_classes=10)
+    x = torch.randn(12, 3, 64, 64)
+    x[:, 0] *= 0.02
+    calibration = list(x[4:].split(4))
+    engine = fused.FusedEngine(model, threads=2, calibration=calibration, isa=isa, half_depthwise=False)
+    twin = fused.fake_quantized(model, calibration, fused.int8_grid(isa))
+    with torch.no_grad():
+        want, fp32 = twin(x[:4]), model(x[:4])
+    assert (engine(x[:4]) - want).norm() <= 0.5 * (want - fp32).norm()
+
+
 def test_int8_engine_needs_calibration_images() -> None:
     with pytest.raises(ConfigError, match="calibration"):
         fused.FusedEngine(trained_like("mobilenet_v2", width=0.35), calibration=[])

@@ -139,8 +139,9 @@ def train_photo_model(
 
 # -- engines -------------------------------------------------------------------------------------------------------
 def engines(model: nn.Module, calibration: list[torch.Tensor], threads: int) -> dict[str, fused.FusedEngine]:
-    """fp32 and int8 at every ISA level this CPU has, and bf16 at each that runs it (``fused.bf16_supported``). Where the amx level's int8 runs
-    its depthwise on fp16 rows (``half_depthwise``, its default there), also that level with the fp32 depthwise."""
+    """fp32 and int8 at every ISA level this CPU has, and bf16 at each that runs it (``fused.bf16_supported``).
+    Where the amx level's int8 runs its depthwise on fp16 rows (``half_depthwise``, its default there), also that
+    level with the fp32 depthwise."""
     out = {f"fp32 [{isa}]": fused.FusedEngine(model, threads=threads, isa=isa) for isa in fused.supported_isas()}
     for isa in fused.supported_isas():
         out[f"int8 [{isa}]"] = engine = fused.FusedEngine(model, threads=threads, calibration=calibration, isa=isa)

@@ -1,25 +1,25 @@
 """The fused engine: MobileNetV1 / V2 / V3 classifiers (V3 with squeeze-excite, h-swish and 5×5 depthwise; any output
-stride, the later blocks dilated) run by the C++ sources in ``csrc/`` (fp32, int8 or bf16; x86-64 CPUs with AVX2 +
-FMA, faster kernels where the CPU has AVX-512 / VNNI / AMX).
+stride, the later blocks dilated) run by the C++ sources in ``csrc/`` (fp32, int8 or bf16; x86-64 CPUs with AVX2 + FMA,
+faster kernels where the CPU has AVX-512 / VNNI / AMX).
 
-``FusedEngine(model)`` folds BatchNorm, packs the weights for the C++ kernels and runs NCHW batches; its logits
-equal the eager model's within float rounding (``tests/test_fused.py``: ≤ 1e-4). ``FusedEngine(model,
-calibration=batches)`` runs the stem, the 1×1 convolutions and the classifier in int8, calibrated on real images
-(its error is that of its fake-quantised twin, ``tests/test_fused.py``); ``precision="bf16"`` (CPUs with AMX or
-AVX512-BF16) runs the 1×1 convolutions on bf16 inputs and weights with fp32 sums. What it does that a graph runtime does not (V2 §5.1's
-hardware argument): inverted residual blocks on wide maps never materialise their expansion — each thread streams
-its rows through a ring of expanded rows (the depthwise window's height) and projects every depthwise output row at
-once; blocks with squeeze-excite stream their expansion the same way but keep their depthwise output whole, their
-pool needing all of it before the projection — and the whole network runs in one parallel region with a spin
-barrier per block.
+``FusedEngine(model)`` folds BatchNorm, packs the weights for the C++ kernels and runs NCHW batches; its logits equal
+the eager model's within float rounding (``tests/test_fused.py``: ≤ 1e-4). ``FusedEngine(model, calibration=batches)``
+runs the stem, the 1×1 convolutions and the classifier in int8, calibrated on real images (its error is that of its
+fake-quantised twin, ``tests/test_fused.py``); ``precision="bf16"`` (CPUs with AMX or AVX512-BF16) runs the 1×1
+convolutions on bf16 inputs and weights with fp32 sums. What it does that a graph runtime does not (V2 §5.1's hardware
+argument): inverted residual blocks on wide maps never materialise their expansion — each thread streams its rows
+through a ring of expanded rows (the depthwise window's height) and projects every depthwise output row at once; blocks
+with squeeze-excite stream their expansion the same way but keep their depthwise output whole, their pool needing all of
+it before the projection — and the whole network runs in one parallel region with a spin barrier per block.
 
 ISA levels (``ISAS``): ``avx2`` (AVX2 + FMA), ``avx512`` (AVX-512 F/BW/VL/DQ + VNNI: 16-lane fp32 kernels and
 ``vpdpbusd`` int8 on full-range weights; bf16 with ``vdpbf16ps`` where the CPU has AVX512_BF16), ``amx`` (also
-AVX512_BF16 and AMX tiles: bf16 1×1 convolutions and the larger int8 products on tiles). One library is compiled per level on first use with the system C++ compiler (``$CXX``,
-default ``g++``) into ``$MOBILENETS_CACHE`` (default ``~/.cache/mobilenets``), keyed by the sources' hash, and the
-widest level this CPU has is loaded — a narrower one when asked (``isa=`` or ``MOBILENETS_ENGINE_ISA``). The CPU's
-flags are read before a library is loaded, so a CPU never runs instructions it lacks. ``EngineUnavailable`` says why
-when the engine cannot run (no compiler, no AVX2/FMA, not x86-64, a level this CPU lacks, a library of another ABI).
+AVX512_BF16 and AMX tiles: bf16 1×1 convolutions and the larger int8 products on tiles). One library is compiled per
+level on first use with the system C++ compiler (``$CXX``, default ``g++``) into ``$MOBILENETS_CACHE`` (default
+``~/.cache/mobilenets``), keyed by the sources' hash, and the widest level this CPU has is loaded — a narrower one when
+asked (``isa=`` or ``MOBILENETS_ENGINE_ISA``). The CPU's flags are read before a library is loaded, so a CPU never runs
+instructions it lacks. ``EngineUnavailable`` says why when the engine cannot run (no compiler, no AVX2/FMA, not x86-64,
+a level this CPU lacks, a library of another ABI).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from mobilenets.models.layers import ConvBNAct, SqueezeExcite
 from mobilenets.models.mobilenet import MobileNet, check_image_batch
 
 SOURCE_DIR = Path(__file__).with_name("csrc")
-ABI_VERSION = 5  # MN_ABI_VERSION in csrc/abi.h
+ABI_VERSION = 6  # MN_ABI_VERSION in csrc/abi.h
 _STEM, _BLOCK, _POINTWISE, _POOL_FC = 1, 2, 3, 4
 _ACTS = {"linear": 0, "relu": 1, "relu6": 2, "hswish": 3}
 MAX_SPAN = 17  # kMaxSpan in csrc/kernels.h: the rows a depthwise window spans, (k - 1) · dilation + 1
@@ -104,6 +104,8 @@ class _Layer(ctypes.Structure):
         ("se_expand", _Conv),
         ("w_dw16", ctypes.c_void_p),
         ("b_dw16", ctypes.c_void_p),
+        ("stem_inv_scale", ctypes.c_void_p),
+        ("stem_zero", ctypes.c_void_p),
     ]
 
 
@@ -352,16 +354,35 @@ def _check_supported(model: MobileNet) -> None:
         raise ConfigError("the fused engine cannot run this model: " + "; ".join(problems))
 
 
-Ranges = dict[nn.Module, tuple[float, float]]
+# Per layer the int8 engine runs: the low and high of its input per input channel (dim 1 of a convolution's input,
+# the last of a linear layer's). The stem's input is quantised per channel (stem_quantization); every other layer's
+# per tensor, over its channels' extremes (tensor_range).
+Ranges = dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]
+
+
+def tensor_range(channels: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
+    """The range of a whole tensor from its channels' ranges."""
+    return float(channels[0].min()), float(channels[1].max())
+
+
+def stem_quantization(channels: tuple[torch.Tensor, torch.Tensor], levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale (float32) and zero point (int32) of each input channel of an int8 stem. An image normalised from 8-bit
+    pixels with a mean and std per channel spans its 256 pixel values in each channel over another range: on its own
+    grid each pixel value keeps its own code, where one grid for the three merges neighbouring values in the
+    narrowest channel (measured: of 1,366 confident photo predictions the avx512 int8 engine kept 1,351 with one
+    grid, 1,360 with these; ``experiments/engine/real_weights.py``, docs/engine.md)."""
+    pairs = [activation_quantization(float(lo), float(hi), levels) for lo, hi in zip(*channels, strict=True)]
+    scales = torch.tensor([scale for scale, _ in pairs], dtype=torch.float32)
+    return scales, torch.tensor([zero for _, zero in pairs], dtype=torch.int32)
 
 
 @torch.no_grad()
 def calibrate(
     model: MobileNet, batches: list[torch.Tensor], forward: Callable[[torch.Tensor], object] | None = None
 ) -> Ranges:
-    """The range (min, max) of the input of the stem, of every 1×1 convolution and of every linear layer
-    (pre-logits, classifier) over ``batches``: the layers the int8 engine runs in int8. ``forward`` runs a batch
-    (default: the model; a backbone's ``forward_features`` for sides that are not multiples of 32)."""
+    """The range (min, max) per input channel of the input of the stem, of every 1×1 convolution and of every
+    linear layer (pre-logits, classifier) over ``batches``: the layers the int8 engine runs in int8. ``forward``
+    runs a batch (default: the model; a backbone's ``forward_features`` for sides that are not multiples of 32)."""
     # Squeeze-excite's two 1×1 layers act on one pooled pixel and stay fp32 (V3 §5.3): not calibrated.
     squeeze_excite = {id(m) for se in model.modules() if isinstance(se, SqueezeExcite) for m in se.modules()}
     targets = [
@@ -373,9 +394,11 @@ def calibrate(
     ranges: Ranges = {}
 
     def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        lo, hi = float(inputs[0].min()), float(inputs[0].max())
+        x = inputs[0].detach()
+        x = x.transpose(0, 1).flatten(1) if x.dim() == 4 else x.flatten(0, -2).t()  # channels × values
+        lo, hi = x.amin(1), x.amax(1)
         old = ranges.get(module, (lo, hi))
-        ranges[module] = (min(old[0], lo), max(old[1], hi))
+        ranges[module] = (torch.minimum(old[0], lo), torch.maximum(old[1], hi))
 
     handles = [m.register_forward_pre_hook(record) for m in targets]
     try:
@@ -399,7 +422,7 @@ def _codes_scale(block: nn.Module, ranges: Ranges, grid: Int8Grid) -> float | No
     squeeze-excite, whose gate comes between the depthwise output and the projection's codes."""
     if block.spec.act not in ("relu", "relu6") or block.spec.se_channels:
         return None
-    scale, zero = activation_quantization(*ranges[_projection(block).conv], grid.levels)
+    scale, zero = activation_quantization(*tensor_range(ranges[_projection(block).conv]), grid.levels)
     return scale if zero == 0 else None
 
 
@@ -421,8 +444,11 @@ def fake_quantized(model: MobileNet, calibration: list[torch.Tensor], grid: Int8
             block.depthwise.conv.bias.copy_(block.depthwise.conv.bias / scale)
             block.depthwise.act = nn.Identity()
             prescaled.add(_projection(block).conv)
-    for module, (low, high) in ranges.items():
-        scale, zero = activation_quantization(low, high, grid.levels)
+    for module, channels in ranges.items():
+        if module is folded.stem.conv:
+            _stem_on_grid(module, channels, grid)
+            continue
+        scale, zero = activation_quantization(*tensor_range(channels), grid.levels)
         q, w_scale = quantize_weights(module.weight.detach().flatten(1).t(), grid.weight_max)
         module.weight.copy_((q.float() * w_scale).t().reshape(module.weight.shape))
         # The engine multiplies by a float32 1/scale (by 1 where the depthwise made the codes' sums already).
@@ -441,6 +467,22 @@ def fake_quantized(model: MobileNet, calibration: list[torch.Tensor], grid: Int8
 
         module.register_forward_pre_hook(on_grid)
     return folded
+
+
+def _stem_on_grid(stem: nn.Conv2d, channels: tuple[torch.Tensor, torch.Tensor], grid: Int8Grid) -> None:
+    """fake_quantized's stem: its input on each channel's grid (stem_quantization), its weights as the engine
+    quantises them, with each channel's scale folded in (stem_weights), expressed back in the input's units."""
+    scale, zero = stem_quantization(channels, grid.levels)
+    per_channel = (1, -1, 1, 1)
+    q, w_scale = quantize_weights((stem.weight.detach() * scale.view(per_channel)).flatten(1).t(), grid.weight_max)
+    stem.weight.copy_((q.float() * w_scale).t().reshape(stem.weight.shape) / scale.view(per_channel))
+    inv, zeros = (1.0 / scale).view(per_channel), zero.float().view(per_channel)
+
+    def on_grid(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
+        codes = torch.clamp(torch.round(inputs[0] * inv) + zeros, 0, grid.levels)
+        return ((codes - zeros) * scale.view(per_channel),)
+
+    stem.register_forward_pre_hook(on_grid)
 
 
 def _bf16_round(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
@@ -495,7 +537,7 @@ class _Builder:
         if self.ranges is None:
             c.w = self.ptr(pack_panels(weight_kn))
             return c
-        scale, zero = activation_quantization(*self.ranges[module], self.grid.levels)
+        scale, zero = activation_quantization(*tensor_range(self.ranges[module]), self.grid.levels)
         q, w_scale = quantize_weights(weight_kn, self.grid.weight_max)
         # 1 KB of zeros after the last panel: the AMX kernel's tiles read up to 1 KB past K (gemm_int8_amx.cpp).
         c.q = self.ptr(torch.cat([pack_panels_int8(q), q.new_zeros(1024)]))
@@ -504,6 +546,26 @@ class _Builder:
         c.inv_scale, c.zero, c.qmax = 1.0 / scale, zero, self.grid.levels
         c.tiles = int(self.tiles and min(weight_kn.shape) >= TILE_MIN_CHANNELS)
         return c
+
+    def stem(self, layer: _Layer, module: nn.Conv2d, patch: torch.Tensor, bias: torch.Tensor) -> None:
+        """The stem's product into ``layer``. In int8 its input codes are per channel (``layer.stem_inv_scale``,
+        ``stem_zero``; the padding is each channel's zero point) and each patch row's channel scale is folded into
+        the weights (rows in (ky, kx, ci) order, zero rows after 9 · channels), so that the GEMM is the usual one,
+        its zero-point correction summing each row's own zero point."""
+        if self.ranges is None:
+            layer.out = self.conv(module, patch, bias)
+            return
+        channels = layer.stem_in_chans
+        scale, zero = stem_quantization(self.ranges[module], self.grid.levels)
+        row_channel = torch.arange(patch.shape[0]) % channels
+        real = torch.arange(patch.shape[0]) < 9 * channels
+        row_scale = torch.where(real, scale[row_channel], torch.ones(()))
+        row_zero = torch.where(real, zero[row_channel], torch.zeros((), dtype=torch.int32))
+        q, w_scale = quantize_weights(patch * row_scale[:, None], self.grid.weight_max)
+        layer.out = _Conv(bias=self.ptr(_pad8(bias)), q=self.ptr(torch.cat([pack_panels_int8(q), q.new_zeros(1024)])),
+                          scale=self.ptr(_pad8(w_scale)), qmax=self.grid.levels,
+                          corr=self.ptr(_pad8(-(row_zero[:, None] * q.int()).sum(0, dtype=torch.int32))))  # fmt: skip
+        layer.stem_inv_scale, layer.stem_zero = self.ptr(1.0 / scale), self.ptr(zero)
 
     def fp32(self, conv: nn.Conv2d) -> _Conv:
         """A 1×1 convolution with a bias kept in fp32 whatever the engine's precision (squeeze-excite's)."""
@@ -521,9 +583,10 @@ class _Builder:
         patch = w.permute(2, 3, 1, 0).reshape(9 * stem_in, -1)  # rows in (ky, kx, ci) order, as im2col gathers them
         if self.ranges is not None:  # int8 sums run over 8 k at a time: zero rows up to a multiple of 8
             patch = torch.cat([patch, patch.new_zeros(-patch.shape[0] % 8, patch.shape[1])])
-        layers.append(_Layer(kind=_STEM, cin=patch.shape[0], cout=w.shape[0], stride=2,
-                             act_out=_ACTS[model.spec.stem_act], stem_in_chans=stem_in,
-                             out=self.conv(model.stem.conv, patch, b)))  # fmt: skip
+        stem = _Layer(kind=_STEM, cin=patch.shape[0], cout=w.shape[0], stride=2, act_out=_ACTS[model.spec.stem_act],
+                      stem_in_chans=stem_in)  # fmt: skip
+        self.stem(stem, model.stem.conv, patch, b)
+        layers.append(stem)
         for block in model.blocks:
             spec = block.spec
             layer = _Layer(kind=_BLOCK, cin=spec.in_channels, cmid=spec.mid_channels, cout=spec.out_channels,
@@ -581,14 +644,13 @@ class FusedEngine:
     logits (or the pooled features when the model has no classifier). ``threads`` defaults to PyTorch's.
     Batches with at least ``threads`` images run one image per thread; smaller ones share every layer.
     ``calibration``: batches of real images in the model's input transform; given, the engine runs in int8.
-    ``precision``: "fp32", "int8" (needs ``calibration``) or "bf16" (``bf16_supported``: the ``amx`` level, or ``avx512`` on a
-    CPU with AVX512-BF16); by default int8 when
-    calibration images are given, else fp32. ``isa``: the level to run (``ISAS``; default ``$MOBILENETS_ENGINE_ISA``
-    or the widest this CPU has). ``half_depthwise``: int8 on the amx level keeps the expanded rows of its
-    row-streamed blocks in fp16 and runs their depthwise in fp16 arithmetic (AVX512-FP16; on by default where the
-    CPU has it, ``False`` for the fp32 depthwise, whose integer sums equal the fake-quantised twin's).
-    ``engine.isa``, ``engine.precision`` and ``engine.half_depthwise`` say what it runs.
-    The weights are copied at construction: later changes to ``model`` are not seen.
+    ``precision``: "fp32", "int8" (needs ``calibration``) or "bf16" (``bf16_supported``: the ``amx`` level, or
+    ``avx512`` on a CPU with AVX512-BF16); by default int8 when calibration images are given, else fp32. ``isa``: the
+    level to run (``ISAS``; default ``$MOBILENETS_ENGINE_ISA`` or the widest this CPU has). ``half_depthwise``: int8 on
+    the amx level keeps the expanded rows of its row-streamed blocks in fp16 and runs their depthwise in fp16 arithmetic
+    (AVX512-FP16; on by default where the CPU has it, ``False`` for the fp32 depthwise, whose integer sums equal the
+    fake-quantised twin's). ``engine.isa``, ``engine.precision`` and ``engine.half_depthwise`` say what it runs. The
+    weights are copied at construction: later changes to ``model`` are not seen.
     """
 
     def __init__(

@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#define MN_ABI_VERSION 5
+#define MN_ABI_VERSION 6
 
 // ISA levels a library can be built for (fused.py compiles one library per level, -DMN_ISA=<level>, and loads
 // the one asked for). Macros, not an enum: the sources test them in #if.
@@ -56,6 +56,8 @@ struct MnLayer {
   MnConv se_expand;          // fp32 [se_channels] x [cmid], h-sigmoid: the gate the depthwise output is scaled by
   const uint16_t* w_dw16;    // BLOCK, int8 with dw_codes on an AMX CPU with AVX512-FP16: w_dw and b_dw in fp16, for
   const uint16_t* b_dw16;    // the depthwise on fp16 expanded rows (row-streamed blocks without SE); else null
+  const float* stem_inv_scale;  // STEM, int8: per input channel, 1 / the scale of its codes (out's inv_scale and
+  const int32_t* stem_zero;     // zero are unused); each channel's zero point, also the padding's code
 };
 
 // What mn_struct_size reports, in this order.

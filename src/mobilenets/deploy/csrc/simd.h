@@ -140,12 +140,13 @@ inline void store_codes(uint8_t* q, __m256 x, __m256 inv_scale, __m256i zero, in
   _mm_storel_epi64(reinterpret_cast<__m128i*>(q), codes8(x, inv_scale, zero, qmax));
 }
 
-// The codes of eight pixels of three channel rows, interleaved as 24 bytes r0 g0 b0 r1 g1 b1 … at q.
-inline void store_rgb_codes(uint8_t* q, const float* r, const float* g, const float* b, __m256 inv, __m256i zero,
-                            int qmax) {
-  const __m128i rg = _mm_unpacklo_epi64(codes8(_mm256_loadu_ps(r), inv, zero, qmax),
-                                        codes8(_mm256_loadu_ps(g), inv, zero, qmax));
-  const __m128i bb = codes8(_mm256_loadu_ps(b), inv, zero, qmax);
+// The codes of eight pixels of three channel rows (each channel on its own grid: inv[c], zero[c]), interleaved as
+// 24 bytes r0 g0 b0 r1 g1 b1 … at q.
+inline void store_rgb_codes(uint8_t* q, const float* r, const float* g, const float* b, const __m256 inv[3],
+                            const __m256i zero[3], int qmax) {
+  const __m128i rg = _mm_unpacklo_epi64(codes8(_mm256_loadu_ps(r), inv[0], zero[0], qmax),
+                                        codes8(_mm256_loadu_ps(g), inv[1], zero[1], qmax));
+  const __m128i bb = codes8(_mm256_loadu_ps(b), inv[2], zero[2], qmax);
   // Output byte p takes pixel p / 3 of channel p % 3: red and green from rg (bytes 0–7, 8–15), blue from bb.
   const __m128i lo = _mm_or_si128(
       _mm_shuffle_epi8(rg, _mm_setr_epi8(0, 8, -1, 1, 9, -1, 2, 10, -1, 3, 11, -1, 4, 12, -1, 5)),

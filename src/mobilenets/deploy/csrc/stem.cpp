@@ -12,26 +12,32 @@ namespace mn {
 
 // Stem: 3×3 convolution, stride s, padding 1, as a GEMM over gathered patches. The threads first copy the NCHW
 // image into a padded NHWC buffer (sharing out its rows), so that each output pixel's 3×3×C patch is three
-// contiguous runs of 3·C values. T = float: fp32. T = uint8_t: the image quantised to the int8 GEMM's codes (the
-// padding is the zero point, i.e. 0.0) and K = 9·C rounded up to 8, the extra values meeting zero weights.
+// contiguous runs of 3·C values. T = float: fp32. T = uint8_t: the image quantised to the int8 GEMM's codes, each
+// channel on its own grid (stem_inv_scale, stem_zero; the padding is each channel's zero point, i.e. 0.0), and
+// K = 9·C rounded up to 8, the extra values meeting zero weights.
 template <typename T>
 void stem_pad_row(const MnLayer& L, const float* img, int H, int W, int y, T* row, T* col) {
   constexpr bool kInt8 = std::is_same_v<T, uint8_t>;
   const int C = L.stem_in_chans, Wp = W + 2;
-  const T pad = kInt8 ? static_cast<T>(L.out.zero) : T(0);
+  const auto pad_pixels = [&](int64_t from, int64_t to) {  // pixels [from, to) of the row: 0.0 in every channel
+    for (int64_t p = from; p < to; ++p)
+      for (int ci = 0; ci < C; ++ci) row[p * C + ci] = kInt8 ? static_cast<T>(L.stem_zero[ci]) : T(0);
+  };
   if (y == 0 || y == H + 1) {
-    std::fill(row, row + static_cast<int64_t>(Wp) * C, pad);
+    pad_pixels(0, Wp);
     return;
   }
-  std::fill(row, row + C, pad);
-  std::fill(row + static_cast<int64_t>(W + 1) * C, row + static_cast<int64_t>(Wp) * C, pad);
+  pad_pixels(0, 1);
+  pad_pixels(W + 1, Wp);
   int x0 = 0;
   if constexpr (kInt8) {
     if (C == 3) {  // RGB: eight pixels at a time quantised and interleaved in registers
       const float* src = img + static_cast<int64_t>(y - 1) * W;
       const int64_t plane = static_cast<int64_t>(H) * W;
-      const __m256 inv = _mm256_set1_ps(L.out.inv_scale);
-      const __m256i zero = _mm256_set1_epi32(L.out.zero);
+      __m256 inv[3];
+      __m256i zero[3];
+      for (int ci = 0; ci < 3; ++ci)
+        inv[ci] = _mm256_set1_ps(L.stem_inv_scale[ci]), zero[ci] = _mm256_set1_epi32(L.stem_zero[ci]);
       for (; x0 + 8 <= W; x0 += 8)
         store_rgb_codes(row + (x0 + 1) * 3, src + x0, src + plane + x0, src + 2 * plane + x0, inv, zero, L.out.qmax);
     }
@@ -40,7 +46,7 @@ void stem_pad_row(const MnLayer& L, const float* img, int H, int W, int y, T* ro
     const float* src = img + (static_cast<int64_t>(ci) * H + (y - 1)) * W + x0;
     const int n = W - x0;
     if constexpr (kInt8) {  // the channel's row quantised into `col` (free until the GEMM), then spread
-      quantize_rows(src, n, 1, n, col, n, L.out.inv_scale, L.out.zero, L.out.qmax);
+      quantize_rows(src, n, 1, n, col, n, L.stem_inv_scale[ci], L.stem_zero[ci], L.out.qmax);
       for (int x = 0; x < n; ++x) row[(x0 + x + 1) * C + ci] = col[x];
     } else {
       for (int x = 0; x < n; ++x) row[(x0 + x + 1) * C + ci] = src[x];
