@@ -1,0 +1,56 @@
+"""Which layers int8 costs: the photo model of ``real_weights.py`` with one layer at a time in int8 (its fake-quantised
+PyTorch twin, VNNI's grid, every other layer fp32), counted as in ``real_weights.py``: of the confident eager
+predictions (p > 0.5) on the held-out crops, how many keep their top-1. Ten lowest first (docs/engine.md).
+
+    python experiments/engine/int8_layers.py --out /tmp/real_weights   # the folder real_weights.py trained into
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from mobilenets import create_model
+from mobilenets.deploy import fused
+
+sys.path.insert(0, str(Path(__file__).parent))
+import real_weights as rw  # this folder's script: the photos, the crops, the model file
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="real_weights.py's --out folder")
+    parser.add_argument("--most", type=int, default=10)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    photos = rw.load_photos()
+    model = create_model("mobilenet_v2", weights=args.out / "photo_model.safetensors").eval()
+    crops, _ = rw.photo_crops(photos, 1400, 128, seed=1, held_out=True)  # real_weights.py's crops and calibration
+    calibration = list(rw.photo_crops(photos, 256, 128, seed=2, held_out=False)[0].split(32))
+    eager = rw.logits(model, crops)
+    confident = eager.softmax(1).amax(1) > 0.5
+    folded = fused.fold_batchnorm(model)
+    named = {module: name for name, module in folded.named_modules()}
+    ranges_by_name = {named[m]: r for m, r in fused.calibrate(folded, calibration).items()}
+    calibrate, codes_scale = fused.calibrate, fused._codes_scale
+    rows = []
+    try:
+        # No depthwise-made codes unless the projection is the layer in int8 (its range is then there).
+        fused._codes_scale = lambda b, r, g: codes_scale(b, r, g) if fused._projection(b).conv in r else None
+        for target, channels in ranges_by_name.items():
+            fused.calibrate = lambda m, batches, forward=None, t=target, c=channels: {dict(m.named_modules())[t]: c}
+            twin = fused.fake_quantized(model, calibration, fused.VNNI_GRID).eval()
+            kept = int((rw.logits(twin, crops).argmax(1) == eager.argmax(1))[confident].sum())
+            rows.append((kept, target))
+    finally:
+        fused.calibrate, fused._codes_scale = calibrate, codes_scale
+    print(f"confident eager predictions: {int(confident.sum())}; kept with one layer in int8:")
+    for kept, target in sorted(rows)[: args.most]:
+        print(f"  {kept:5d}  {target}")
+
+
+if __name__ == "__main__":
+    main()
