@@ -182,6 +182,17 @@ def test_eval_and_predict_through_the_fused_engine(run: Path, capsys, tmp_path: 
     assert abs(results["fused-int8"]["loss"] - results["pytorch"]["loss"]) < 0.1
     assert main(["eval", "--checkpoint", str(run), "--engine", "fused-int8", "--device", "cpu"]) == 2
     assert "--calibration" in capsys.readouterr().err
+    # bf16 where a level of this CPU runs it (AVX512-BF16 or AMX), else one line saying why.
+    from mobilenets.deploy import fused
+
+    code = main([*common, "--engine", "fused-bf16"])
+    if any(fused.bf16_supported(isa) for isa in fused.supported_isas()):
+        assert code == 0
+        bf16 = json.loads(capsys.readouterr().out)
+        assert bf16["engine"] == "fused-bf16" and bf16["n"] == results["pytorch"]["n"]
+        assert abs(bf16["loss"] - results["pytorch"]["loss"]) < 0.02
+    else:
+        assert code == 2 and "bf16 engine needs" in capsys.readouterr().err
 
     import matplotlib.cbook
 

@@ -210,6 +210,9 @@ def test_eval_segment_through_the_engine(scenes: Path, tmp_path: Path, capsys) -
     int8 = _eval(checkpoint, scenes, capsys, "--engine", "fused-int8", "--calibration", str(scenes),
                  "--calibration-count", "4")  # fmt: skip
     assert int8["engine"] == "fused-int8" and abs(int8["pixel_acc"] - eager["pixel_acc"]) <= 0.05
+    if any(fused.bf16_supported(isa) for isa in fused.supported_isas()):  # AVX512-BF16 or AMX
+        bf16 = _eval(checkpoint, scenes, capsys, "--engine", "fused-bf16")
+        assert bf16["engine"] == "fused-bf16" and abs(bf16["pixel_acc"] - eager["pixel_acc"]) <= 0.05
     same = tmp_path / "same.safetensors"
     save_weights(trained_like("deeplabv3_mobilenet_v2", width=0.35, num_classes=11, padding="same"), same)
     assert main(["eval", "--checkpoint", str(same), "--data", str(scenes), "--engine", "fused"]) == 2

@@ -458,9 +458,9 @@ class InferenceConfig:
     flip: bool = opt(False, "also average the left-right mirrored input", tasks=("classify", "segment"))
     scales: tuple[float, ...] = opt((1.0,), "input scales (MF: 0.5 0.75 ... 1.75)", tasks=("segment",))
     mf: bool = opt(False, "DeepLab's MF: scales 0.5 … 1.75 + flips", tasks=("segment",))
-    engine: str = opt("pytorch", "pytorch, or the fused C++ engine in fp32 or int8 (CPU; V1/V2/V3; a "
-                      "detector's or segmenter's backbone, its heads in PyTorch)",
-                      choices=("pytorch", "fused", "fused-int8"))  # fmt: skip
+    engine: str = opt("pytorch", "pytorch, or the fused C++ engine in fp32, int8 or bf16 (CPU; bf16 with "
+                      "AVX512-BF16 or AMX; V1/V2/V3; a detector's or segmenter's backbone, its heads in PyTorch)",
+                      choices=("pytorch", "fused", "fused-int8", "fused-bf16"))  # fmt: skip
     calibration: str | None = opt(None, "fused-int8: calibration images ('embedded', an IDX or image folder; a "
                                   "detector's or segmenter's training data)")  # fmt: skip
     calibration_count: int = opt(512, "fused-int8: calibration images used")

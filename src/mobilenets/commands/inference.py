@@ -34,7 +34,8 @@ def load(path: str, device: str, threads: int | None) -> tuple[Any, ModuleType]:
 
 
 def predictor_for(trained: Any, cfg: EvalConfig | PredictConfig) -> Any:
-    """None (the model itself), or for ``--engine fused|fused-int8`` what the task's evaluation and prediction use
+    """None (the model itself), or for ``--engine fused|fused-int8|fused-bf16`` what the task's evaluation and
+    prediction use
     in the model's place: a classifier's fused C++ engine (a callable on image batches); for a detector or a
     segmenter, a copy of the model whose backbone runs in the engine as far as its feature taps, the heads in
     PyTorch."""
@@ -52,9 +53,10 @@ def predictor_for(trained: Any, cfg: EvalConfig | PredictConfig) -> Any:
         if not cfg.calibration:
             raise ConfigError("--engine fused-int8 needs --calibration DATA (real images for the activation ranges)")
         calibration = calibration_batches(trained, cfg.calibration, cfg.calibration_count, eval_transform_of(trained))
+    precision = "bf16" if cfg.engine == "fused-bf16" else None
     if trained.task == "classify":
-        return FusedEngine(trained.model, cfg.threads or None, calibration=calibration)
-    return engine_model(trained.model, cfg.threads or None, calibration=calibration)
+        return FusedEngine(trained.model, cfg.threads or None, calibration=calibration, precision=precision)
+    return engine_model(trained.model, cfg.threads or None, calibration=calibration, precision=precision)
 
 
 def with_predictor(trained: Any, cfg: PredictConfig) -> Any:

@@ -153,20 +153,29 @@ class EngineTaps(nn.Module):
     ``feature_info`` for whoever reads them); its own forward is never run."""
 
     def __init__(
-        self, backbone: MobileNet, threads: int | None, calibration: list[torch.Tensor] | None, isa: str | None
+        self,
+        backbone: MobileNet,
+        threads: int | None,
+        calibration: list[torch.Tensor] | None,
+        isa: str | None,
+        precision: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(backbone, MobileNet):
             raise ConfigError(f"the fused engine runs MobileNet backbones, not {type(backbone).__name__}")
         fused._check_supported(backbone)  # the engine's one-line refusal now, not at the first batch
+        if precision == "bf16" and not fused.bf16_supported(level := fused.resolve_isa(isa)):
+            raise fused.EngineUnavailable(f"the bf16 engine needs {fused.BF16_FLAG} or AMX; this CPU runs {level}")
         self.backbone = backbone
-        self.threads, self.calibration, self.isa = threads, calibration, isa
+        self.threads, self.calibration, self.isa, self.precision = threads, calibration, isa, precision
         self.engines: dict[frozenset[str], FusedBackbone] = {}
 
     def engine(self, names: Sequence[str]) -> FusedBackbone:
         key = frozenset(names)
         if key not in self.engines:
-            self.engines[key] = FusedBackbone(self.backbone, list(names), self.threads, self.calibration, isa=self.isa)
+            self.engines[key] = FusedBackbone(
+                self.backbone, list(names), self.threads, self.calibration, precision=self.precision, isa=self.isa
+            )
         return self.engines[key]
 
     def forward_taps(
@@ -180,13 +189,15 @@ def engine_model(
     threads: int | None = None,
     calibration: list[torch.Tensor] | None = None,
     isa: str | None = None,
+    precision: str | None = None,
 ) -> nn.Module:
     """A copy of a detection or segmentation ``model`` (anything whose ``backbone`` is a MobileNet read through
-    ``forward_taps``) whose backbone runs in the fused engine — int8 when ``calibration`` images are given — and
-    whose heads stay PyTorch's; ``model`` itself is unchanged (the copy shares its backbone's weights)."""
+    ``forward_taps``) whose backbone runs in the fused engine — int8 when ``calibration`` images are given, bf16
+    when ``precision`` says so — and whose heads stay PyTorch's; ``model`` itself is unchanged (the copy shares
+    its backbone's weights)."""
     backbone = getattr(model, "backbone", None)
     if backbone is None:
         raise ConfigError(f"{type(model).__name__} has no backbone for the fused engine to run")
-    stand_in = EngineTaps(backbone, threads, calibration, isa)
+    stand_in = EngineTaps(backbone, threads, calibration, isa, precision)
     # deepcopy's memo maps the backbone to its stand-in: the heads are copied, the backbone is not.
     return copy.deepcopy(model, {id(backbone): stand_in}).eval()
