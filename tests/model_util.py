@@ -99,8 +99,7 @@ def bf16_isas() -> list[str]:
 
     from mobilenets.deploy import fused
 
-    supported = fused.supported_isas() if fused.cpu_supported() is None else []
-    levels = [isa for isa in supported if fused.bf16_supported(isa)]
+    levels = fused.bf16_isas()
     if not levels:
         pytest.skip("this CPU runs no bf16 engine level (neither AVX512-BF16 nor AMX)")
     return levels

@@ -100,7 +100,7 @@ def main() -> None:
     for isa in fused.supported_isas()[::-1]:
         batches = list(calibration.split(8))
         paths[f"ours int8 [{isa}]"] = fused.FusedEngine(model, threads=args.threads, calibration=batches, isa=isa)
-    for isa in [isa for isa in fused.supported_isas()[::-1] if fused.bf16_supported(isa)]:
+    for isa in fused.bf16_isas()[::-1]:
         paths[f"ours bf16 [{isa}]"] = fused.FusedEngine(model, threads=args.threads, precision="bf16", isa=isa)
     with tempfile.TemporaryDirectory() as tmp:
         if not args.no_peers:

@@ -149,7 +149,7 @@ def engines(model: nn.Module, calibration: list[torch.Tensor], threads: int) -> 
             out[f"int8 [{isa}, fp32 depthwise]"] = fused.FusedEngine(
                 model, threads=threads, calibration=calibration, isa=isa, half_depthwise=False
             )
-    for isa in [isa for isa in fused.supported_isas() if fused.bf16_supported(isa)]:
+    for isa in fused.bf16_isas():
         out[f"bf16 [{isa}]"] = fused.FusedEngine(model, threads=threads, precision="bf16", isa=isa)
     return out
 

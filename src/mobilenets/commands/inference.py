@@ -35,10 +35,9 @@ def load(path: str, device: str, threads: int | None) -> tuple[Any, ModuleType]:
 
 def predictor_for(trained: Any, cfg: EvalConfig | PredictConfig) -> Any:
     """None (the model itself), or for ``--engine fused|fused-int8|fused-bf16`` what the task's evaluation and
-    prediction use
-    in the model's place: a classifier's fused C++ engine (a callable on image batches); for a detector or a
-    segmenter, a copy of the model whose backbone runs in the engine as far as its feature taps, the heads in
-    PyTorch."""
+    prediction use in the model's place: a classifier's fused C++ engine (a callable on image batches); for a
+    detector or a segmenter, a copy of the model whose backbone runs in the engine as far as its feature taps, the
+    heads in PyTorch."""
     if cfg.engine == "pytorch":
         return None
     from mobilenets.classification.task import eval_transform_of

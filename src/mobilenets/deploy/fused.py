@@ -162,6 +162,19 @@ def bf16_supported(isa: str) -> bool:
     return isa == "amx" or (isa == "avx512" and BF16_FLAG in cpu_flags())
 
 
+def bf16_isas() -> list[str]:
+    """The levels this CPU runs the bf16 engine at, narrowest first (none: no AVX512-BF16 or AMX)."""
+    return [isa for isa in supported_isas() if bf16_supported(isa)]
+
+
+def require_bf16(isa: str) -> None:
+    """Raise EngineUnavailable unless the ``isa`` level runs bf16 on this CPU."""
+    if not bf16_supported(isa):
+        raise EngineUnavailable(
+            f"the bf16 engine needs {BF16_FLAG} (the avx512 level on a CPU with it, or amx); this runs {isa}"
+        )
+
+
 def _sources() -> list[Path]:
     return sorted([*SOURCE_DIR.glob("*.cpp"), *SOURCE_DIR.glob("*.h")])
 
@@ -539,12 +552,16 @@ class _Builder:
             return c
         scale, zero = activation_quantization(*tensor_range(self.ranges[module]), self.grid.levels)
         q, w_scale = quantize_weights(weight_kn, self.grid.weight_max)
+        self.int8(c, q, w_scale * scale, -zero * q.sum(0, dtype=torch.int32))
+        c.inv_scale, c.zero = 1.0 / scale, zero
+        c.tiles = int(self.tiles and min(weight_kn.shape) >= TILE_MIN_CHANNELS)
+        return c
+
+    def int8(self, c: _Conv, q: torch.Tensor, scale: torch.Tensor, corr: torch.Tensor) -> _Conv:
+        """``c`` given int8 weight codes ``q`` (K × N), each output channel's scale and zero-point correction."""
         # 1 KB of zeros after the last panel: the AMX kernel's tiles read up to 1 KB past K (gemm_int8_amx.cpp).
         c.q = self.ptr(torch.cat([pack_panels_int8(q), q.new_zeros(1024)]))
-        c.scale = self.ptr(_pad8(w_scale * scale))
-        c.corr = self.ptr(_pad8(-zero * q.sum(0, dtype=torch.int32)))
-        c.inv_scale, c.zero, c.qmax = 1.0 / scale, zero, self.grid.levels
-        c.tiles = int(self.tiles and min(weight_kn.shape) >= TILE_MIN_CHANNELS)
+        c.scale, c.corr, c.qmax = self.ptr(_pad8(scale)), self.ptr(_pad8(corr)), self.grid.levels
         return c
 
     def stem(self, layer: _Layer, module: nn.Conv2d, patch: torch.Tensor, bias: torch.Tensor) -> None:
@@ -562,9 +579,8 @@ class _Builder:
         row_scale = torch.where(real, scale[row_channel], torch.ones(()))
         row_zero = torch.where(real, zero[row_channel], torch.zeros((), dtype=torch.int32))
         q, w_scale = quantize_weights(patch * row_scale[:, None], self.grid.weight_max)
-        layer.out = _Conv(bias=self.ptr(_pad8(bias)), q=self.ptr(torch.cat([pack_panels_int8(q), q.new_zeros(1024)])),
-                          scale=self.ptr(_pad8(w_scale)), qmax=self.grid.levels,
-                          corr=self.ptr(_pad8(-(row_zero[:, None] * q.int()).sum(0, dtype=torch.int32))))  # fmt: skip
+        corr = -(row_zero[:, None] * q.int()).sum(0, dtype=torch.int32)
+        layer.out = self.int8(_Conv(bias=self.ptr(_pad8(bias))), q, w_scale, corr)
         layer.stem_inv_scale, layer.stem_zero = self.ptr(1.0 / scale), self.ptr(zero)
 
     def fp32(self, conv: nn.Conv2d) -> _Conv:
@@ -673,10 +689,8 @@ class FusedEngine:
         if precision != "int8" and calibration is not None:
             raise ConfigError(f"calibration images are for the int8 engine, not {precision}")
         self.isa = resolve_isa(isa)
-        if precision == "bf16" and not bf16_supported(self.isa):
-            raise EngineUnavailable(
-                f"the bf16 engine needs {BF16_FLAG} (the avx512 level on a CPU with it, or amx); this runs {self.isa}"
-            )
+        if precision == "bf16":
+            require_bf16(self.isa)
         self.precision = precision
         can_half = precision == "int8" and self.isa == "amx" and HALF_FLAG in cpu_flags()
         if half_depthwise and not can_half:

@@ -164,8 +164,8 @@ class EngineTaps(nn.Module):
         if not isinstance(backbone, MobileNet):
             raise ConfigError(f"the fused engine runs MobileNet backbones, not {type(backbone).__name__}")
         fused._check_supported(backbone)  # the engine's one-line refusal now, not at the first batch
-        if precision == "bf16" and not fused.bf16_supported(level := fused.resolve_isa(isa)):
-            raise fused.EngineUnavailable(f"the bf16 engine needs {fused.BF16_FLAG} or AMX; this CPU runs {level}")
+        if precision == "bf16":
+            fused.require_bf16(fused.resolve_isa(isa))
         self.backbone = backbone
         self.threads, self.calibration, self.isa, self.precision = threads, calibration, isa, precision
         self.engines: dict[frozenset[str], FusedBackbone] = {}

@@ -165,9 +165,6 @@ constexpr int kBf16Rows = 64;
 
 }  // namespace
 
-void tiles_configure() {}
-void tiles_release() {}
-
 // Output panels [p0, p1): per block of kBf16Rows rows, A rounded to bf16 once, then two panels at a time on 8 × 2
 // tiles (the last panel's width masked: N need not be a multiple of 16).
 void gemm_bf16(int M, int N, int K, const float* A, int lda, const MnConv& cv, float* C, int ldc, const float* R,
@@ -203,10 +200,13 @@ void gemm_bf16(int M, int N, int K, const float* A, int lda, const MnConv& cv, f
 
 #else
 
-void tiles_configure() {}
-void tiles_release() {}
 void gemm_bf16(int, int, int, const float*, int, const MnConv&, float*, int, const float*, int, int, int, int) {}
 
+#endif
+
+#if MN_ISA < MN_ISA_AMX
+void tiles_configure() {}
+void tiles_release() {}
 #endif
 
 }  // namespace mn
