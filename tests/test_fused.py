@@ -410,10 +410,50 @@ def test_int8_packing_and_grids() -> None:
     assert torch.equal(packed[1, 3], q[4:8, 3])
     weight = torch.tensor([[1.0, -0.5], [-2.0, 0.25]])
     codes, scale = fused.quantize_weights(weight)
-    assert codes.abs().max() == fused.INT8_WEIGHT_MAX and torch.allclose(codes * scale, weight, atol=0.02)
+    assert codes.abs().max() == fused.VNNI_GRID.weight_max and torch.allclose(codes * scale, weight, atol=0.02)
     scale, zero = fused.activation_quantization(-1.0, 3.0)
     assert scale == pytest.approx(4 / 255) and zero == round(1 / scale)
     assert fused.activation_quantization(0.5, 6.0) == (pytest.approx(6 / 255), 0)  # widened to include 0
+
+
+def test_avx2_weights_keep_every_pair_of_products_within_int16() -> None:
+    # vpmaddubsw sums two u8 · s8 products in int16, saturating: for codes up to 255, two same-signed weights of a pair
+    # of rows (k, k + 1, k even) may sum to 128 codes at most. Within that limit each channel's codes lie closer to
+    # its weights than on the ±63 grid the AVX2 level used before (every pair safe), though not as close as VNNI's.
+    torch.manual_seed(0)
+    for k, n in [(27, 32), (16, 96), (144, 24), (960, 160)]:
+        weight = torch.randn(k, n) * torch.rand(1, n)
+        errors = []
+        for grid in (fused.AVX2_GRID, fused.Int8Grid(255, 63), fused.VNNI_GRID):
+            codes, scale = fused.quantize_weights(weight, grid)
+            assert codes.abs().max() <= grid.weight_max
+            errors.append(float(((codes * scale - weight) ** 2).sum()))
+            if grid is fused.AVX2_GRID:
+                pairs = torch.nn.functional.pad(codes.int(), (0, 0, 0, k % 2)).reshape(-1, 2, n)
+                same_sign = pairs[:, 0] * pairs[:, 1] > 0
+                assert int((pairs.abs().sum(1) * same_sign).max()) == 128  # at the limit, never past it
+        assert errors[2] < errors[0] < 0.5 * errors[1], (k, n)
+
+
+@pytest.mark.parametrize("isa", SUPPORTED[1:])
+@pytest.mark.parametrize("limit", [128, 129])
+def test_avx2_int8_sums_equal_vnni_sums_on_the_same_weights(
+    isa: str, limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:  # fmt: skip
+    # Inputs twenty times the calibration's spread drive many activation codes to 255 (past the calibrated top), so
+    # pairs of weights at AVX2's pair limit meet pairs of codes at 255. On the same codes and weights (one grid forced
+    # on both levels) VNNI's int32 sums and AVX2's int16 pair sums then agree exactly, and a limit of 129 (255 · 129 >
+    # 32767) makes vpmaddubsw saturate: the outputs differ.
+    torch.manual_seed(0)
+    model = trained_like("mobilenet_v2", width=0.5, num_classes=10)
+    calibration = list(torch.randn(8, 3, 64, 64).split(4))
+    x = 20 * torch.randn(4, 3, 64, 64)
+    grid = fused.Int8Grid(255, 127, pair_sum=limit)
+    assert limit != 128 or grid == fused.AVX2_GRID
+    monkeypatch.setattr(fused, "int8_grid", lambda _: grid)
+    avx2 = fused.FusedEngine(model, threads=2, calibration=calibration, isa="avx2", half_depthwise=False)
+    wide = fused.FusedEngine(model, threads=2, calibration=calibration, isa=isa, half_depthwise=False)
+    assert torch.equal(avx2(x), wide(x)) == (limit == 128)
 
 
 def test_memory_reports_the_engines_activation_bytes() -> None:

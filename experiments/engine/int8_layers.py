@@ -1,5 +1,6 @@
 """Which layers int8 costs: the photo model of ``real_weights.py`` with one layer at a time in int8 (its fake-quantised
-PyTorch twin on VNNI's grid or, ``--grid avx2``, AVX2's with weights within ±63; every other layer fp32), counted as
+PyTorch twin on VNNI's grid or, ``--grid avx2``, AVX2's (pairs of same-signed weights within 128; ``--grid 63``:
+weights within ±63, the AVX2 grid before); every other layer fp32), counted as
 in ``real_weights.py``: of the confident eager predictions (p > 0.5) on the held-out crops, how many keep their top-1.
 Ten lowest first (docs/engine.md).
 
@@ -25,7 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="real_weights.py's --out folder")
     parser.add_argument("--most", type=int, default=10)
-    parser.add_argument("--grid", choices=["vnni", "avx2"], default="vnni")
+    parser.add_argument("--grid", choices=["vnni", "avx2", "63"], default="vnni")
     args = parser.parse_args()
     torch.manual_seed(0)
     photos = rw.load_photos()
@@ -44,7 +45,7 @@ def main() -> None:
         fused._codes_scale = lambda b, r, g: codes_scale(b, r, g) if fused._projection(b).conv in r else None
         for target, channels in ranges_by_name.items():
             fused.calibrate = lambda m, batches, forward=None, t=target, c=channels: {dict(m.named_modules())[t]: c}
-            grid = fused.VNNI_GRID if args.grid == "vnni" else fused.AVX2_GRID
+            grid = {"vnni": fused.VNNI_GRID, "avx2": fused.AVX2_GRID, "63": fused.Int8Grid(255, 63)}[args.grid]
             twin = fused.fake_quantized(model, calibration, grid).eval()
             kept = int((rw.logits(twin, crops).argmax(1) == eager.argmax(1))[confident].sum())
             rows.append((kept, target))

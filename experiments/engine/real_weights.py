@@ -14,9 +14,9 @@
    augmentation). On the evaluation crops: of the confident eager fp32 predictions (probability > 0.5), the
    fraction whose top-1 each int8 level and bf16 keep (int8 calibrated on 256 training crops without augmentation,
    ``--augmented-calibration`` with). Required: ≥ 99 %. Beside it, the fake-quantised PyTorch twin of each int8
-   grid (7-bit activation codes with ±63 weights, AVX2's 8-bit codes and ±63, VNNI's 8-bit codes and ±127, and
-   7-bit codes with ±127) and each engine's top-1 against its grid's twin: what a change of grid would gain, and
-   that the kernels add no loss.
+   grid (7-bit activation codes with ±63 weights, 8-bit codes with ±63, AVX2's 8-bit codes with ±127 and each
+   pair of same-signed weights within 128, VNNI's 8-bit codes with ±127, and 7-bit codes with ±127) and each
+   engine's top-1 against its grid's twin: what a change of grid would gain, and that the kernels add no loss.
    The model is written to ``--out``/photo_model.safetensors and reused by later runs (``--retrain`` redoes it).
 
     python experiments/engine/real_weights.py --json /tmp/real_weights.json --out /tmp/real_weights
@@ -274,9 +274,14 @@ def photo_agreement(
     return result, crops[:256]
 
 
-# The int8 grids (activation codes 0..levels, weights within ±weight_max): the 7-bit AVX2 grid the engine used before,
-# AVX2's (8-bit codes, ±63), 7-bit codes with ±127, and VNNI's.
-GRIDS = (fused.Int8Grid(127, 63), fused.AVX2_GRID, fused.Int8Grid(127, 127), fused.VNNI_GRID)
+# The int8 grids (activation codes 0..levels, weights within ±weight_max): the two the AVX2 level used before (7-bit
+# and 8-bit codes with ±63), AVX2's (8-bit codes, ±127, same-signed pairs within 128), 7-bit codes with ±127, VNNI's.
+GRIDS = (fused.Int8Grid(127, 63), fused.Int8Grid(255, 63), fused.AVX2_GRID, fused.Int8Grid(127, 127), fused.VNNI_GRID)
+
+
+def grid_label(grid: fused.Int8Grid) -> str:
+    pairs = f", same-signed pairs ≤ {grid.pair_sum}" if grid.pair_sum else ""
+    return f"activations 0..{grid.levels}, weights ±{grid.weight_max}{pairs}"
 
 
 @torch.no_grad()
@@ -294,7 +299,7 @@ def int8_grids(
             if fused.int8_grid(isa) == grid:
                 label = name.removeprefix("int8 ")
                 row[f"engine {label} top-1 = twin"] = float((got.argmax(1) == twin.argmax(1)).float().mean())
-        out[f"activations 0..{grid.levels}, weights ±{grid.weight_max}"] = row
+        out[grid_label(grid)] = row
     return out
 
 
@@ -345,7 +350,7 @@ def print_report(report: dict) -> None:
     for grid, row in ph["int8_grids"].items():
         a = row["twin_vs_eager"]
         same = ", ".join(f"{k} {v:.2%}" for k, v in row.items() if k != "twin_vs_eager")
-        print(f"    {grid:33s} {a['confident_agreeing_n']}/{a['confident_n']} = {a['confident'] or 0:7.2%}   {same}")
+        print(f"    {grid:58s} {a['confident_agreeing_n']}/{a['confident_n']} = {a['confident'] or 0:7.2%}   {same}")
     print("\ntrained weights through a timm-layout safetensors file (mobilenets convert --from timm)")
     for tag, part in report["timm_layout"].items():
         diffs = ", ".join(f"{k} {v:.1e}" for k, v in part.items() if k != "images")

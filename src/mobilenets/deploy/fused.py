@@ -286,17 +286,21 @@ def pack_panels_bf16(weight_kn: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class Int8Grid:
     """The codes the int8 kernels multiply: activations 0..levels (a scale and zero point per tensor), weights
-    within ±weight_max (a scale per output channel)."""
+    within ±weight_max (a scale per output channel). ``pair_sum``: where set, two same-signed weights of one column
+    in a pair of rows (k, k + 1 for even k) sum to at most that many codes."""
 
     levels: int
     weight_max: int
+    pair_sum: int | None = None
 
 
-# AVX2 without VNNI sums pairs of products in int16 (vpmaddubsw) before int32: weights within ±63 keep
-# 2 · 255 · 63 = 32130 < 32767 with 8-bit codes. VNNI's vpdpbusd sums into int32 directly: the full weight range.
-AVX2_GRID = Int8Grid(levels=255, weight_max=63)
+# AVX2 without VNNI sums pairs of products in int16 (vpmaddubsw: u8 · s8 + u8 · s8, saturated) before int32. With
+# 8-bit codes a pair fits when its two weights have opposite signs (≤ 255 · 127 = 32385) or, with the same sign,
+# sum to at most 128 codes (255 · 128 = 32640 ≤ 32767): each output channel gets the weight range and the pair
+# limit that keep its weights closest to fp32 (quantize_weights). VNNI's vpdpbusd sums into int32 directly.
+AVX2_GRID = Int8Grid(levels=255, weight_max=127, pair_sum=128)
 VNNI_GRID = Int8Grid(levels=255, weight_max=127)
-ACTIVATION_LEVELS, INT8_WEIGHT_MAX = AVX2_GRID.levels, AVX2_GRID.weight_max
+ACTIVATION_LEVELS = VNNI_GRID.levels
 
 
 def int8_grid(isa: str) -> Int8Grid:
@@ -304,12 +308,40 @@ def int8_grid(isa: str) -> Int8Grid:
     return AVX2_GRID if isa == "avx2" else VNNI_GRID
 
 
-def quantize_weights(weight_kn: torch.Tensor, weight_max: int = INT8_WEIGHT_MAX) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8 codes (|q| ≤ weight_max) and scales of a K × N fp32 weight matrix."""
-    scale = weight_kn.abs().amax(0) / weight_max
+def quantize_weights(weight_kn: torch.Tensor, grid: Int8Grid = VNNI_GRID) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 codes (|q| ≤ grid.weight_max) and scales of a K × N fp32 weight matrix, K
+    in the order the kernel pairs its rows. Under a pair limit each channel gets the range (pair_sum / 2 .. weight_max
+    in steps of 4) whose codes, pairs over the limit moved onto it, lie closest to its weights (squared error; at
+    pair_sum / 2 no pair is over)."""
+    amax = weight_kn.abs().amax(0)
+    if grid.pair_sum is None:
+        return _codes(weight_kn, amax, grid.weight_max, None)
+    tops = sorted({*range(grid.pair_sum // 2, grid.weight_max, 4), grid.weight_max})
+    codes, scales = zip(*(_codes(weight_kn, amax, top, grid.pair_sum) for top in tops), strict=True)
+    errors = torch.stack([((q.float() * s - weight_kn) ** 2).sum(0) for q, s in zip(codes, scales, strict=True)])
+    best, columns = errors.argmin(0), torch.arange(weight_kn.shape[1])
+    return torch.stack(codes)[best, :, columns].t().contiguous(), torch.stack(scales)[best, columns]
+
+
+def _codes(
+    weight_kn: torch.Tensor, amax: torch.Tensor, top: int, pair_sum: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes within ±top (scale amax / top per column); same-signed pairs of rows over pair_sum moved onto it, each
+    code by half the excess (the nearest point of the limit)."""
+    scale = amax / top
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(weight_kn / scale).clamp(-weight_max, weight_max).to(torch.int8)
-    return q, scale
+    x = weight_kn / scale
+    q = torch.round(x).clamp(-top, top)
+    if pair_sum is not None and 2 * top > pair_sum:
+        k = x.shape[0]
+        pad = (0, 0, 0, k % 2)
+        x2 = torch.nn.functional.pad(x, pad).reshape(-1, 2, x.shape[1])
+        q2 = torch.nn.functional.pad(q, pad).reshape(-1, 2, x.shape[1])
+        over = (q2[:, 0] * q2[:, 1] > 0) & (q2.abs().sum(1) > pair_sum)
+        first = torch.round(x2[:, 0].abs() - (x2.abs().sum(1) - pair_sum) / 2).clamp(pair_sum - top, top)
+        moved = torch.stack([first, pair_sum - first], 1) * torch.sign(q2)
+        q = torch.where(over[:, None], moved, q2).reshape(-1, x.shape[1])[:k]
+    return q.to(torch.int8), scale
 
 
 def activation_quantization(low: float, high: float, levels: int = ACTIVATION_LEVELS) -> tuple[float, int]:
@@ -462,7 +494,7 @@ def fake_quantized(model: MobileNet, calibration: list[torch.Tensor], grid: Int8
             _stem_on_grid(module, channels, grid)
             continue
         scale, zero = activation_quantization(*tensor_range(channels), grid.levels)
-        q, w_scale = quantize_weights(module.weight.detach().flatten(1).t(), grid.weight_max)
+        q, w_scale = quantize_weights(module.weight.detach().flatten(1).t(), grid)
         module.weight.copy_((q.float() * w_scale).t().reshape(module.weight.shape))
         # The engine multiplies by a float32 1/scale (by 1 where the depthwise made the codes' sums already).
         inv = torch.tensor(1.0 if module in prescaled else 1.0 / scale, dtype=torch.float32)
@@ -482,13 +514,21 @@ def fake_quantized(model: MobileNet, calibration: list[torch.Tensor], grid: Int8
     return folded
 
 
+def stem_patch(weight: torch.Tensor) -> torch.Tensor:
+    """A 3×3 stem's weights (out, in, 3, 3) as the engine's K × N product: rows in (ky, kx, ci) order, as its im2col
+    gathers them."""
+    return weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0])
+
+
 def _stem_on_grid(stem: nn.Conv2d, channels: tuple[torch.Tensor, torch.Tensor], grid: Int8Grid) -> None:
     """fake_quantized's stem: its input on each channel's grid (stem_quantization), its weights as the engine
     quantises them, with each channel's scale folded in (stem_weights), expressed back in the input's units."""
     scale, zero = stem_quantization(channels, grid.levels)
     per_channel = (1, -1, 1, 1)
-    q, w_scale = quantize_weights((stem.weight.detach() * scale.view(per_channel)).flatten(1).t(), grid.weight_max)
-    stem.weight.copy_((q.float() * w_scale).t().reshape(stem.weight.shape) / scale.view(per_channel))
+    weight = stem.weight.detach() * scale.view(per_channel)
+    q, w_scale = quantize_weights(stem_patch(weight), grid)  # the engine's row order: its pairs of rows
+    codes = q.float().reshape(*weight.shape[2:], weight.shape[1], -1).permute(3, 2, 0, 1)
+    stem.weight.copy_(codes * w_scale.view(-1, 1, 1, 1) / scale.view(per_channel))
     inv, zeros = (1.0 / scale).view(per_channel), zero.float().view(per_channel)
 
     def on_grid(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
@@ -551,7 +591,7 @@ class _Builder:
             c.w = self.ptr(pack_panels(weight_kn))
             return c
         scale, zero = activation_quantization(*tensor_range(self.ranges[module]), self.grid.levels)
-        q, w_scale = quantize_weights(weight_kn, self.grid.weight_max)
+        q, w_scale = quantize_weights(weight_kn, self.grid)
         self.int8(c, q, w_scale * scale, -zero * q.sum(0, dtype=torch.int32))
         c.inv_scale, c.zero = 1.0 / scale, zero
         c.tiles = int(self.tiles and min(weight_kn.shape) >= TILE_MIN_CHANNELS)
@@ -578,7 +618,7 @@ class _Builder:
         real = torch.arange(patch.shape[0]) < 9 * channels
         row_scale = torch.where(real, scale[row_channel], torch.ones(()))
         row_zero = torch.where(real, zero[row_channel], torch.zeros((), dtype=torch.int32))
-        q, w_scale = quantize_weights(patch * row_scale[:, None], self.grid.weight_max)
+        q, w_scale = quantize_weights(patch * row_scale[:, None], self.grid)
         corr = -(row_zero[:, None] * q.int()).sum(0, dtype=torch.int32)
         layer.out = self.int8(_Conv(bias=self.ptr(_pad8(bias))), q, w_scale, corr)
         layer.stem_inv_scale, layer.stem_zero = self.ptr(1.0 / scale), self.ptr(zero)
@@ -596,7 +636,7 @@ class _Builder:
         layers: list[_Layer] = []
         w, b = _conv_weights(model.stem)
         stem_in = w.shape[1]
-        patch = w.permute(2, 3, 1, 0).reshape(9 * stem_in, -1)  # rows in (ky, kx, ci) order, as im2col gathers them
+        patch = stem_patch(w)
         if self.ranges is not None:  # int8 sums run over 8 k at a time: zero rows up to a multiple of 8
             patch = torch.cat([patch, patch.new_zeros(-patch.shape[0] % 8, patch.shape[1])])
         stem = _Layer(kind=_STEM, cin=patch.shape[0], cout=w.shape[0], stride=2, act_out=_ACTS[model.spec.stem_act],

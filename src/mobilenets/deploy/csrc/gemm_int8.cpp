@@ -1,8 +1,10 @@
 // int8 GEMM: the input's codes (uint8, a calibrated scale and zero point per tensor) × int8 weights (one scale per
 // output channel), int32 sums, an fp32 epilogue: act(scale · (Σ a·q + corr) + bias) (+ R).
 //
-// AVX2 (no VNNI): a product costs vpmaddubsw (pairs of products summed in int16) and vpmaddwd (to int32). With
-// weights within ±63 a pair of products of 8-bit codes 0..255 fits in int16 (2·255·63 = 32130 < 32767), so each
+// AVX2 (no VNNI): a product costs vpmaddubsw (pairs of products summed in int16, saturating) and vpmaddwd (to
+// int32). With 8-bit codes 0..255 a pair fits in int16 when its two weights have opposite signs (≤ 255·127) or,
+// same-signed, sum to at most 128 codes (255·128 = 32640 ≤ 32767): fused.py's AVX2 grid quantises the weights so
+// (per output channel, the range and the pairs moved onto the limit that keep the codes closest), and each
 // vpmaddubsw result goes to int32 through its own vpmaddwd. (Adding two pairs in int16 first, which needs 7-bit
 // codes, saves a quarter of the multiply-unit instructions but cost 1 point of agreement with fp32 on confident
 // photo predictions: 98.0 % against 99.2 %, experiments/engine/real_weights.py.)
