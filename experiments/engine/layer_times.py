@@ -1,12 +1,15 @@
 """Where the fused engine's time goes, layer by layer: thread 0's `rdtsc` time per program layer, and inside each
-block that streams rows without squeeze-excite, its expansion (the window's new rows), depthwise and projection.
+block that streams rows without squeeze-excite, its expansion (the window's new rows), depthwise and projection; in
+each block run on the whole map (threads sharing its channel panels), its expansion, depthwise and projection and,
+under "wait", thread 0's wait at the barrier between the depthwise and the projection.
 
 The engine carries no timers. This script copies the installed package to a temporary folder, puts them into that
-copy's ``graph.cpp`` and ``blocks.h`` (text insertions at marked places; it stops with a message where the sources
-no longer have them) and runs the copy in a child process: batch 1 at 224 px, BatchNorm re-estimated on the
-benchmark's photos, ``--calls`` calls (the first ones warm it up and are counted too). Times are µs per image at
-the TSC frequency of /proc/cpuinfo (``--tsc-mhz`` overrides). The row "pre" holds what came before the walk's
-first layer (a thread alone: the chain of streamed layers); a stem fused with the first block is the stem's row.
+copy's ``graph.cpp``, ``blocks.h`` and ``blocks.cpp`` (text insertions at marked places; it stops with a message
+where the sources no longer have them) and runs the copy in a child process: batch 1 at 224 px, BatchNorm
+re-estimated on the benchmark's photos, ``--calls`` calls (the first ones warm it up and are counted too). Times are
+µs per image at the TSC frequency of /proc/cpuinfo (``--tsc-mhz`` overrides). The row "pre" holds what came before
+the walk's first layer (a thread alone: the chain of streamed layers); a stem fused with the first block is the
+stem's row.
 
     python experiments/engine/layer_times.py --model mobilenet_v2 --precision int8 --threads 2
 """
@@ -32,14 +35,15 @@ HEADER = """// Timers for experiments/engine/layer_times.py (not part of the eng
 namespace mn {
 struct LayerTimes {
   double layer[256] = {0};
-  double part[256][3] = {{0}};
+  double part[256][4] = {{0}};
   long images = 0;
   ~LayerTimes() {
     const double mhz = std::atof(std::getenv("MN_TSC_MHZ"));
     for (int i = 0; i < 256; ++i)
       if (layer[i] > 0)
-        std::fprintf(stderr, "LAYER %d %.1f %.1f %.1f %.1f\\n", i, layer[i] / images / mhz, part[i][0] / images / mhz,
-                     part[i][1] / images / mhz, part[i][2] / images / mhz);
+        std::fprintf(stderr, "LAYER %d %.1f %.1f %.1f %.1f %.1f\\n", i, layer[i] / images / mhz,
+                     part[i][0] / images / mhz, part[i][1] / images / mhz, part[i][2] / images / mhz,
+                     part[i][3] / images / mhz);
   }
 };
 inline LayerTimes layer_times;
@@ -50,6 +54,38 @@ inline thread_local int timed_thread = -1;
 
 # (file, text found exactly once, what replaces it)
 EDITS = [
+    # Whole-map blocks: each panel chunk's expansion and depthwise, the barrier before the projection, the projection.
+    (
+        "blocks.cpp",
+        "    if (L.has_expand) {\n      // Each thread quantises",
+        "    const unsigned long long w0 = __rdtsc();\n    if (L.has_expand) {\n      // Each thread quantises",
+    ),
+    (
+        "blocks.cpp",
+        "    const int c0 = 16 * p0, c1 = std::min(E, 16 * p1);\n    const float* rows[5];",
+        "    const unsigned long long w1 = __rdtsc();\n"
+        "    const int c0 = 16 * p0, c1 = std::min(E, 16 * p1);\n    const float* rows[5];",
+    ),
+    (
+        "blocks.cpp",
+        "    if (L.se_channels) channel_sums(",
+        "    if (timed_thread == 0) {\n      double* p = layer_times.part[timed_layer];\n"
+        "      p[0] += w1 - w0, p[1] += __rdtsc() - w1;\n    }\n"
+        "    if (L.se_channels) channel_sums(",
+    ),
+    (
+        "blocks.cpp",
+        "  me.wait();\n  Share projection(",
+        "  const unsigned long long w2 = __rdtsc();\n  me.wait();\n  const unsigned long long w3 = __rdtsc();\n"
+        "  Share projection(",
+    ),
+    (
+        "blocks.cpp",
+        "            L.cout, L.act_out, p0, p1, qrow);\n}",
+        "            L.cout, L.act_out, p0, p1, qrow);\n"
+        "  if (timed_thread == 0) {\n    double* p = layer_times.part[timed_layer];\n"
+        "    p[3] += w3 - w2, p[2] += __rdtsc() - w3;\n  }\n}",
+    ),
     ("graph.cpp", '#include "graph.h"\n', '#include "graph.h"\n#include "layer_times.h"\n'),
     (
         "graph.cpp",
@@ -146,7 +182,7 @@ def main() -> None:
     if run.returncode or not rows:
         sys.exit(run.stderr[-2000:])
     print(f"{args.model} {args.precision}, {args.threads} threads: thread 0's µs per image")
-    print(f"{'layer':>5} {'total':>8} {'expand':>8} {'dw':>8} {'project':>8}")
+    print(f"{'layer':>5} {'total':>8} {'expand':>8} {'dw':>8} {'project':>8} {'wait':>8}")
     total = 0.0
     for i, layer, *parts in rows:
         total += float(layer)
