@@ -2,7 +2,7 @@
 PyTorch twin on VNNI's grid or, ``--grid avx2``, AVX2's (pairs of same-signed weights within 128; ``--grid 63``:
 weights within ±63, the AVX2 grid before); every other layer fp32), counted as
 in ``real_weights.py``: of the confident eager predictions (p > 0.5) on the held-out crops, how many keep their top-1.
-Ten lowest first (docs/engine.md).
+Ten lowest first; ``--all-but-one``: every layer in int8 but one, the ten highest first (docs/engine.md).
 
     python experiments/engine/int8_layers.py --out /tmp/real_weights   # the folder real_weights.py trained into
 """
@@ -27,6 +27,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="real_weights.py's --out folder")
     parser.add_argument("--most", type=int, default=10)
     parser.add_argument("--grid", choices=["vnni", "avx2", "63"], default="vnni")
+    parser.add_argument(
+        "--all-but-one", action="store_true", help="every layer in int8 but one (the most kept first)"
+    )  # fmt: skip
     args = parser.parse_args()
     torch.manual_seed(0)
     photos = rw.load_photos()
@@ -44,15 +47,22 @@ def main() -> None:
         # No depthwise-made codes unless the projection is the layer in int8 (its range is then there).
         fused._codes_scale = lambda b, r, g: codes_scale(b, r, g) if fused._projection(b).conv in r else None
         for target, channels in ranges_by_name.items():
-            fused.calibrate = lambda m, batches, forward=None, t=target, c=channels: {dict(m.named_modules())[t]: c}
+            if args.all_but_one:
+                others = {name: r for name, r in ranges_by_name.items() if name != target}
+                fused.calibrate = lambda m, batches, forward=None, o=others: {
+                    dict(m.named_modules())[n]: r for n, r in o.items()
+                }
+            else:
+                fused.calibrate = lambda m, batches, forward=None, t=target, c=channels: {dict(m.named_modules())[t]: c}
             grid = {"vnni": fused.VNNI_GRID, "avx2": fused.AVX2_GRID, "63": fused.Int8Grid(255, 63)}[args.grid]
             twin = fused.fake_quantized(model, calibration, grid).eval()
             kept = int((rw.logits(twin, crops).argmax(1) == eager.argmax(1))[confident].sum())
             rows.append((kept, target))
     finally:
         fused.calibrate, fused._codes_scale = calibrate, codes_scale
-    print(f"confident eager predictions: {int(confident.sum())}; kept with one layer in int8:")
-    for kept, target in sorted(rows)[: args.most]:
+    what = "every layer in int8 but" if args.all_but_one else "one layer in int8"
+    print(f"confident eager predictions: {int(confident.sum())}; kept with {what}:")
+    for kept, target in sorted(rows, reverse=args.all_but_one)[: args.most]:
         print(f"  {kept:5d}  {target}")
 
 
