@@ -15,8 +15,9 @@
    fraction whose top-1 each int8 level and bf16 keep (int8 calibrated on 256 training crops without augmentation,
    ``--augmented-calibration`` with). Required: ≥ 99 %. Beside it, the fake-quantised PyTorch twin of each int8
    grid (7-bit activation codes with ±63 weights, 8-bit codes with ±63, AVX2's 8-bit codes with ±127 and each
-   pair of same-signed weights within 128, VNNI's 8-bit codes with ±127, and 7-bit codes with ±127) and each
-   engine's top-1 against its grid's twin: what a change of grid would gain, and that the kernels add no loss.
+   pair of same-signed weights within 128, VNNI's 8-bit codes with ±127, 7-bit codes with ±127, and, to show
+   where the rest of the loss lies, 10-bit codes and unrounded activations with ±127) and each engine's top-1
+   against its grid's twin: what a change of grid would gain, and that the kernels add no loss.
    The model is written to ``--out``/photo_model.safetensors and reused by later runs (``--retrain`` redoes it).
 
     python experiments/engine/real_weights.py --json /tmp/real_weights.json --out /tmp/real_weights
@@ -276,12 +277,22 @@ def photo_agreement(
 
 # The int8 grids (activation codes 0..levels, weights within ±weight_max): the two the AVX2 level used before (7-bit
 # and 8-bit codes with ±63), AVX2's (8-bit codes, ±127, same-signed pairs within 128), 7-bit codes with ±127, VNNI's.
-GRIDS = (fused.Int8Grid(127, 63), fused.Int8Grid(255, 63), fused.AVX2_GRID, fused.Int8Grid(127, 127), fused.VNNI_GRID)
+# Beside them, where the rest of the loss lies: 10-bit activation codes, and activations left unrounded (weights only).
+GRIDS = (
+    fused.Int8Grid(127, 63),
+    fused.Int8Grid(255, 63),
+    fused.AVX2_GRID,
+    fused.Int8Grid(127, 127),
+    fused.VNNI_GRID,
+    fused.Int8Grid(1023, 127),
+    fused.Int8Grid(2**24 - 1, 127),
+)
 
 
 def grid_label(grid: fused.Int8Grid) -> str:
     pairs = f", same-signed pairs ≤ {grid.pair_sum}" if grid.pair_sum else ""
-    return f"activations 0..{grid.levels}, weights ±{grid.weight_max}{pairs}"
+    levels = "unrounded (0..2^24 - 1)" if grid.levels == 2**24 - 1 else f"0..{grid.levels}"
+    return f"activations {levels}, weights ±{grid.weight_max}{pairs}"
 
 
 @torch.no_grad()
