@@ -176,6 +176,14 @@ def test_eval_and_predict_through_the_fused_engine(run: Path, capsys, tmp_path: 
         assert main([*common, "--engine", engine, *extra]) == 0
         results[engine] = json.loads(capsys.readouterr().out)
     assert results["fused"]["engine"] == "fused"
+    # What ran, in the result and in the text: the level this CPU loads (or MOBILENETS_ENGINE_ISA forces).
+    from mobilenets.deploy.fused import resolve_isa
+
+    level = resolve_isa(None)
+    assert results["fused"]["engine_runs"] == f"{level} level, fp32" and "engine_runs" not in results["pytorch"]
+    assert results["fused-int8"]["engine_runs"].startswith(f"{level} level, int8")
+    assert main([arg for arg in common if arg != "--json"] + ["--engine", "fused"]) == 0  # the text output
+    assert f"engine: fused ({level} level, fp32)" in capsys.readouterr().out
     assert results["fused"]["confusion"] == results["pytorch"]["confusion"]  # fp32: the same answers
     assert results["fused"]["loss"] == pytest.approx(results["pytorch"]["loss"], abs=1e-4)
     assert results["fused-int8"]["n"] == results["pytorch"]["n"]

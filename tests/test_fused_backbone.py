@@ -210,6 +210,7 @@ def test_eval_segment_through_the_engine(scenes: Path, tmp_path: Path, capsys) -
     int8 = _eval(checkpoint, scenes, capsys, "--engine", "fused-int8", "--calibration", str(scenes),
                  "--calibration-count", "4")  # fmt: skip
     assert int8["engine"] == "fused-int8" and abs(int8["pixel_acc"] - eager["pixel_acc"]) <= 0.05
+    assert f"{fused.resolve_isa(None)} level, int8" in int8["engine_runs"] and "engine_runs" not in eager
     if fused.bf16_isas():  # AVX512-BF16 or AMX
         bf16 = _eval(checkpoint, scenes, capsys, "--engine", "fused-bf16")
         assert bf16["engine"] == "fused-bf16" and abs(bf16["pixel_acc"] - eager["pixel_acc"]) <= 0.05

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mobilenets.commands.inference import checkpoint_task, load, predictor_for
+from mobilenets.commands.inference import checkpoint_task, engine_description, load, predictor_for
 from mobilenets.commands.options import add_task_groups, flat_given, not_for, require
 from mobilenets.config import EvalConfig
 from mobilenets.errors import ConfigError
@@ -39,8 +39,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     task = checkpoint_task(args.checkpoint)
     cfg = eval_config(args, task)
     trained, module = load(cfg.checkpoint, cfg.device, cfg.threads)
-    result = module.evaluate_checkpoint(trained, cfg, predictor_for(trained, cfg))
+    predictor = predictor_for(trained, cfg)
+    result = module.evaluate_checkpoint(trained, cfg, predictor)
     result.setdefault("engine", cfg.engine)  # the classifier's says so itself; detectors' and segmenters' here
+    described = engine_description(predictor)
+    if described:
+        result["engine_runs"] = described  # e.g. "amx level, int8, depthwise on fp16 rows"
     if hasattr(module, "plot_result"):  # figures go beside the checkpoint unless --out names a folder
         result.update(module.plot_result(result, trained, Path(cfg.out) if cfg.out else trained.path.parent))
     if trained.task == "segment" and result.get("image_size"):
@@ -53,4 +57,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     for line in module.eval_lines(result, cfg):
         print(line)
+    if described:
+        print(f"  engine: {cfg.engine} ({described})")
     return 0

@@ -58,6 +58,15 @@ def predictor_for(trained: Any, cfg: EvalConfig | PredictConfig) -> Any:
     return engine_model(trained.model, cfg.threads or None, calibration=calibration, precision=precision)
 
 
+def engine_description(predictor: Any) -> str | None:
+    """What a ``predictor_for`` predictor runs (``FusedEngine.describe``: level, precision), or None for PyTorch."""
+    backbone = getattr(predictor, "backbone", None)  # a detector's or segmenter's copy: its EngineTaps
+    for engine in (predictor, backbone):
+        if engine is not None and callable(getattr(engine, "describe", None)):
+            return engine.describe()
+    return None
+
+
 def with_predictor(trained: Any, cfg: PredictConfig) -> Any:
     """``trained`` with its model replaced by ``predictor_for`` (a detector's or segmenter's ``predict_images``
     reads the model from it)."""

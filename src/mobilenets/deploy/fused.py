@@ -765,6 +765,11 @@ class FusedEngine:
             tiles=self.isa == "amx",
         )  # fmt: skip
 
+    def describe(self) -> str:
+        """What runs, in words: the ISA level, the precision and, where it applies, the fp16 depthwise."""
+        half = ", depthwise on fp16 rows" if self.half_depthwise else ""
+        return f"{self.isa} level, {self.precision}{half}"
+
     def activation_bytes(self, h: int, w: int) -> int:
         """Bytes of scratch one h × w image uses when all threads share it: every activation the engine holds
         lives there (buffers are reused from layer to layer), so this bounds its live activation memory."""

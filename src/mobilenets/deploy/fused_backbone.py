@@ -183,6 +183,10 @@ class EngineTaps(nn.Module):
     ) -> dict[str, torch.Tensor]:
         return self.engine(names).forward_taps(x, names, input_multiple)
 
+    def describe(self) -> str | None:
+        """``FusedEngine.describe`` of the engines built so far (None before the first batch)."""
+        return "; ".join(dict.fromkeys(engine.describe() for engine in self.engines.values())) or None
+
 
 def engine_model(
     model: nn.Module,
