@@ -211,3 +211,5 @@ def test_eval_and_predict_through_the_fused_engine(run: Path, capsys, tmp_path: 
         tops.append(json.loads(capsys.readouterr().out)[0]["top"])
     assert [t["class"] for t in tops[0]] == [t["class"] for t in tops[1]]
     assert [t["prob"] for t in tops[0]] == pytest.approx([t["prob"] for t in tops[1]], abs=1e-4)
+    assert main(["predict", "--checkpoint", str(run), str(hopper), "--engine", "fused"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"engine: fused ({level} level, fp32)"

@@ -193,6 +193,9 @@ def test_eval_and_predict_detect_through_the_engine(scenes: Path, tmp_path: Path
         found.append(result["detections"][:5])
     assert [d["label"] for d in found[0]] == [d["label"] for d in found[1]]
     assert [d["score"] for d in found[0]] == pytest.approx([d["score"] for d in found[1]], abs=1e-3)
+    # The text output ends with what ran: the backbone's engine, built at the first image.
+    assert main(["predict", "--checkpoint", str(checkpoint), str(image), "--engine", "fused", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"engine: fused ({fused.resolve_isa(None)} level, fp32)"
 
 
 def test_eval_segment_through_the_engine(scenes: Path, tmp_path: Path, capsys) -> None:

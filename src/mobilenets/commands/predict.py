@@ -13,6 +13,7 @@ import sys
 from mobilenets.commands.eval import GROUPS
 from mobilenets.commands.inference import (
     checkpoint_task,
+    engine_description,
     expand_inputs,
     load,
     output_stems,
@@ -52,9 +53,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         trained, module = load(cfg.checkpoint, cfg.device, cfg.threads)
     paths = expand_inputs(args.inputs)
     if trained.task == "classify":
-        results = module.predict_images(trained, cfg, paths, predictor_for(trained, cfg))
+        predictor = predictor_for(trained, cfg)
+        results = module.predict_images(trained, cfg, paths, predictor)
     else:
-        results = module.predict_images(with_predictor(trained, cfg), cfg, paths, output_stems(paths))
+        wrapped = with_predictor(trained, cfg)
+        predictor = wrapped.model
+        results = module.predict_images(wrapped, cfg, paths, output_stems(paths))
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -63,4 +67,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 print(f"{r['image']}: error: {r['error']}", file=sys.stderr)
             else:
                 print(module.prediction_line(r))
+        described = engine_description(predictor)
+        if described:
+            print(f"engine: {cfg.engine} ({described})")
     return 1 if any("error" in r for r in results) else 0
