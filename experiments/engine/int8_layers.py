@@ -51,42 +51,44 @@ def main() -> None:
     folded = fused.fold_batchnorm(model)
     named = {module: name for name, module in folded.named_modules()}
     ranges_by_name = {named[m]: r for m, r in fused.calibrate(folded, calibration).items()}
+    grid = grid_of(args.grid)
     calibrate, codes_scale = fused.calibrate, fused._codes_scale
+
+    def twin_logits(int8_layers: dict) -> torch.Tensor:
+        """The twin's logits with just these layers (name: calibrated range) in int8, the rest fp32."""
+        fused.calibrate = lambda m, batches, forward=None: {
+            dict(m.named_modules())[n]: r for n, r in int8_layers.items()
+        }
+        return rw.logits(fused.fake_quantized(model, calibration, grid).eval(), crops)
+
+    def kept(logits: torch.Tensor) -> int:
+        return int((logits.argmax(1) == eager.argmax(1))[confident].sum())
+
     rows = []
     try:
         # No depthwise-made codes unless the projection is the layer in int8 (its range is then there).
         fused._codes_scale = lambda b, r, g: codes_scale(b, r, g) if fused._projection(b).conv in r else None
         if args.thin_in_float:
             print(f"confident eager predictions: {int(confident.sum())}; kept, and the logits' relative error:")
-        for k in args.thin_in_float or []:
-            thin = {n for n in ranges_by_name if ".expand." in n and folded.get_submodule(n).weight.shape[1] <= k}
-            kept_ranges = {n: r for n, r in ranges_by_name.items() if n not in thin}
-            fused.calibrate = lambda m, batches, forward=None, o=kept_ranges: {
-                dict(m.named_modules())[n]: r for n, r in o.items()
-            }
-            logits = rw.logits(fused.fake_quantized(model, calibration, grid_of(args.grid)).eval(), crops)
-            kept = int((logits.argmax(1) == eager.argmax(1))[confident].sum())
-            error = float((logits - eager).norm() / eager.norm())
-            print(f"  expansions of <= {k:3d} input channels in float ({len(thin):2d} layers): {kept:5d}  {error:.4f}")
-        if args.thin_in_float:
+            for k in args.thin_in_float:
+                thin = {n for n in ranges_by_name if ".expand." in n and folded.get_submodule(n).weight.shape[1] <= k}
+                logits = twin_logits({n: r for n, r in ranges_by_name.items() if n not in thin})
+                error = float((logits - eager).norm() / eager.norm())
+                print(f"  expansions of <= {k:3d} input channels in float ({len(thin):2d} layers): "
+                      f"{kept(logits):5d}  {error:.4f}")  # fmt: skip
             return
-        for target, channels in ranges_by_name.items():
+        for target in ranges_by_name:
             if args.all_but_one:
-                others = {name: r for name, r in ranges_by_name.items() if name != target}
-                fused.calibrate = lambda m, batches, forward=None, o=others: {
-                    dict(m.named_modules())[n]: r for n, r in o.items()
-                }
+                chosen = {n: r for n, r in ranges_by_name.items() if n != target}
             else:
-                fused.calibrate = lambda m, batches, forward=None, t=target, c=channels: {dict(m.named_modules())[t]: c}
-            twin = fused.fake_quantized(model, calibration, grid_of(args.grid)).eval()
-            kept = int((rw.logits(twin, crops).argmax(1) == eager.argmax(1))[confident].sum())
-            rows.append((kept, target))
+                chosen = {target: ranges_by_name[target]}
+            rows.append((kept(twin_logits(chosen)), target))
     finally:
         fused.calibrate, fused._codes_scale = calibrate, codes_scale
     what = "every layer in int8 but" if args.all_but_one else "one layer in int8"
     print(f"confident eager predictions: {int(confident.sum())}; kept with {what}:")
-    for kept, target in sorted(rows, reverse=args.all_but_one)[: args.most]:
-        print(f"  {kept:5d}  {target}")
+    for n_kept, target in sorted(rows, reverse=args.all_but_one)[: args.most]:
+        print(f"  {n_kept:5d}  {target}")
 
 
 if __name__ == "__main__":
