@@ -38,9 +38,12 @@ def assert_round_trip(model: nn.Module, path: Path, x: torch.Tensor) -> None:
         assert torch.equal(model.eval()(x), again(x))
 
 
-def assert_int8_engine_matches_twin(model: nn.Module, isa: str, batch: int, exact: int) -> None:
+def assert_int8_engine_matches_twin(
+    model: nn.Module, isa: str, batch: int, exact: int, thin_fp32: int | None = None
+) -> None:
     """The int8 fused engine at ``isa`` against its fake-quantised PyTorch twin (the same integer sums): over three
     input shapes, ‖engine − twin‖ ≤ 0.5 ‖twin − fp32‖ and at least ``exact`` of ``batch`` images equal to 1e-5.
+    ``thin_fp32``: the engine's and the twin's (default ``fused.THIN_FP32_CHANNELS``).
     Why a norm bound: a value within float rounding of a rounding boundary of the activation codes (the fp32 parts
     sum in another order) can land on the neighbouring code and move an image's logits by ~1e-3; a wrong scale or
     zero point gives ~1 or more. With 8-bit codes (both grids) the twin's own error is small, so one flipped code
@@ -49,9 +52,12 @@ def assert_int8_engine_matches_twin(model: nn.Module, isa: str, batch: int, exac
     from mobilenets.deploy import fused
 
     calibration = list(torch.randn(16, 3, 64, 64).split(8))  # drawn from the caller's seed, after the model
-    engine = fused.FusedEngine(model, threads=2, calibration=calibration, isa=isa, half_depthwise=False)
+    thin = fused.THIN_FP32_CHANNELS if thin_fp32 is None else thin_fp32
+    engine = fused.FusedEngine(
+        model, threads=2, calibration=calibration, isa=isa, half_depthwise=False, thin_fp32=thin
+    )  # fmt: skip
     assert engine.precision == "int8" and engine.isa == isa
-    twin = fused.fake_quantized(model, calibration, fused.int8_grid(isa))
+    twin = fused.fake_quantized(model, calibration, fused.int8_grid(isa), thin_fp32=thin)
     for seed, (h, w) in enumerate([(96, 64), (64, 96), (32, 160)]):
         torch.manual_seed(seed)
         x = torch.randn(batch, 3, h, w)

@@ -211,6 +211,30 @@ def test_int8_engine_equals_its_fake_quantized_model(isa: str, name: str) -> Non
     assert_int8_engine_matches_twin(trained_like(name, width=0.5, num_classes=10), engine_isa(isa), batch=5, exact=2)
 
 
+@pytest.mark.parametrize("isa", list(fused.ISAS))
+def test_int8_runs_the_thin_expansions_in_fp32(isa: str) -> None:
+    # The expansions of at most THIN_FP32_CHANNELS input channels (V2 0.5: block 2's 8, blocks 3-7's 16) run in
+    # fp32 in the int8 engine: fp32 weights and no codes, fp32 expanded rows (no fp16 depthwise after them), the
+    # projections after them still int8; thin_fp32=0 puts every expansion in int8. (That it runs them as its twin does:
+    # test_int8_engine_equals_its_fake_quantized_model; what it gains on trained weights: docs/engine.md.)
+    isa = engine_isa(isa)
+    torch.manual_seed(0)
+    model = trained_like("mobilenet_v2", width=0.5, num_classes=10)
+    calibration = list(torch.randn(16, 3, 64, 64).split(8))
+    thin = {id(conv) for conv in fused.thin_expansions(model)}
+    widths = [block.expand.conv.in_channels for block in model.blocks if block.expand is not None]
+    assert len(thin) == sum(k <= fused.THIN_FP32_CHANNELS for k in widths) == 6 < len(widths)
+    for n_thin in (fused.THIN_FP32_CHANNELS, 0):
+        engine = fused.FusedEngine(model, threads=2, calibration=calibration, isa=isa, thin_fp32=n_thin)
+        blocks = [layer for layer in engine._array if layer.kind == 2 and layer.has_expand]
+        fp32 = [layer.cin <= n_thin for layer in blocks]
+        assert [layer.expand.q is None and layer.expand.w is not None for layer in blocks] == fp32
+        assert all(layer.out.q for layer in blocks)
+        assert not any(layer.w_dw16 for layer, f in zip(blocks, fp32, strict=True) if f)
+        assert engine.fp32_expansions == sum(fp32) == (6 if n_thin else 0)
+        assert ("6 thin expansions in fp32" in engine.describe()) == bool(n_thin)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_amx_int8_equals_vnni_int8_exactly(threads: int) -> None:
     # The amx level runs int8 products of at least 7 rows and 64 input and output channels on AMX tiles (tdpbusd),

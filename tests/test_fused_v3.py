@@ -122,9 +122,12 @@ def test_v3_int8_engine_equals_its_fake_quantized_model(isa: str, name: str) -> 
     # values off a zero point (h-swish outputs reach −0.375), so flips are more frequent than in V2: the twin run in
     # float64 differs from itself in float32 by as much as the engine does (0.53 of its error on one 5-image batch).
     # Batches of 12 average that out: measured ≤ 0.26 (AVX2, then 7-bit codes) / 0.39 (VNNI) over 9 batches each,
-    # ≥ 8 of 12 exact. Both grids now have 8-bit codes: ≤ 0.5 for both, as for V2.
-    torch.manual_seed(0)
-    assert_int8_engine_matches_twin(_v3(name, width=0.75), engine_isa(isa), batch=12, exact=7)
+    # ≥ 8 of 12 exact. Both grids now have 8-bit codes: ≤ 0.5 for both, as for V2. With the thin expansion (16
+    # input channels, block 2) in fp32, its sums reach the next layer's codes in another order than PyTorch's, so a
+    # few more codes flip: measured 6–12 of 12 exact, ≤ 0.39 (against 7–12 and ≤ 0.30 with it in int8).
+    for thin, exact in ((0, 7), (fused.THIN_FP32_CHANNELS, 5)):
+        torch.manual_seed(0)
+        assert_int8_engine_matches_twin(_v3(name, width=0.75), engine_isa(isa), batch=12, exact=exact, thin_fp32=thin)
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v3_large", "mobilenet_v3_small"])

@@ -50,13 +50,13 @@ def main() -> None:
     confident = eager.softmax(1).amax(1) > 0.5
     folded = fused.fold_batchnorm(model)
     named = {module: name for name, module in folded.named_modules()}
-    ranges_by_name = {named[m]: r for m, r in fused.calibrate(folded, calibration).items()}
+    ranges_by_name = {named[m]: r for m, r in fused.calibrate(folded, calibration, thin_fp32=0).items()}
     grid = grid_of(args.grid)
     calibrate, codes_scale = fused.calibrate, fused._codes_scale
 
     def twin_logits(int8_layers: dict) -> torch.Tensor:
         """The twin's logits with just these layers (name: calibrated range) in int8, the rest fp32."""
-        fused.calibrate = lambda m, batches, forward=None: {
+        fused.calibrate = lambda m, batches, forward=None, thin_fp32=0: {
             dict(m.named_modules())[n]: r for n, r in int8_layers.items()
         }
         return rw.logits(fused.fake_quantized(model, calibration, grid).eval(), crops)

@@ -74,6 +74,12 @@ BF16_FLAG = "avx512_bf16"
 # The amx level's int8 1×1 convolutions with at least this many input and output channels may run on AMX tiles
 # (MnConv.tiles; the library adds a floor on the rows, kernels.h: on_tiles); thinner ones stay on VNNI.
 TILE_MIN_CHANNELS = 64
+# The int8 engine runs the expansions of at most this many input channels in fp32 (calibrate leaves them out): an
+# expansion reads a linear bottleneck, whose 8-bit rounding a thin layer averages over few channels, early in the
+# network where its error reaches every later layer. Measured on two photo models (V2 0.5, six such layers of 8-16
+# channels; V2 1.0 has one): the logits' relative error 0.028 -> 0.017 and 0.031 -> 0.023, confident top-1 kept
+# 1342 -> 1348 of 1353 and 1343 -> 1347 of 1356 (experiments/engine/int8_layers.py --thin-in-float, docs/engine.md).
+THIN_FP32_CHANNELS = 16
 ISA_ENV = "MOBILENETS_ENGINE_ISA"
 
 
@@ -421,19 +427,34 @@ def stem_quantization(channels: tuple[torch.Tensor, torch.Tensor], levels: int) 
     return scales, torch.tensor([zero for _, zero in pairs], dtype=torch.int32)
 
 
+def thin_expansions(model: MobileNet, thin_fp32: int = THIN_FP32_CHANNELS) -> list[nn.Conv2d]:
+    """The expansions of at most ``thin_fp32`` input channels: those the int8 engine runs in fp32."""
+    return [
+        block.expand.conv
+        for block in model.blocks
+        if isinstance(block, InvertedResidual) and block.expand is not None
+        and block.expand.conv.in_channels <= thin_fp32
+    ]  # fmt: skip
+
+
 @torch.no_grad()
 def calibrate(
-    model: MobileNet, batches: list[torch.Tensor], forward: Callable[[torch.Tensor], object] | None = None
+    model: MobileNet,
+    batches: list[torch.Tensor],
+    forward: Callable[[torch.Tensor], object] | None = None,
+    thin_fp32: int = THIN_FP32_CHANNELS,
 ) -> Ranges:
-    """The range (min, max) per input channel of the input of the stem, of every 1×1 convolution and of every
-    linear layer (pre-logits, classifier) over ``batches``: the layers the int8 engine runs in int8. ``forward``
-    runs a batch (default: the model; a backbone's ``forward_features`` for sides that are not multiples of 32)."""
+    """The range (min, max) per input channel of the input of the stem, of every 1×1 convolution but the thin
+    expansions (``thin_expansions``) and of every linear layer (pre-logits, classifier) over ``batches``: the layers
+    the int8 engine runs in int8. ``forward`` runs a batch (default: the model; a backbone's ``forward_features`` for
+    sides that are not multiples of 32)."""
     # Squeeze-excite's two 1×1 layers act on one pooled pixel and stay fp32 (V3 §5.3): not calibrated.
     squeeze_excite = {id(m) for se in model.modules() if isinstance(se, SqueezeExcite) for m in se.modules()}
+    fp32 = squeeze_excite | {id(m) for m in thin_expansions(model, thin_fp32)}
     targets = [
         m
         for m in model.modules()
-        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1 and id(m) not in squeeze_excite
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1 and id(m) not in fp32
     ]
     targets += [model.stem.conv, *(m for m in model.modules() if isinstance(m, nn.Linear))]
     ranges: Ranges = {}
@@ -472,15 +493,21 @@ def _codes_scale(block: nn.Module, ranges: Ranges, grid: Int8Grid) -> float | No
 
 
 @torch.no_grad()
-def fake_quantized(model: MobileNet, calibration: list[torch.Tensor], grid: Int8Grid = AVX2_GRID) -> nn.Module:
+def fake_quantized(
+    model: MobileNet,
+    calibration: list[torch.Tensor],
+    grid: Int8Grid = AVX2_GRID,
+    thin_fp32: int = THIN_FP32_CHANNELS,
+) -> nn.Module:
     """What the int8 engine computes, in PyTorch (its reference in tests and ``experiments/engine/fused_checks.py``): a
     BN-folded copy in which every layer the engine runs in int8 (``calibrate``) sees its input rounded to the
     calibrated grid (codes 0..grid.levels) and its weights to int8 codes (|q| ≤ grid.weight_max) per output
-    channel (``int8_grid(engine.isa)`` is the grid an engine uses); the
-    rest is fp32. Where the engine divides the depthwise weights by the codes' scale (``_codes_scale``), so does the
-    copy, with the activation left to the codes' clamp, so that both round the same sums."""
+    channel (``int8_grid(engine.isa)`` is the grid an engine uses); the rest (the thin expansions among them,
+    ``thin_fp32`` as the engine's) is fp32. Where the engine divides the depthwise weights by the codes' scale
+    (``_codes_scale``), so does the copy, with the activation left to the codes' clamp, so that both round the same
+    sums."""
     folded = fold_batchnorm(model)
-    ranges = calibrate(folded, calibration)
+    ranges = calibrate(folded, calibration, thin_fp32=thin_fp32)
     prescaled: set[nn.Module] = set()
     for block in folded.blocks:
         scale = _codes_scale(block, ranges, grid)
@@ -582,12 +609,12 @@ class _Builder:
         return t.data_ptr()
 
     def conv(self, module: nn.Module, weight_kn: torch.Tensor, bias: torch.Tensor, bf16: bool = False) -> _Conv:
-        """A K × N matrix product (+ bias), in int8 when calibrated ranges are given, in bf16 when asked."""
+        """A K × N matrix product (+ bias): in bf16 when asked, in int8 where ``module`` was calibrated, else fp32."""
         c = _Conv(bias=self.ptr(_pad8(bias)))
         if bf16:
             c.wb = self.ptr(pack_panels_bf16(weight_kn))
             return c
-        if self.ranges is None:
+        if self.ranges is None or module not in self.ranges:
             c.w = self.ptr(pack_panels(weight_kn))
             return c
         scale, zero = activation_quantization(*tensor_range(self.ranges[module]), self.grid.levels)
@@ -666,7 +693,9 @@ class _Builder:
                 wd, bd = (wd / codes_scale).contiguous(), (bd / codes_scale).contiguous()
                 layer.dw_codes = 1
             layer.w_dw, layer.b_dw = self.ptr(wd), self.ptr(bd)
+            # The fp16 rows come from an int8 expansion (or the stem): not from a thin fp32 one.
             half = layer.dw_codes and not layer.se_channels and layer.kernel == 3 and layer.cmid % HALF_CHANNELS == 0
+            half = half and not (layer.has_expand and layer.expand.q is None)
             if self.half_depthwise and half:  # 3×3 only: no registered model has a 5×5 block that qualifies
                 # Row-streamed blocks with an expansion (or the stem's rows) then keep their expanded rows in fp16
                 # and sum the depthwise in fp16: its sums are codes, 0..qmax before the clamp, which fp16 holds to
@@ -705,8 +734,10 @@ class FusedEngine:
     level to run (``ISAS``; default ``$MOBILENETS_ENGINE_ISA`` or the widest this CPU has). ``half_depthwise``: int8 on
     the amx level keeps the expanded rows of its row-streamed blocks in fp16 and runs their depthwise in fp16 arithmetic
     (AVX512-FP16; on by default where the CPU has it, ``False`` for the fp32 depthwise, whose integer sums equal the
-    fake-quantised twin's). ``engine.isa``, ``engine.precision`` and ``engine.half_depthwise`` say what it runs. The
-    weights are copied at construction: later changes to ``model`` are not seen.
+    fake-quantised twin's). ``thin_fp32``: int8 runs the expansions of at most this many input channels in fp32
+    (``THIN_FP32_CHANNELS``; 0: every expansion in int8). ``engine.isa``, ``engine.precision``,
+    ``engine.half_depthwise`` and ``engine.fp32_expansions`` say what it runs. The weights are copied at
+    construction: later changes to ``model`` are not seen.
     """
 
     def __init__(
@@ -717,6 +748,7 @@ class FusedEngine:
         precision: str | None = None,
         isa: str | None = None,
         half_depthwise: bool | None = None,
+        thin_fp32: int = THIN_FP32_CHANNELS,
     ) -> None:
         if not isinstance(model, MobileNet):
             raise ConfigError(f"the fused engine runs MobileNet classifiers, not {type(model).__name__}")
@@ -736,6 +768,7 @@ class FusedEngine:
         if half_depthwise and not can_half:
             raise EngineUnavailable(f"an fp16 depthwise needs int8 on the amx level and {HALF_FLAG}")
         self.half_depthwise = can_half if half_depthwise is None else half_depthwise
+        self.thin_fp32 = thin_fp32
         self.lib = load_library(self.isa)
         self.in_chans = model.config.in_chans
         self.threads = threads or torch.get_num_threads()
@@ -743,6 +776,10 @@ class FusedEngine:
         self._array = (_Layer * len(layers))(*layers)
         self._layers = ctypes.cast(self._array, ctypes.c_void_p)
         self.outputs = layers[-1].cout
+        # int8: the expansions that run in fp32 (the thin ones)
+        self.fp32_expansions = precision == "int8" and sum(
+            1 for L in layers if L.kind == _BLOCK and L.has_expand and L.expand.q is None
+        )
         self._scratch: dict[tuple[int, int], torch.Tensor] = {}
 
     def _program(self, folded: MobileNet, calibration: list[torch.Tensor] | None) -> tuple[list[_Layer], list]:
@@ -759,16 +796,19 @@ class FusedEngine:
     ) -> _Builder:
         """The program builder for this engine's precision and ISA; int8 ranges calibrated through ``forward``
         (default: the model) where calibration images are given."""
-        ranges = calibrate(folded, calibration, forward) if calibration else None
+        ranges = calibrate(folded, calibration, forward, self.thin_fp32) if calibration else None
         return _Builder(
             ranges, int8_grid(self.isa), bf16=self.precision == "bf16", half_depthwise=self.half_depthwise,
             tiles=self.isa == "amx",
         )  # fmt: skip
 
     def describe(self) -> str:
-        """What runs, in words: the ISA level, the precision and, where it applies, the fp16 depthwise."""
+        """What runs, in words: the ISA level, the precision and, where they apply, the thin expansions in fp32 and
+        the fp16 depthwise."""
+        n = self.fp32_expansions
+        thin = f", {n} thin expansion{'s' if n > 1 else ''} in fp32" if n else ""
         half = ", depthwise on fp16 rows" if self.half_depthwise else ""
-        return f"{self.isa} level, {self.precision}{half}"
+        return f"{self.isa} level, {self.precision}{thin}{half}"
 
     def activation_bytes(self, h: int, w: int) -> int:
         """Bytes of scratch one h × w image uses when all threads share it: every activation the engine holds
