@@ -314,19 +314,69 @@ def int8_grid(isa: str) -> Int8Grid:
     return AVX2_GRID if isa == "avx2" else VNNI_GRID
 
 
-def quantize_weights(weight_kn: torch.Tensor, grid: Int8Grid = VNNI_GRID) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weights(
+    weight_kn: torch.Tensor, grid: Int8Grid = VNNI_GRID, gram: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel int8 codes (|q| ≤ grid.weight_max) and scales of a K × N fp32 weight matrix, K
     in the order the kernel pairs its rows. Under a pair limit each channel gets the range (pair_sum / 2 .. weight_max
     in steps of 4) whose codes, pairs over the limit moved onto it, lie closest to its weights (squared error; at
-    pair_sum / 2 no pair is over)."""
+    pair_sum / 2 no pair is over). ``gram``: the layer's input Gram matrix XᵀX (K × K, ``calibrate``): the codes
+    are then rounded for the layer's output instead of each weight alone (``_output_rounding``), on the same
+    scales."""
     amax = weight_kn.abs().amax(0)
     if grid.pair_sum is None:
-        return _codes(weight_kn, amax, grid.weight_max, None)
-    tops = sorted({*range(grid.pair_sum // 2, grid.weight_max, 4), grid.weight_max})
-    codes, scales = zip(*(_codes(weight_kn, amax, top, grid.pair_sum) for top in tops), strict=True)
-    errors = torch.stack([((q.float() * s - weight_kn) ** 2).sum(0) for q, s in zip(codes, scales, strict=True)])
-    best, columns = errors.argmin(0), torch.arange(weight_kn.shape[1])
-    return torch.stack(codes)[best, :, columns].t().contiguous(), torch.stack(scales)[best, columns]
+        codes, scales = _codes(weight_kn, amax, grid.weight_max, None)
+        tops = torch.full_like(amax, grid.weight_max)
+    else:
+        top_list = sorted({*range(grid.pair_sum // 2, grid.weight_max, 4), grid.weight_max})
+        candidates = [_codes(weight_kn, amax, top, grid.pair_sum) for top in top_list]
+        errors = torch.stack([((q.float() * s - weight_kn) ** 2).sum(0) for q, s in candidates])
+        best, columns = errors.argmin(0), torch.arange(weight_kn.shape[1])
+        codes = torch.stack([q for q, _ in candidates])[best, :, columns].t().contiguous()
+        scales = torch.stack([s for _, s in candidates])[best, columns]
+        tops = torch.tensor(top_list, dtype=amax.dtype)[best]
+    if gram is None:
+        return codes, scales
+    return _output_rounding(weight_kn, gram, scales, tops, grid.pair_sum), scales
+
+
+# Output-aware rounding (GPTQ / OPTQ, Frantar et al. 2022): the rows' damping, a share of the Gram matrix's mean
+# diagonal, and the rows rounded between two updates of the rows after them.
+GRAM_DAMPING = 0.01
+_ROUNDING_BLOCK = 128
+
+
+def _output_rounding(
+    weight_kn: torch.Tensor, gram: torch.Tensor, scales: torch.Tensor, tops: torch.Tensor, pair_sum: int | None
+) -> torch.Tensor:
+    """Codes of weight_kn (per-column ``scales``, |q| ≤ ``tops``) rounded row by row, each row's rounding error
+    carried onto the rows not yet rounded in proportion to how the inputs correlate (the inverse of the Gram
+    matrix XᵀX of the layer's calibration inputs), so that X · codes · scales stays near X · W rather than each
+    code near its weight. Under a pair limit, row k + 1 (k even) is held within pair_sum of row k's code where they
+    share a sign."""
+    k_rows = weight_kn.shape[0]
+    w = weight_kn.double().clone()
+    h = gram.double().clone()
+    dead = torch.diagonal(h) <= 0  # inputs that were always 0: any weight serves them
+    h[dead, dead] = 1.0
+    h += GRAM_DAMPING * torch.diagonal(h).mean() * torch.eye(k_rows, dtype=h.dtype)
+    # The upper Cholesky factor of H⁻¹: row k holds how row k's error spreads onto the rows after it.
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    s, top = scales.double(), tops.double()
+    q = torch.zeros_like(w)
+    for b0 in range(0, k_rows, _ROUNDING_BLOCK):
+        b1 = min(b0 + _ROUNDING_BLOCK, k_rows)
+        errors = torch.zeros(b1 - b0, w.shape[1], dtype=w.dtype)
+        for k in range(b0, b1):
+            code = torch.maximum(torch.minimum(torch.round(w[k] / s), top), -top)
+            if pair_sum is not None and k % 2 == 1:
+                room = (pair_sum - q[k - 1].abs()).clamp(min=0)
+                code = torch.where(code * q[k - 1] > 0, torch.sign(code) * torch.minimum(code.abs(), room), code)
+            q[k] = code
+            errors[k - b0] = (w[k] - code * s) / u[k, k]
+            w[k + 1 : b1] -= u[k, k + 1 : b1, None] * errors[k - b0]
+        w[b1:] -= u[b0:b1, b1:].t() @ errors
+    return q.to(torch.int8)
 
 
 def _codes(
@@ -443,11 +493,13 @@ def calibrate(
     batches: list[torch.Tensor],
     forward: Callable[[torch.Tensor], object] | None = None,
     thin_fp32: int = THIN_FP32_CHANNELS,
+    grams: dict[nn.Module, torch.Tensor] | None = None,
 ) -> Ranges:
     """The range (min, max) per input channel of the input of the stem, of every 1×1 convolution but the thin
     expansions (``thin_expansions``) and of every linear layer (pre-logits, classifier) over ``batches``: the layers
     the int8 engine runs in int8. ``forward`` runs a batch (default: the model; a backbone's ``forward_features`` for
-    sides that are not multiples of 32)."""
+    sides that are not multiples of 32). ``grams``: filled with the Gram matrix XᵀX (float64, K × K) of each such
+    1×1 convolution's input (the pixels as rows X), for ``quantize_weights``."""
     # Squeeze-excite's two 1×1 layers act on one pooled pixel and stay fp32 (V3 §5.3): not calibrated.
     squeeze_excite = {id(m) for se in model.modules() if isinstance(se, SqueezeExcite) for m in se.modules()}
     fp32 = squeeze_excite | {id(m) for m in thin_expansions(model, thin_fp32)}
@@ -465,6 +517,9 @@ def calibrate(
         lo, hi = x.amin(1), x.amax(1)
         old = ranges.get(module, (lo, hi))
         ranges[module] = (torch.minimum(old[0], lo), torch.maximum(old[1], hi))
+        if grams is not None and isinstance(module, nn.Conv2d) and module is not model.stem.conv:
+            x64 = x.double()
+            grams[module] = grams.get(module, 0) + x64 @ x64.t()
 
     handles = [m.register_forward_pre_hook(record) for m in targets]
     try:
@@ -507,7 +562,8 @@ def fake_quantized(
     (``_codes_scale``), so does the copy, with the activation left to the codes' clamp, so that both round the same
     sums."""
     folded = fold_batchnorm(model)
-    ranges = calibrate(folded, calibration, thin_fp32=thin_fp32)
+    grams: dict[nn.Module, torch.Tensor] = {}
+    ranges = calibrate(folded, calibration, thin_fp32=thin_fp32, grams=grams)
     prescaled: set[nn.Module] = set()
     for block in folded.blocks:
         scale = _codes_scale(block, ranges, grid)
@@ -521,7 +577,7 @@ def fake_quantized(
             _stem_on_grid(module, channels, grid)
             continue
         scale, zero = activation_quantization(*tensor_range(channels), grid.levels)
-        q, w_scale = quantize_weights(module.weight.detach().flatten(1).t(), grid)
+        q, w_scale = quantize_weights(module.weight.detach().flatten(1).t(), grid, grams.get(module))
         module.weight.copy_((q.float() * w_scale).t().reshape(module.weight.shape))
         # The engine multiplies by a float32 1/scale (by 1 where the depthwise made the codes' sums already).
         inv = torch.tensor(1.0 if module in prescaled else 1.0 / scale, dtype=torch.float32)
@@ -595,9 +651,10 @@ class _Builder:
 
     def __init__(
         self, ranges: Ranges | None, grid: Int8Grid, bf16: bool = False, half_depthwise: bool = False,
-        tiles: bool = False,
+        tiles: bool = False, grams: dict[nn.Module, torch.Tensor] | None = None,
     ) -> None:  # fmt: skip
         self.ranges = ranges  # None: fp32 (or bf16) everywhere
+        self.grams = grams or {}  # int8: the 1×1 convolutions' input Gram matrices (quantize_weights)
         self.grid = grid
         self.tiles = tiles  # int8 on the amx level: wide enough products may run on AMX tiles
         self.bf16 = bf16  # the 1×1 convolutions in bf16
@@ -618,7 +675,7 @@ class _Builder:
             c.w = self.ptr(pack_panels(weight_kn))
             return c
         scale, zero = activation_quantization(*tensor_range(self.ranges[module]), self.grid.levels)
-        q, w_scale = quantize_weights(weight_kn, self.grid)
+        q, w_scale = quantize_weights(weight_kn, self.grid, self.grams.get(module))
         self.int8(c, q, w_scale * scale, -zero * q.sum(0, dtype=torch.int32))
         c.inv_scale, c.zero = 1.0 / scale, zero
         c.tiles = int(self.tiles and min(weight_kn.shape) >= TILE_MIN_CHANNELS)
@@ -796,10 +853,11 @@ class FusedEngine:
     ) -> _Builder:
         """The program builder for this engine's precision and ISA; int8 ranges calibrated through ``forward``
         (default: the model) where calibration images are given."""
-        ranges = calibrate(folded, calibration, forward, self.thin_fp32) if calibration else None
+        grams: dict[nn.Module, torch.Tensor] = {}
+        ranges = calibrate(folded, calibration, forward, self.thin_fp32, grams) if calibration else None
         return _Builder(
             ranges, int8_grid(self.isa), bf16=self.precision == "bf16", half_depthwise=self.half_depthwise,
-            tiles=self.isa == "amx",
+            tiles=self.isa == "amx", grams=grams,
         )  # fmt: skip
 
     def describe(self) -> str:
