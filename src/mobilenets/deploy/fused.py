@@ -363,18 +363,20 @@ def _output_rounding(
     # The upper Cholesky factor of H⁻¹: row k holds how row k's error spreads onto the rows after it.
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     s, top = scales.double(), tops.double()
+    inv_s = 1.0 / s
     q = torch.zeros_like(w)
     for b0 in range(0, k_rows, _ROUNDING_BLOCK):
         b1 = min(b0 + _ROUNDING_BLOCK, k_rows)
         errors = torch.zeros(b1 - b0, w.shape[1], dtype=w.dtype)
         for k in range(b0, b1):
-            code = torch.maximum(torch.minimum(torch.round(w[k] / s), top), -top)
+            code = torch.round(w[k] * inv_s).clamp_(min=-top, max=top)
             if pair_sum is not None and k % 2 == 1:
                 room = (pair_sum - q[k - 1].abs()).clamp(min=0)
                 code = torch.where(code * q[k - 1] > 0, torch.sign(code) * torch.minimum(code.abs(), room), code)
             q[k] = code
-            errors[k - b0] = (w[k] - code * s) / u[k, k]
-            w[k + 1 : b1] -= u[k, k + 1 : b1, None] * errors[k - b0]
+            error = errors[k - b0]
+            torch.div(torch.addcmul(w[k], code, s, value=-1.0), u[k, k], out=error)
+            w[k + 1 : b1].addr_(u[k, k + 1 : b1], error, alpha=-1.0)
         w[b1:] -= u[b0:b1, b1:].t() @ errors
     return q.to(torch.int8)
 
@@ -518,8 +520,8 @@ def calibrate(
         old = ranges.get(module, (lo, hi))
         ranges[module] = (torch.minimum(old[0], lo), torch.maximum(old[1], hi))
         if grams is not None and isinstance(module, nn.Conv2d) and module is not model.stem.conv:
-            x64 = x.double()
-            grams[module] = grams.get(module, 0) + x64 @ x64.t()
+            x = x.float()  # float32 products, summed over batches in float64
+            grams[module] = grams.get(module, 0) + (x @ x.t()).double()
 
     handles = [m.register_forward_pre_hook(record) for m in targets]
     try:
