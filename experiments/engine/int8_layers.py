@@ -1,10 +1,11 @@
 """Which layers int8 costs: the photo model of ``real_weights.py`` with one layer at a time in int8 (its fake-quantised
-PyTorch twin on VNNI's grid or, ``--grid avx2``, AVX2's (pairs of same-signed weights within 128; ``--grid 63``:
-weights within ±63, the AVX2 grid before); every other layer fp32), counted as
-in ``real_weights.py``: of the confident eager predictions (p > 0.5) on the held-out crops, how many keep their top-1.
-Ten lowest first; ``--all-but-one``: every layer in int8 but one, the ten highest first; ``--thin-in-float 0 16 32``:
-every layer in int8 but the expansions of at most K input channels (and the logits' relative error to eager's)
-(docs/engine.md).
+PyTorch twin, weights rounded for each layer's output as the engine's, on VNNI's grid or, ``--grid avx2``, AVX2's
+(pairs of same-signed weights within 128; ``--grid 63``: weights within ±63, the AVX2 grid before); every other
+layer fp32), counted as in ``real_weights.py``: of the confident eager predictions (p > 0.5) on the held-out crops,
+how many keep their top-1. Ten lowest first; ``--all-but-one``: every layer in int8 but one, the ten highest first;
+``--thin-in-float 0 16 32``: every layer in int8 but the expansions of at most K input channels (and the logits'
+relative error to eager's) (docs/engine.md); ``--nearest``: weights rounded each to its nearest code instead. The
+thin expansions count as layers here (the engine keeps them fp32).
 
     python experiments/engine/int8_layers.py --out /tmp/real_weights   # the folder real_weights.py trained into
 """
@@ -40,6 +41,9 @@ def main() -> None:
         "--thin-in-float", type=int, nargs="+", metavar="K",
         help="instead: every layer in int8 but the expansions of at most K input channels, for each K given",
     )  # fmt: skip
+    parser.add_argument(
+        "--nearest", action="store_true", help="weights rounded each to its nearest code (the engine before GPTQ)"
+    )  # fmt: skip
     args = parser.parse_args()
     torch.manual_seed(0)
     photos = rw.load_photos()
@@ -55,10 +59,16 @@ def main() -> None:
     calibrate, codes_scale = fused.calibrate, fused._codes_scale
 
     def twin_logits(int8_layers: dict) -> torch.Tensor:
-        """The twin's logits with just these layers (name: calibrated range) in int8, the rest fp32."""
-        fused.calibrate = lambda m, batches, forward=None, thin_fp32=0: {
-            dict(m.named_modules())[n]: r for n, r in int8_layers.items()
-        }
+        """The twin's logits with just these layers (name: calibrated range) in int8, the rest fp32 (the int8 1×1
+        layers' weights rounded for their outputs, as the engine's)."""
+
+        def chosen(
+            m: torch.nn.Module, batches: list, forward: object = None, thin_fp32: int = 0, grams: dict | None = None
+        ) -> dict:
+            calibrate(m, batches, forward, 0, None if args.nearest else grams)  # the Gram matrices
+            return {dict(m.named_modules())[n]: r for n, r in int8_layers.items()}
+
+        fused.calibrate = chosen
         return rw.logits(fused.fake_quantized(model, calibration, grid).eval(), crops)
 
     def kept(logits: torch.Tensor) -> int:
