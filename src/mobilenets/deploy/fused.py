@@ -752,10 +752,11 @@ class _Builder:
                 wd, bd = (wd / codes_scale).contiguous(), (bd / codes_scale).contiguous()
                 layer.dw_codes = 1
             layer.w_dw, layer.b_dw = self.ptr(wd), self.ptr(bd)
+            # The fp16 rows come from an int8 expansion (or the stem): not from a thin fp32 one.
             half = layer.dw_codes and not layer.se_channels and layer.kernel == 3 and layer.cmid % HALF_CHANNELS == 0
+            half = half and not (layer.has_expand and layer.expand.q is None)
             if self.half_depthwise and half:  # 3×3 only: no registered model has a 5×5 block that qualifies
-                # Row-streamed blocks with an expansion (int8, or a thin one in fp32; or the stem's rows) then keep
-                # their expanded rows in fp16
+                # Row-streamed blocks with an expansion (or the stem's rows) then keep their expanded rows in fp16
                 # and sum the depthwise in fp16: its sums are codes, 0..qmax before the clamp, which fp16 holds to
                 # 1/32 (below 64) .. 1/8 (128..255) of a code, so a sum near a rounding boundary may land one code
                 # off (tests/test_fused.py bounds the difference).

@@ -1,5 +1,4 @@
-// fp32 GEMM for the 1×1 convolutions, the stem's im2col product and the linear layers; on AMX builds also into
-// fp16 outputs (a thin fp32 expansion's rows for the int8 engine's fp16 depthwise).
+// fp32 GEMM for the 1×1 convolutions, the stem's im2col product and the linear layers.
 //
 // Register tiles: MR rows × one panel. AVX2: a 16-wide panel is two 8-lane vectors, MR = 6 (12 accumulators of
 // the 16 registers); an 8-wide panel takes 12 rows. AVX-512 (32 registers of 16 lanes): two adjacent 16-wide
@@ -16,9 +15,9 @@ namespace {
 // C[m, n] = act(A[m, :] · B[:, n] + bias[n]) (+ R[m, n]) for MR rows × NV vectors of V::N columns. Vector j of
 // B's row k is at B + k · kstride + j · jstride: one interleaved AVX2 panel [K][8·NV] (kstride 8·NV, jstride 8) or
 // NV adjacent AVX-512 panels [K][16] (kstride 16, jstride 16·K). Written once for both vector widths (V8, V16).
-template <class V, int MR, int NV, typename Out>
+template <class V, int MR, int NV>
 inline void tile(int K, const float* A, int lda, const float* B, int64_t kstride, int64_t jstride,
-                 const float* bias, Out* C, int ldc, const float* R, int ldr, int act) {
+                 const float* bias, float* C, int ldc, const float* R, int ldr, int act) {
   typename V::T acc[MR][NV];
 #pragma GCC unroll 2
   for (int j = 0; j < NV; ++j) {
@@ -53,9 +52,9 @@ inline void tile(int K, const float* A, int lda, const float* B, int64_t kstride
 }
 
 // mr rows (1 <= mr <= MR) as the tile of exactly that many rows, chosen among the compiled sizes.
-template <class V, int NV, int MR, typename Out>
+template <class V, int NV, int MR>
 inline void tile_upto(int mr, int K, const float* A, int lda, const float* B, int64_t kstride, int64_t jstride,
-                      const float* bias, Out* C, int ldc, const float* R, int ldr, int act) {
+                      const float* bias, float* C, int ldc, const float* R, int ldr, int act) {
   if constexpr (MR > 1) {
     if (mr < MR) {
       tile_upto<V, NV, MR - 1>(mr, K, A, lda, B, kstride, jstride, bias, C, ldc, R, ldr, act);
@@ -67,9 +66,9 @@ inline void tile_upto(int mr, int K, const float* A, int lda, const float* B, in
 
 // mr rows of a row tile (mr <= TOP) as one tile, except that SMALL < mr < TOP rows go in two near-equal tiles (only
 // TOP and 1..SMALL rows are compiled: a tile of TOP uses every register, one between would waste most of them).
-template <class V, int NV, int TOP, int SMALL, typename Out>
+template <class V, int NV, int TOP, int SMALL>
 inline void rows_as_tiles(int mr, int K, const float* A, int lda, const float* B, int64_t kstride, int64_t jstride,
-                          const float* bias, Out* C, int ldc, const float* R, int ldr, int act) {
+                          const float* bias, float* C, int ldc, const float* R, int ldr, int act) {
   if (mr == TOP) {
     tile<V, TOP, NV>(K, A, lda, B, kstride, jstride, bias, C, ldc, R, ldr, act);
     return;
@@ -83,12 +82,11 @@ inline void rows_as_tiles(int mr, int K, const float* A, int lda, const float* B
 }
 
 // One panel on the AVX2 tiles: a 16-wide panel 6 rows at a time, an 8-wide one 12.
-template <typename Out>
-void panel_avx2(int M, int nr, int K, const float* A, int lda, const float* B, const float* bias, Out* C, int ldc,
+void panel_avx2(int M, int nr, int K, const float* A, int lda, const float* B, const float* bias, float* C, int ldc,
                 const float* R, int ldr, int act) {
   row_tiles(M, nr == 16 ? 6 : 12, [&](int m, int mr) {
     const float* a = A + static_cast<int64_t>(m) * lda;
-    Out* c = C + static_cast<int64_t>(m) * ldc;
+    float* c = C + static_cast<int64_t>(m) * ldc;
     const float* r = R ? R + static_cast<int64_t>(m) * ldr : nullptr;
     if (nr == 16)
       rows_as_tiles<V8, 2, 6, 6>(mr, K, a, lda, B, 16, 8, bias, c, ldc, r, ldr, act);
@@ -99,28 +97,28 @@ void panel_avx2(int M, int nr, int K, const float* A, int lda, const float* B, c
 
 #if MN_ISA >= MN_ISA_AVX512
 // NV adjacent 16-wide panels on the AVX-512 tiles: two at once 8 rows at a time, a lone one 12.
-template <int NV, typename Out>
-void panels_avx512(int M, int K, const float* A, int lda, const float* B, const float* bias, Out* C, int ldc,
+template <int NV>
+void panels_avx512(int M, int K, const float* A, int lda, const float* B, const float* bias, float* C, int ldc,
                    const float* R, int ldr, int act) {
   constexpr int rows = NV == 2 ? 8 : 12;
   row_tiles(M, rows, [&](int m, int mr) {
     const float* a = A + static_cast<int64_t>(m) * lda;
-    Out* c = C + static_cast<int64_t>(m) * ldc;
+    float* c = C + static_cast<int64_t>(m) * ldc;
     const float* r = R ? R + static_cast<int64_t>(m) * ldr : nullptr;
     rows_as_tiles<V16, NV, rows, 8>(mr, K, a, lda, B, 16, 16 * static_cast<int64_t>(K), bias, c, ldc, r, ldr, act);
   });
 }
 #endif
 
-// gemm_fp32 for either output type.
-template <typename Out>
-void gemm_fp32_to(int M, int N, int K, const float* A, int lda, const float* Bp, const float* bias, Out* C, int ldc,
-                  const float* R, int ldr, int act, int p0, int p1) {
+}  // namespace
+
+void gemm_fp32(int M, int N, int K, const float* A, int lda, const float* Bp, const float* bias, float* C, int ldc,
+               const float* R, int ldr, int act, int p0, int p1) {
   for (int p = p0; p < p1;) {
     const int col = 16 * p;
     const int nr = std::min(16, N - col);
     const float* B = Bp + static_cast<int64_t>(col) * K;
-    Out* c = C + col;
+    float* c = C + col;
     const float* r = R ? R + col : nullptr;
 #if MN_ISA >= MN_ISA_AVX512
     if (nr == 16) {
@@ -137,19 +135,5 @@ void gemm_fp32_to(int M, int N, int K, const float* A, int lda, const float* Bp,
     ++p;
   }
 }
-
-}  // namespace
-
-void gemm_fp32(int M, int N, int K, const float* A, int lda, const float* Bp, const float* bias, float* C, int ldc,
-               const float* R, int ldr, int act, int p0, int p1) {
-  gemm_fp32_to(M, N, K, A, lda, Bp, bias, C, ldc, R, ldr, act, p0, p1);
-}
-
-#if MN_ISA >= MN_ISA_AMX
-void gemm_fp32(int M, int N, int K, const float* A, int lda, const float* Bp, const float* bias, _Float16* C, int ldc,
-               int act, int p0, int p1) {
-  gemm_fp32_to(M, N, K, A, lda, Bp, bias, C, ldc, nullptr, 0, act, p0, p1);
-}
-#endif
 
 }  // namespace mn

@@ -89,10 +89,6 @@ void depthwise_row(const _Float16* const* rows, int kernel, int dilation, int Wi
 // fp32 one's arguments, so that one call serves rows of either type.
 void gemm_int8(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, _Float16* C, int ldc, int act,
                int p0, int p1);
-// The fp32 GEMM with its outputs rounded to fp16 (nearest even) as they are stored: a thin fp32 expansion's rows
-// for the fp16 depthwise (no residual).
-void gemm_fp32(int M, int N, int K, const float* A, int lda, const float* Bp, const float* bias, _Float16* C, int ldc,
-               int act, int p0, int p1);
 void conv1x1(const MnConv& cv, int M, int N, int K, const float* A, int lda, const uint8_t* Aq, _Float16* C, int ldc,
              const float* R, int ldr, int act, int p0, int p1, uint8_t* qbuf);
 #endif

@@ -40,11 +40,6 @@ struct V8 {
   static constexpr int N = 8;
   static T load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
-#if MN_ISA >= MN_ISA_AMX
-  static void store(_Float16* p, T v) {  // rounded to fp16, nearest even
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  }
-#endif
   static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
   static T add(T a, T b) { return _mm256_add_ps(a, b); }
   static T broadcast(const float* p) { return _mm256_broadcast_ss(p); }
@@ -77,12 +72,6 @@ struct V16 {
   static constexpr int N = 16;
   static T load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
-#if MN_ISA >= MN_ISA_AMX
-  static void store(_Float16* p, T v) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
-                        _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  }
-#endif
   static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
   static T add(T a, T b) { return _mm512_add_ps(a, b); }
   static T broadcast(const float* p) { return _mm512_set1_ps(*p); }
