@@ -243,3 +243,5 @@ def test_bench_rows_for_an_ssdlite_backbone() -> None:
         assert [g.shape for g in got] == [w.shape for w in want]
         assert max(float((g - w).abs().max()) for g, w in zip(got, want, strict=True)) <= tolerance, precision
     assert rows["fp32"].activation_bytes > 0 and "isa=" in rows["fp32"].detail
+    # The int8 row names what it runs in fp32 (this width's thin expansions); the fp32 row has none to name.
+    assert "thin expansions in fp32" in rows["int8"].detail and "thin" not in rows["fp32"].detail

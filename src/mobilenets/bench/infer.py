@@ -206,6 +206,8 @@ def fused_candidates(
         precision = str(getattr(engine, "precision", wanted))
         isa_used = getattr(engine, "isa", None)
         detail = f"isa={isa_used}" if isa_used else "isa not reported by the engine"
+        if thin := getattr(engine, "fp32_expansions", 0):  # int8 with its thin expansions in fp32
+            detail += f", {thin} thin expansion{'s' if thin > 1 else ''} in fp32"
         if getattr(engine, "half_depthwise", False):
             detail += ", depthwise on fp16 rows"
         name = "ours fused engine" if precision == "fp32" else f"ours fused engine {precision}"
