@@ -226,7 +226,7 @@ def test_int8_runs_the_thin_expansions_in_fp32(isa: str) -> None:
     assert len(thin) == sum(k <= fused.THIN_FP32_CHANNELS for k in widths) == 6 < len(widths)
     for n_thin in (fused.THIN_FP32_CHANNELS, 0):
         engine = fused.FusedEngine(model, threads=2, calibration=calibration, isa=isa, thin_fp32=n_thin)
-        blocks = [layer for layer in engine._array if layer.kind == 2 and layer.has_expand]
+        blocks = [layer for layer in engine._array if layer.kind == fused._BLOCK and layer.has_expand]
         fp32 = [layer.cin <= n_thin for layer in blocks]
         assert [layer.expand.q is None and layer.expand.w is not None for layer in blocks] == fp32
         assert all(layer.out.q for layer in blocks)

@@ -206,10 +206,8 @@ def fused_candidates(
         precision = str(getattr(engine, "precision", wanted))
         isa_used = getattr(engine, "isa", None)
         detail = f"isa={isa_used}" if isa_used else "isa not reported by the engine"
-        if thin := getattr(engine, "fp32_expansions", 0):  # int8 with its thin expansions in fp32
-            detail += f", {thin} thin expansion{'s' if thin > 1 else ''} in fp32"
-        if getattr(engine, "half_depthwise", False):
-            detail += ", depthwise on fp16 rows"
+        if callable(getattr(engine, "run_notes", None)):  # thin expansions in fp32, the fp16 depthwise
+            detail += "".join(f", {note}" for note in engine.run_notes())
         name = "ours fused engine" if precision == "fp32" else f"ours fused engine {precision}"
         out.append(Candidate(name, True, precision, engine, note="C++: BN folded, row-streamed inverted residuals",
                              activation_bytes=engine.activation_bytes(resolution, resolution), runtime="fused engine",

@@ -59,8 +59,7 @@ class BackboneTaps(nn.Module):
 
 class FusedTaps:
     """A ``BackboneTaps`` run by the fused engine (``deploy.fused_backbone``): the same tuple of maps, and the
-    engine's ``precision``, ``isa``, ``half_depthwise``, ``fp32_expansions`` and ``activation_bytes`` for the
-    benchmark's row."""
+    engine's ``precision``, ``isa``, ``run_notes`` and ``activation_bytes`` for the benchmark's row."""
 
     def __init__(
         self,
@@ -73,7 +72,7 @@ class FusedTaps:
 
         self.engine = FusedBackbone(taps.backbone, taps.taps, threads, calibration, precision)
         self.precision, self.isa = self.engine.precision, self.engine.isa
-        self.half_depthwise, self.fp32_expansions = self.engine.half_depthwise, self.engine.fp32_expansions
+        self.run_notes = self.engine.run_notes
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(self.engine(x).values())

@@ -836,9 +836,8 @@ class FusedEngine:
         self._layers = ctypes.cast(self._array, ctypes.c_void_p)
         self.outputs = layers[-1].cout
         # int8: the expansions that run in fp32 (the thin ones)
-        self.fp32_expansions = precision == "int8" and sum(
-            1 for L in layers if L.kind == _BLOCK and L.has_expand and L.expand.q is None
-        )
+        thin = [L for L in layers if L.kind == _BLOCK and L.has_expand and L.expand.q is None]
+        self.fp32_expansions = len(thin) if precision == "int8" else 0
         self._scratch: dict[tuple[int, int], torch.Tensor] = {}
 
     def _program(self, folded: MobileNet, calibration: list[torch.Tensor] | None) -> tuple[list[_Layer], list]:
@@ -862,13 +861,15 @@ class FusedEngine:
             tiles=self.isa == "amx", grams=grams,
         )  # fmt: skip
 
-    def describe(self) -> str:
-        """What runs, in words: the ISA level, the precision and, where they apply, the thin expansions in fp32 and
-        the fp16 depthwise."""
+    def run_notes(self) -> list[str]:
+        """What runs besides the precision's kernels, in words: the thin expansions in fp32, the fp16 depthwise."""
         n = self.fp32_expansions
-        thin = f", {n} thin expansion{'s' if n > 1 else ''} in fp32" if n else ""
-        half = ", depthwise on fp16 rows" if self.half_depthwise else ""
-        return f"{self.isa} level, {self.precision}{thin}{half}"
+        notes = [f"{n} thin expansion{'s' if n > 1 else ''} in fp32"] if n else []
+        return notes + (["depthwise on fp16 rows"] if self.half_depthwise else [])
+
+    def describe(self) -> str:
+        """What runs, in words: the ISA level, the precision and the ``run_notes``."""
+        return ", ".join([f"{self.isa} level", self.precision, *self.run_notes()])
 
     def activation_bytes(self, h: int, w: int) -> int:
         """Bytes of scratch one h × w image uses when all threads share it: every activation the engine holds
