@@ -73,6 +73,21 @@ def test_eval_defaults_to_the_runs_held_out_split(run: Path, capsys: pytest.Capt
     assert Path(result["confusion_png"]).stat().st_size > 1000
 
 
+def test_eval_never_replaces_a_figure_in_the_run_folder(run: Path, capsys: pytest.CaptureFixture[str]):
+    # without --out the figure goes beside the checkpoint; a confusion.png already there (an earlier evaluation's,
+    # on other data) stays as it was and each evaluation draws the next free name
+    (run / "confusion.png").write_bytes(b"an earlier evaluation's figure")
+    drawn = []
+    for _ in range(2):
+        assert main(["eval", "--checkpoint", str(run), "--workers", "0", "--json"]) == 0
+        drawn.append(Path(json.loads(capsys.readouterr().out)["confusion_png"]))
+    assert drawn == [run / "confusion-2.png", run / "confusion-3.png"]
+    assert all(png.stat().st_size > 1000 for png in drawn)
+    assert (run / "confusion.png").read_bytes() == b"an earlier evaluation's figure"
+    for png in (run / "confusion.png", *drawn):
+        png.unlink()  # the module's run folder as the other tests expect it
+
+
 def test_eval_flip_averages_image_and_mirror(run: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path):
     argv = ["eval", "--checkpoint", str(run), "--workers", "0", "--json", "--out", str(tmp_path), "--flip"]
     assert main(argv) == 0

@@ -27,6 +27,7 @@ from mobilenets.data.images import UnreadableImage, load_rgb
 from mobilenets.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformConfig, eval_transform
 from mobilenets.engine.checkpoints import Trained
 from mobilenets.engine.data import EvalBatchSampler
+from mobilenets.engine.runs import free_path
 from mobilenets.errors import ConfigError
 from mobilenets.registry import create_model
 
@@ -157,8 +158,10 @@ def evaluate_checkpoint(trained: Trained, cfg: EvalConfig, predictor: Predictor 
 
 
 def plot_result(result: dict[str, Any], trained: Trained, folder: Path) -> dict[str, str]:
-    """The confusion matrix of an ``evaluate_checkpoint`` result drawn as ``folder/confusion.png``."""
-    png = folder / "confusion.png"
+    """The confusion matrix of an ``evaluate_checkpoint`` result drawn as ``folder/confusion.png``, or, where that
+    file exists (an earlier evaluation's, maybe on other data), the first free ``confusion-2.png``, ``-3`` …: an
+    evaluation never replaces a figure already in a run folder."""
+    png = free_path(folder / "confusion.png")
     data = Path(str(result["data"]).split(" (")[0]).name
     classes = list(result["per_class"])
     plot_confusion(torch.tensor(result["confusion"]), classes, png, f"{trained.path.name} on {data}: top-1 "

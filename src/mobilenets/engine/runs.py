@@ -5,6 +5,8 @@
   (removing only the previous run's own files: its pointer, checkpoints, best weights, logs and curves).
 - A lock (``.mobilenets.lock``, ``fcntl.flock``) is held for the whole run. The kernel drops it when its holder
   exits, however it exits (``kill -9`` included), so a dead holder never blocks the next run.
+- A figure an evaluation draws into a run folder takes a free name (``free_path``: ``confusion.png``, then
+  ``confusion-2.png`` …) rather than replacing one drawn before.
 - Temporary files of an atomic write that a killed process left behind (``.<name>.<random>.tmp``, see
   ``checkpoint.atomic_write``) are removed once the lock is held (no writer can be alive then).
 """
@@ -109,3 +111,12 @@ def claim(out: str | Path, resuming: bool, overwrite: bool = False) -> Iterator[
         yield out
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def free_path(path: Path) -> Path:
+    """``path`` if nothing is there, else the first of ``stem-2.suffix``, ``stem-3.suffix`` … that is free."""
+    candidate, n = path, 1
+    while candidate.exists() or candidate.is_symlink():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
