@@ -46,7 +46,7 @@ from mobilenets.models.layers import ConvBNAct, SqueezeExcite
 from mobilenets.models.mobilenet import MobileNet, check_image_batch
 
 SOURCE_DIR = Path(__file__).with_name("csrc")
-ABI_VERSION = 7  # MN_ABI_VERSION in csrc/abi.h
+ABI_VERSION = 6  # MN_ABI_VERSION in csrc/abi.h
 _STEM, _BLOCK, _POINTWISE, _POOL_FC = 1, 2, 3, 4
 _ACTS = {"linear": 0, "relu": 1, "relu6": 2, "hswish": 3}
 MAX_SPAN = 17  # kMaxSpan in csrc/kernels.h: the rows a depthwise window spans, (k - 1) · dilation + 1
@@ -92,7 +92,7 @@ class _Conv(ctypes.Structure):
     _fields_ = [
         *[(n, ctypes.c_void_p) for n in ("w", "bias", "q", "scale", "corr", "wb")],
         ("inv_scale", ctypes.c_float),
-        *[(n, ctypes.c_int32) for n in ("zero", "qmax", "tiles", "split")],
+        *[(n, ctypes.c_int32) for n in ("zero", "qmax", "tiles")],
     ]
 
 
@@ -672,10 +672,6 @@ class _Builder:
         c = _Conv(bias=self.ptr(_pad8(bias)))
         if bf16:
             c.wb = self.ptr(pack_panels_bf16(weight_kn))
-            return c
-        if self.ranges is not None and module not in self.ranges and self.tiles:  # a thin expansion at amx
-            hi = weight_kn.to(torch.bfloat16).float()
-            c.wb, c.split = self.ptr(pack_panels_bf16(torch.cat([hi, hi, weight_kn - hi]))), 1
             return c
         if self.ranges is None or module not in self.ranges:
             c.w = self.ptr(pack_panels(weight_kn))

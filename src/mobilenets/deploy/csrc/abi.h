@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#define MN_ABI_VERSION 7
+#define MN_ABI_VERSION 6
 
 // ISA levels a library can be built for (fused.py compiles one library per level, -DMN_ISA=<level>, and loads
 // the one asked for). Macros, not an enum: the sources test them in #if.
@@ -34,8 +34,6 @@ struct MnConv {
   int32_t zero;          // int8: input zero point
   int32_t qmax;          // int8: largest input code (127 on AVX2, 255 with VNNI)
   int32_t tiles;         // int8, AMX builds: products of at least kTileMinRows pixels may run on AMX tiles
-  int32_t split;         // bf16, AMX builds: wb holds the fp32 weights as [hi; hi; lo] (3K rows, hi = bf16(w),
-                         // lo = bf16(w − hi)) and each input row goes in as [hi | lo | hi]: fp32 within ~2^-16
 };
 
 // One layer of the program.

@@ -1,5 +1,4 @@
-// A 1×1 convolution in the precision its weights carry: fp32 (w), int8 (q) or bf16 (wb); on AMX builds also into
-// fp16 rows (int8, or bf16 for the int8 engine's thin expansions).
+// A 1×1 convolution in the precision its weights carry: fp32 (w), int8 (q) or bf16 (wb).
 #include "kernels.h"
 
 namespace mn {
@@ -16,18 +15,5 @@ void conv1x1(const MnConv& cv, int M, int N, int K, const float* A, int lda, con
     gemm_fp32(M, N, K, A, lda, cv.w, cv.bias, C, ldc, R, ldr, act, p0, p1);
   }
 }
-
-#if MN_ISA >= MN_ISA_AMX
-void conv1x1(const MnConv& cv, int M, int N, int K, const float* A, int lda, const uint8_t* Aq, _Float16* C, int ldc,
-             const float*, int, int act, int p0, int p1, uint8_t* qbuf) {
-  if (p0 >= p1) return;
-  if (cv.wb) {
-    gemm_bf16(M, N, K, A, lda, cv, C, ldc, act, p0, p1);
-    return;
-  }
-  if (!Aq) Aq = input_codes(cv, A, lda, M, K, qbuf);
-  gemm_int8(M, N, K, Aq, K, cv, C, ldc, act, p0, p1);
-}
-#endif
 
 }  // namespace mn

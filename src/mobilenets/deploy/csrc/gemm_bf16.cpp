@@ -5,7 +5,6 @@
 // -mavx512bf16). An AVX-512 epilogue adds the bias, the activation and the residual. AVX2 builds: never reached.
 #include <algorithm>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "amx.h"
@@ -41,29 +40,8 @@ void to_bf16(const float* A, int lda, int m0, int rows, int K, int Kp, uint16_t*
 #endif
 
 #if MN_ISA >= MN_ISA_AMX
-namespace {
 
-// The rows [m0, m0 + rows) of A (K wide) split into bf16 parts in buf (rows Kp apart, Kp >= 3K): hi = bf16(a) at
-// columns 0..K, lo = bf16(a − hi) at K..2K, hi again at 2K..3K, zero from 3K. Against weights packed as [hi; hi; lo]
-// the tile sums hi·hi + lo·hi + hi·lo: each product exact in fp32, what is left out (lo·lo, and lo's own rounding)
-// ~2^-16 of it (MnConv.split).
-void to_bf16x3(const float* A, int lda, int m0, int rows, int K, int Kp, uint16_t* buf) {
-  for (int i = 0; i < rows; ++i) {
-    const float* a = A + static_cast<int64_t>(m0 + i) * lda;
-    uint16_t* b = buf + static_cast<int64_t>(i) * Kp;
-    for (int k = 0; k < K; k += 16) {
-      const __mmask16 valid = K - k >= 16 ? 0xffff : static_cast<__mmask16>((1u << (K - k)) - 1);
-      const __m512 v = _mm512_maskz_loadu_ps(valid, a + k);
-      const __m256i hi = bf16_of(v);
-      const __m512 hi_f = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
-      const __m256i lo = bf16_of(_mm512_sub_ps(v, hi_f));
-      _mm256_mask_storeu_epi16(b + k, valid, hi);
-      _mm256_mask_storeu_epi16(b + K + k, valid, lo);
-      _mm256_mask_storeu_epi16(b + 2 * K + k, valid, hi);
-    }
-    std::memset(b + 3 * K, 0, sizeof(uint16_t) * (Kp - 3 * K));
-  }
-}
+namespace {
 
 struct TileConfig {
   uint8_t palette = 1, start_row = 0;
@@ -72,40 +50,25 @@ struct TileConfig {
   uint8_t rows[16] = {};
 };
 
-// C rows [0, rows) × `cols` columns (16 or 8) of one panel from a tile's 16 × 16 fp32 at t (rows 16 floats apart):
-// fp32, or (Out = _Float16: the rows of an fp16 depthwise, no residual) rounded to fp16, nearest even.
-template <typename Out>
-void store_sums(const float* t, int rows, int cols, const float* bias, Out* C, int ldc, const float* R, int ldr,
+// C rows [0, rows) × `cols` columns (16 or 8) of one panel from a tile's 16 × 16 fp32 at t (rows 16 floats apart).
+void store_sums(const float* t, int rows, int cols, const float* bias, float* C, int ldc, const float* R, int ldr,
                 int act) {
   const __mmask16 mask = cols == 16 ? 0xffff : static_cast<__mmask16>((1u << cols) - 1);
   const __m512 b = _mm512_maskz_loadu_ps(mask, bias);
   for (int i = 0; i < rows; ++i) {
     __m512 v = activate(_mm512_add_ps(_mm512_loadu_ps(t + 16 * i), b), act);
-    if constexpr (std::is_same_v<Out, float>) {
-      if (R) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, R + static_cast<int64_t>(i) * ldr));
-      _mm512_mask_storeu_ps(C + static_cast<int64_t>(i) * ldc, mask, v);
-    } else {
-      _mm256_mask_storeu_epi16(C + static_cast<int64_t>(i) * ldc, mask,
-                               _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    }
+    if (R) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, R + static_cast<int64_t>(i) * ldr));
+    _mm512_mask_storeu_ps(C + static_cast<int64_t>(i) * ldc, mask, v);
   }
 }
 
 // fp32 rows rounded to bf16 × bf16 weights as amx_tiles' Op (amx.h). B is packed per panel of 16 columns (N
 // padded to 16) as [Kp/2][16][2]: the pairs of consecutive k that tdpbf16ps reads per fp32 lane.
-template <typename Out>
-struct Bf16Tiles : TileOperands<float, uint16_t, Out> {
-  using Base = TileOperands<float, uint16_t, Out>;
-  using Base::A, Base::lda, Base::cv, Base::K, Base::Kp, Base::N, Base::buf, Base::ldc, Base::ldr, Base::act;
+struct Bf16Tiles : TileOperands<float, uint16_t> {
   static constexpr bool kInt8 = false;
   using Sum = float;
 
-  void gather(int m0, int rows) {
-    if (cv.split)
-      to_bf16x3(A, lda, m0, rows, K, Kp, buf);
-    else
-      to_bf16(A, lda, m0, rows, K, Kp, buf);
-  }
+  void gather(int m0, int rows) { to_bf16(A, lda, m0, rows, K, Kp, buf); }
   const uint16_t* a(int half, int step) const { return buf + static_cast<int64_t>(16 * half) * Kp + 32 * step; }
   const uint16_t* b(int panel, int step) const {
     return cv.wb + static_cast<int64_t>(panel) * Kp * 16 + static_cast<int64_t>(32 * step) * 16;
@@ -113,8 +76,7 @@ struct Bf16Tiles : TileOperands<float, uint16_t, Out> {
   int b_stride(int) const { return 64; }
   void epilogue(const float* sums, int rows, int panel, int m) const {
     const int col = 16 * panel;
-    store_sums(sums, rows, std::min(16, N - col), cv.bias + col, this->c_at(m, col), ldc, this->r_at(m, col), ldr,
-               act);
+    store_sums(sums, rows, std::min(16, N - col), cv.bias + col, c_at(m, col), ldc, r_at(m, col), ldr, act);
   }
 };
 
@@ -129,23 +91,12 @@ void tiles_configure() {
 
 void tiles_release() { _tile_release(); }
 
-template <typename Out>
-void bf16_tiles(int M, int N, int K, const float* A, int lda, const MnConv& cv, Out* C, int ldc, const float* R,
-                int ldr, int act, int p0, int p1) {
-  if (p0 >= p1) return;
-  const int Kp = ((cv.split ? 3 : 1) * K + 31) / 32 * 32;
-  Bf16Tiles<Out> op{{M, N, K, Kp, Kp / 32, 2 * Kp, A, lda, cv, C, ldc, R, ldr, act, gather_buffer<uint16_t>(Kp)}};
-  amx_tiles(M, p0, p1, op);
-}
-
 void gemm_bf16(int M, int N, int K, const float* A, int lda, const MnConv& cv, float* C, int ldc, const float* R,
                int ldr, int act, int p0, int p1) {
-  bf16_tiles(M, N, K, A, lda, cv, C, ldc, R, ldr, act, p0, p1);
-}
-
-void gemm_bf16(int M, int N, int K, const float* A, int lda, const MnConv& cv, _Float16* C, int ldc, int act, int p0,
-               int p1) {
-  bf16_tiles(M, N, K, A, lda, cv, C, ldc, nullptr, 0, act, p0, p1);
+  if (p0 >= p1) return;
+  const int Kp = (K + 31) / 32 * 32;
+  Bf16Tiles op{{M, N, K, Kp, Kp / 32, 2 * Kp, A, lda, cv, C, ldc, R, ldr, act, gather_buffer<uint16_t>(Kp)}};
+  amx_tiles(M, p0, p1, op);
 }
 
 #elif MN_ISA >= MN_ISA_AVX512

@@ -274,6 +274,13 @@ void gemm_int8(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv,
                int p0, int p1) {
   gemm_wide(M, N, K, A, lda, cv, C, ldc, nullptr, 0, act, p0, p1);
 }
+
+void conv1x1(const MnConv& cv, int M, int N, int K, const float* A, int lda, const uint8_t* Aq, _Float16* C, int ldc,
+             const float*, int, int act, int p0, int p1, uint8_t* qbuf) {
+  if (p0 >= p1) return;
+  if (!Aq) Aq = input_codes(cv, A, lda, M, K, qbuf);
+  gemm_int8(M, N, K, Aq, K, cv, C, ldc, act, p0, p1);
+}
 #endif
 
 void quantize_rows(const float* X, int ldx, int M, int K, uint8_t* Q, int ldq, float inv_scale, int zero, int qmax) {

@@ -89,10 +89,6 @@ void depthwise_row(const _Float16* const* rows, int kernel, int dilation, int Wi
 // fp32 one's arguments, so that one call serves rows of either type.
 void gemm_int8(int M, int N, int K, const uint8_t* A, int lda, const MnConv& cv, _Float16* C, int ldc, int act,
                int p0, int p1);
-// The bf16 GEMM on AMX tiles the same way: the int8 engine's thin expansions at the amx level (fused.py), whose
-// fp16 rows an fp16 depthwise reads.
-void gemm_bf16(int M, int N, int K, const float* A, int lda, const MnConv& cv, _Float16* C, int ldc, int act, int p0,
-               int p1);
 void conv1x1(const MnConv& cv, int M, int N, int K, const float* A, int lda, const uint8_t* Aq, _Float16* C, int ldc,
              const float* R, int ldr, int act, int p0, int p1, uint8_t* qbuf);
 #endif
