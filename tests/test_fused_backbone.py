@@ -20,7 +20,7 @@ from mobilenets import save_weights
 from mobilenets.cli import main
 from mobilenets.data.scenes import SceneConfig, write_split
 from mobilenets.deploy import fused
-from mobilenets.deploy.fused_backbone import FusedBackbone, engine_model
+from mobilenets.deploy.fused_backbone import FusedBackbone, engine_model, tapped_blocks
 from mobilenets.errors import ConfigError
 from model_util import bf16_isas, engine_isa, require_engine, trained_like
 
@@ -101,7 +101,8 @@ def test_int8_taps_equal_their_fake_quantized_backbone(isa: str) -> None:
     if isa == "amx" and fused.HALF_FLAG in fused.cpu_flags():
         half = FusedBackbone(backbone, taps, threads=2, calibration=calibration, isa=isa)
         assert half.half_depthwise
-    twin = fused.fake_quantized(backbone, calibration, fused.int8_grid(isa))
+    # At avx2 the engine reorders the inner channels of every block but the tapped expansions': so does the twin.
+    twin = fused.fake_quantized(backbone, calibration, fused.int8_grid(isa), keep_order=tapped_blocks(taps))
     for seed, (h, w) in enumerate([(96, 64), (65, 97)]):
         torch.manual_seed(seed)
         x = torch.randn(3, 3, h, w)

@@ -82,6 +82,13 @@ def tap_program(layers: list[_Layer], backbone: MobileNet, taps: Sequence[str]) 
     return program, served
 
 
+def tapped_blocks(taps: Sequence[str]) -> set[int]:
+    """The blocks whose inner channels the taps ``taps`` read in their order: each ``blocks.i.expansion``'s, and
+    block 0 for the stem's (a first block without expansion has the stem's channels inside)."""
+    blocks = {int(name.split(".")[1]) for name in taps if name.startswith("blocks.") and name.endswith(".expansion")}
+    return blocks | ({0} if "stem" in taps else set())
+
+
 class FusedBackbone(FusedEngine):
     """A MobileNet backbone run by the fused engine as far as the feature taps ``taps`` (names of
     ``backbone.feature_info()``); ``engine(x, input_multiple)`` returns ``backbone.forward_taps(x, taps,
@@ -110,6 +117,10 @@ class FusedBackbone(FusedEngine):
         builder = self._builder(folded, calibration, folded.forward_features)
         program, self._served = tap_program(builder.program(folded)[:-1], folded, self.taps)
         return program, builder.keep
+
+    def fixed_blocks(self) -> set[int]:
+        """The blocks whose expanded channels a tap hands out (block 0's are the stem's): ``tapped_blocks``."""
+        return tapped_blocks(self.taps)
 
     def _tap_shapes(self, h: int, w: int) -> list[tuple[int, int, int]]:
         """(h, w, channels) of each TAP layer's map for an h × w input, in program order."""
