@@ -256,7 +256,8 @@ def test_amx_int8_equals_vnni_int8_exactly(threads: int) -> None:
 def test_fp16_rows_from_amx_tiles_equal_those_from_vnni(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # The expansions that write fp16 rows for the fp16 depthwise run on AMX tiles too where they are wide enough
     # (V2 1.0's 14-px blocks: 64 → 384, 96 → 576): the same integer sums, the same rounding to fp16, so the outputs
-    # must be those of the same engine with every product on VNNI (TILE_MIN_CHANNELS out of reach).
+    # must be those of the same engine with every product on VNNI (TILE_MIN_CHANNELS out of reach). At 224 the
+    # 7-px blocks' 49-row products are on tiles too, their first 32 rows read in place (K = 960: no padding).
     require_half_depthwise()
     torch.manual_seed(0)
     model = trained_like("mobilenet_v2", num_classes=12)

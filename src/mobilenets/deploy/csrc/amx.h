@@ -17,8 +17,8 @@
 namespace mn {
 
 // What both AMX GEMMs' ops carry: the product's sizes (Kp: K padded to whole tiles; steps: its 64-byte steps;
-// a_stride: the bytes between gathered A rows), A (In: fp32 rows, or the codes), the weights, C (+ R) and the
-// gather buffer (Buf: bf16, or the padded codes).
+// a_stride: the bytes between the A rows the tiles read, which an op's gather may set per block), A (In: fp32
+// rows, or the codes), the weights, C (+ R) and the gather buffer (Buf: bf16, or the padded codes).
 template <typename In, typename Buf, typename Out = float>
 struct TileOperands {
   int M, N, K, Kp, steps, a_stride;

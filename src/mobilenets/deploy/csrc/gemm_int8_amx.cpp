@@ -5,7 +5,9 @@
 // tdpbusd multiplies u8 codes by s8 weights and sums four products at a time into int32, exactly as vpdpbusd does,
 // so the integer sums, and with the same epilogue the outputs, are those of the VNNI kernel. The thread copies its
 // rows of codes into a buffer (K zero-padded to a multiple of 64, so that every tile is a whole one) and amx_tiles
-// (amx.h) runs the tiles. B is read where fused.py packed it for the VNNI kernel, [K/4][panel width][4] per panel: a
+// (amx.h) runs the tiles; a whole block of 32 rows whose K is a multiple of 64 already (V2's 384-, 576- and
+// 960-wide projections, the head) is read where it lies instead (no copy; per-round 0.966–0.973 of the time for V2
+// int8 at two threads against 0.976–1.007 for an unchanged copy, experiments/engine/sources_ab.py, session 31). B is read where fused.py packed it for the VNNI kernel, [K/4][panel width][4] per panel: a
 // 16-wide panel's rows of 64 bytes are a B tile's rows as they are. An 8-wide last panel is loaded 32 bytes per row,
 // so the tile's columns 8–15 read the next row's weights: those C columns are never stored. Past K the tiles read
 // the next panel's weights (or the zero bytes fused.py appends after the last one), but they meet the zero columns
@@ -63,8 +65,21 @@ struct Int8Tiles : TileOperands<uint8_t, uint8_t, Out> {
   static constexpr bool kInt8 = true;
   using Sum = int32_t;
 
-  void gather(int m0, int rows) { gather_codes(A, lda, m0, rows, K, Kp, buf); }
-  const uint8_t* a(int half, int step) const { return buf + static_cast<int64_t>(16 * half) * Kp + 64 * step; }
+  // Where the tiles read the current block's rows: in place (a whole block, K unpadded) or the copy.
+  const uint8_t* rows_at = nullptr;
+  void gather(int m0, int rows) {
+    if (K == Kp && rows == 32) {
+      rows_at = A + static_cast<int64_t>(m0) * lda;
+      this->a_stride = lda;
+    } else {
+      gather_codes(A, lda, m0, rows, K, Kp, buf);
+      rows_at = buf;
+      this->a_stride = Kp;
+    }
+  }
+  const uint8_t* a(int half, int step) const {
+    return rows_at + static_cast<int64_t>(16 * half) * this->a_stride + 64 * step;
+  }
   int width(int panel) const { return std::min(16, N - 16 * panel); }
   // A panel's 64 k from step on: [K/4][width][4] at column 16·panel (every panel before it is 16 wide).
   const int8_t* b(int panel, int step) const {
