@@ -5,9 +5,10 @@
 // tdpbusd multiplies u8 codes by s8 weights and sums four products at a time into int32, exactly as vpdpbusd does,
 // so the integer sums, and with the same epilogue the outputs, are those of the VNNI kernel. The thread copies its
 // rows of codes into a buffer (K zero-padded to a multiple of 64, so that every tile is a whole one) and amx_tiles
-// (amx.h) runs the tiles; a whole block of 32 rows whose K is a multiple of 64 already (V2's 384-, 576- and
-// 960-wide projections, the head) is read where it lies instead (no copy; per-round 0.966–0.973 of the time for V2
-// int8 at two threads against 0.976–1.007 for an unchanged copy, experiments/engine/sources_ab.py, session 31). B is read where fused.py packed it for the VNNI kernel, [K/4][panel width][4] per panel: a
+// (amx.h) runs the tiles; a whole block of 32 rows whose K is a multiple of 64 already (V2 @ 224: the first 32 of
+// the 49 rows of the 7-px projections, K = 960, and of the head, K = 320) is read where it lies instead (no copy;
+// per-round 0.966–0.973 of the time for V2 int8 at two threads against 0.976–1.007 for an unchanged copy,
+// experiments/engine/sources_ab.py, session 31). B is read where fused.py packed it for the VNNI kernel, [K/4][panel width][4] per panel: a
 // 16-wide panel's rows of 64 bytes are a B tile's rows as they are. An 8-wide last panel is loaded 32 bytes per row,
 // so the tile's columns 8–15 read the next row's weights: those C columns are never stored. Past K the tiles read
 // the next panel's weights (or the zero bytes fused.py appends after the last one), but they meet the zero columns
