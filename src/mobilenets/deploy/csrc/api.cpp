@@ -5,6 +5,8 @@
 
 #include <vector>
 
+#include <algorithm>
+
 #include "abi.h"
 #include "graph.h"
 #include "kernels.h"
@@ -47,7 +49,12 @@ int64_t mn_image_floats(const MnLayer* layers, int n_layers, int H, int W, int t
 int64_t mn_scratch_floats(const MnLayer* layers, int n_layers, int H, int W, int threads) {
   const Plan solo = make_plan(layers, n_layers, H, W, true);
   const Plan team = threads == 1 ? solo : make_plan(layers, n_layers, H, W, false);
-  return threads * group_floats(solo, 1) + group_floats(team, threads);
+  // AMX int8 tiles read whole 16-row tiles of their input codes in place: up to 15 rows of the widest input past
+  // the last buffer, which this slack keeps inside the allocation (those rows feed C rows never stored).
+  int64_t widest = 0;
+  for (int i = 0; i < n_layers; ++i)
+    widest = std::max<int64_t>(widest, std::max({layers[i].cin, layers[i].cmid, layers[i].cout}));
+  return threads * group_floats(solo, 1) + group_floats(team, threads) + 16 * widest / 4 + 16;
 }
 
 // Run N images (NCHW, fp32) through the program; out gets N rows of out_stride floats. With at least as many

@@ -5,14 +5,17 @@
 // tdpbusd multiplies u8 codes by s8 weights and sums four products at a time into int32, exactly as vpdpbusd does,
 // so the integer sums, and with the same epilogue the outputs, are those of the VNNI kernel. The thread copies its
 // rows of codes into a buffer (K zero-padded to a multiple of 64, so that every tile is a whole one) and amx_tiles
-// (amx.h) runs the tiles; a whole block of 32 rows whose K is a multiple of 64 already (V2 @ 224: the first 32 of
-// the 49 rows of the 7-px projections, K = 960, and of the head, K = 320) is read where it lies instead (no copy;
-// per-round 0.966–0.973 of the time for V2 int8 at two threads against 0.976–1.007 for an unchanged copy,
-// experiments/engine/sources_ab.py, session 31). B is read where fused.py packed it for the VNNI kernel, [K/4][panel width][4] per panel: a
-// 16-wide panel's rows of 64 bytes are a B tile's rows as they are. An 8-wide last panel is loaded 32 bytes per row,
-// so the tile's columns 8–15 read the next row's weights: those C columns are never stored. Past K the tiles read
-// the next panel's weights (or the zero bytes fused.py appends after the last one), but they meet the zero columns
-// of the A buffer and add nothing.
+// (amx.h) runs the tiles. Where K is a multiple of 64 already (V2 @ 224: the 14-px rows' 64-wide expansions and
+// 384- / 576-wide projections, the 28-px projections, the 7-px projections and the head) the tiles read the codes
+// where they lie instead: a block's tiles then also read up to 15 rows past its last one, inside the scratch
+// (mn_scratch_floats keeps a slack after its last buffer), and those rows only feed C rows that are never stored.
+// Measured (experiments/engine/sources_ab.py, V2 int8, two threads, session 31): whole 32-row blocks alone in
+// place 0.966–0.973 of the time against 0.976–1.007 for an unchanged copy; every block 0.976–0.987 of that again.
+// B is read where fused.py packed it for the VNNI kernel, [K/4][panel width][4] per panel: a 16-wide panel's rows
+// of 64 bytes are a B tile's rows as they are. An 8-wide last panel is loaded 32 bytes per row, so the tile's
+// columns 8–15 read the next row's weights: those C columns are never stored. Past K the tiles read the next
+// panel's weights (or the zero bytes fused.py appends after the last one), but they meet the zero columns of the A
+// buffer and add nothing.
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -66,10 +69,10 @@ struct Int8Tiles : TileOperands<uint8_t, uint8_t, Out> {
   static constexpr bool kInt8 = true;
   using Sum = int32_t;
 
-  // Where the tiles read the current block's rows: in place (a whole block, K unpadded) or the copy.
+  // Where the tiles read the current block's rows: in place (K unpadded) or the copy.
   const uint8_t* rows_at = nullptr;
   void gather(int m0, int rows) {
-    if (K == Kp && rows == 32) {
+    if (K == Kp) {  // rows past M: read from the scratch's slack (mn_scratch_floats), never stored
       rows_at = A + static_cast<int64_t>(m0) * lda;
       this->a_stride = lda;
     } else {
