@@ -15,19 +15,13 @@ OUT=runs/main
 rm -rf "$OUT"
 # The run is the recipe recipes/fmnist_v2.toml (MobileNetV2 α 0.5, 64 px, AdamW, 4 epochs); EPOCHS=N overrides.
 mobilenets train --recipe recipes/fmnist_v2.toml --out "$OUT" --workers 0 --threads 2 ${EPOCHS:+--epochs "$EPOCHS"}
-# One evaluation (each draws its own confusion matrix: a second would add confusion-2.png), kept as JSON and shown.
+# One evaluation (each draws its own confusion matrix: a second would add confusion-2.png), kept as JSON and
+# shown as `mobilenets eval --per-class` prints it.
 mobilenets eval --checkpoint "$OUT" --json > "$OUT/eval.json"
-python3 - "$OUT/eval.json" <<'PY'
-import json
-import sys
-
-r = json.load(open(sys.argv[1]))
-print(f"{r['checkpoint']}  on {r['data']}  ({int(r['n'])} images)")
-print(f"  top-1 {r['top1']:.4f}   top-5 {r['top5']:.4f}   loss {r['loss']:.4f}")
-for name, accuracy in r["per_class"].items():
-    print(f"    {name:24s} {accuracy:.4f}")
-print(f"  confusion matrix: {r['confusion_png']}")
-PY
+python3 -c 'import json, sys
+from mobilenets.classification.task import eval_lines
+from mobilenets.config import EvalConfig
+print("\n".join(eval_lines(json.load(open(sys.argv[1])), EvalConfig(per_class=True))))' "$OUT/eval.json"
 
 # A few samples: held-out embedded images (their true class in the file name) and real photos that belong to no
 # class (matplotlib's grace_hopper.jpg, scikit-image's astronaut/coffee when it is installed).

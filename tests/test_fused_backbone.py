@@ -102,7 +102,7 @@ def test_int8_taps_equal_their_fake_quantized_backbone(isa: str) -> None:
         half = FusedBackbone(backbone, taps, threads=2, calibration=calibration, isa=isa)
         assert half.half_depthwise
     # At avx2 the engine reorders the inner channels of every block but the tapped expansions': so does the twin.
-    twin = fused.fake_quantized(backbone, calibration, fused.int8_grid(isa), keep_order=tapped_blocks(taps))
+    twin = fused.fake_quantized(backbone, calibration, fused.int8_grid(isa), keep_order=tapped_blocks(backbone, taps))
     for seed, (h, w) in enumerate([(96, 64), (65, 97)]):
         torch.manual_seed(seed)
         x = torch.randn(3, 3, h, w)

@@ -82,11 +82,11 @@ def tap_program(layers: list[_Layer], backbone: MobileNet, taps: Sequence[str]) 
     return program, served
 
 
-def tapped_blocks(taps: Sequence[str]) -> set[int]:
+def tapped_blocks(backbone: MobileNet, taps: Sequence[str]) -> set[int]:
     """The blocks whose inner channels the taps ``taps`` read in their order: each ``blocks.i.expansion``'s, and
     block 0 for the stem's (a first block without expansion has the stem's channels inside)."""
-    blocks = {int(name.split(".")[1]) for name in taps if name.startswith("blocks.") and name.endswith(".expansion")}
-    return blocks | ({0} if "stem" in taps else set())
+    places = _positions(backbone, taps).values()
+    return {place - 1 for place, expansion in places if expansion} | ({0} if (0, False) in places else set())
 
 
 class FusedBackbone(FusedEngine):
@@ -120,7 +120,7 @@ class FusedBackbone(FusedEngine):
 
     def fixed_blocks(self) -> set[int]:
         """The blocks whose expanded channels a tap hands out (block 0's are the stem's): ``tapped_blocks``."""
-        return tapped_blocks(self.taps)
+        return tapped_blocks(self.backbone, self.taps)
 
     def _tap_shapes(self, h: int, w: int) -> list[tuple[int, int, int]]:
         """(h, w, channels) of each TAP layer's map for an h × w input, in program order."""

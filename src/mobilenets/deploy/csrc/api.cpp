@@ -3,9 +3,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <vector>
-
 #include <algorithm>
+#include <vector>
 
 #include "abi.h"
 #include "graph.h"
